@@ -1,0 +1,12 @@
+from dag_pyg.graph.build import build_density_graph, neighbour_table
+from dag_pyg.graph.density import compute_density
+from dag_pyg.graph.knn import knn_search, normalize_rows, resolve_backend
+
+__all__ = [
+    "build_density_graph",
+    "neighbour_table",
+    "compute_density",
+    "knn_search",
+    "normalize_rows",
+    "resolve_backend",
+]

@@ -1,0 +1,220 @@
+"""Exact k-nearest-neighbour search by cosine similarity, with several engines.
+
+Every backend returns the same answer on tie-free data: candidates found by the
+engine are re-scored with one formula (a row-wise dot product of L2-normalised
+features) and ordered by descending similarity, ties by the smaller index. Rows
+whose k-th and (k+1)-th candidates tie are re-solved by a full stable sort, so
+the tie rule holds on every backend.
+"""
+from __future__ import annotations
+
+import importlib.util
+import math
+
+import torch
+from torch import Tensor
+
+BACKENDS = ("auto", "exact", "faiss", "torch_cluster")
+
+
+def has_faiss() -> bool:
+    return importlib.util.find_spec("faiss") is not None
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    r"""Maps ``backend`` (possibly ``"auto"``) to a concrete engine name.
+
+    ``auto`` follows ``benchmarks/bench_knn.py``: on the CPU faiss' flat
+    inner-product index is the fastest exact engine (the blocked matmul comes
+    next, ``torch_cluster`` is an order of magnitude slower); on CUDA the
+    blocked cuBLAS matmul avoids a host round trip and is used unless
+    faiss-gpu is installed.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(
+            f"Unknown kNN backend '{backend}'. Choose one of {list(BACKENDS)}.")
+    if backend != "auto":
+        if backend == "faiss" and not has_faiss():
+            raise ValueError("kNN backend 'faiss' needs the faiss package: "
+                             "`pip install faiss-cpu` (or faiss-gpu), or pick "
+                             "backend='exact'.")
+        return backend
+    if device.type == "cpu":
+        return "faiss" if has_faiss() else "exact"
+    if has_faiss():
+        import faiss
+
+        if hasattr(faiss, "StandardGpuResources"):
+            return "faiss"
+    return "exact"
+
+
+def normalize_rows(x: Tensor, name: str = "x") -> Tensor:
+    """L2-normalises rows after checking that they can be normalised."""
+    if x.dim() != 2:
+        raise ValueError(f"'{name}' must be a 2-D tensor [num_nodes, num_features]"
+                         f" (got shape {tuple(x.shape)}); reshape it with "
+                         f"{name}.view({name}.size(0), -1).")
+    if not x.is_floating_point():
+        raise ValueError(f"'{name}' must be a floating-point tensor (got "
+                         f"{x.dtype}); convert it with {name}.float().")
+    if not bool(torch.isfinite(x).all()):
+        bad = (~torch.isfinite(x)).any(dim=1).nonzero().view(-1)
+        raise ValueError(f"'{name}' holds NaN or inf in {bad.numel()} rows (first: "
+                         f"{bad[:5].tolist()}); clean the features before "
+                         "building the graph.")
+    norm = x.norm(dim=1)
+    if bool((norm == 0).any()):
+        bad = (norm == 0).nonzero().view(-1)
+        raise ValueError(f"'{name}' has {bad.numel()} all-zero rows (first: "
+                         f"{bad[:5].tolist()}); cosine similarity is undefined "
+                         "for them. Drop them or add a small offset.")
+    return x / norm.unsqueeze(1)
+
+
+def _default_chunk(num_base: int, device: torch.device) -> int:
+    # Keep one similarity block near 256 MiB (float32) so memory stays bounded.
+    budget = 64 * 2**20 if device.type == "cpu" else 256 * 2**20
+    return max(1, min(4096, budget // max(num_base, 1)))
+
+
+def _candidates_exact(q: Tensor, b: Tensor, kk: int, exclude_self: bool,
+                      chunk_size: int | None) -> Tensor:
+    chunk = chunk_size or _default_chunk(b.size(0), q.device)
+    out = torch.empty(q.size(0), kk, dtype=torch.long, device=q.device)
+    for start in range(0, q.size(0), chunk):
+        end = min(start + chunk, q.size(0))
+        s = q[start:end] @ b.t()
+        if exclude_self:
+            rows = torch.arange(end - start, device=q.device)
+            s[rows, rows + start] = -math.inf
+        out[start:end] = s.topk(kk, dim=1).indices
+    return out
+
+
+def _candidates_faiss(q: Tensor, b: Tensor, kk: int) -> Tensor:
+    import faiss
+    import numpy as np
+
+    index = faiss.IndexFlatIP(b.size(1))
+    if q.is_cuda and hasattr(faiss, "StandardGpuResources"):
+        res = faiss.StandardGpuResources()
+        index = faiss.index_cpu_to_gpu(res, q.device.index or 0, index)
+    index.add(np.ascontiguousarray(b.detach().float().cpu().numpy()))
+    _, idx = index.search(np.ascontiguousarray(q.detach().float().cpu().numpy()), kk)
+    return torch.from_numpy(idx).to(q.device)
+
+
+def _candidates_torch_cluster(q: Tensor, b: Tensor, kk: int) -> Tensor:
+    import torch_cluster
+
+    # On unit vectors the Euclidean ranking equals the cosine ranking.
+    assign = torch_cluster.knn(b.float(), q.float(), kk)
+    idx = torch.full((q.size(0), kk), -1, dtype=torch.long, device=q.device)
+    # torch_cluster returns pairs grouped by query: give each its slot.
+    row, col = assign[0], assign[1]
+    counts = torch.bincount(row, minlength=q.size(0))
+    ptr = torch.cumsum(counts, 0) - counts
+    slot = torch.arange(row.numel(), device=q.device) - ptr[row]
+    idx[row, slot] = col
+    return idx
+
+
+def _drop_self(cand: Tensor, k: int) -> Tensor:
+    # Drop each row's own index; where the engine did not return it (duplicate
+    # points tie with it), drop the last candidate instead.
+    n, kk = cand.shape
+    self_idx = torch.arange(n, device=cand.device).unsqueeze(1)
+    is_self = cand == self_idx
+    no_self = ~is_self.any(dim=1)
+    is_self[no_self, kk - 1] = True
+    keep = ~is_self
+    return cand[keep].view(n, kk - 1)[:, : k + 1]
+
+
+def _order(q: Tensor, b: Tensor, cand: Tensor) -> tuple[Tensor, Tensor]:
+    """Re-scores candidates and sorts by (similarity desc, index asc)."""
+    valid = cand >= 0
+    safe = cand.clamp(min=0)
+    sim = (q.unsqueeze(1) * b[safe]).sum(-1)
+    sim = sim.masked_fill(~valid, -math.inf)
+    # Two stable sorts: by index, then by similarity, gives the tie rule.
+    perm = safe.masked_fill(~valid, b.size(0)).argsort(dim=1, stable=True)
+    cand, sim = cand.gather(1, perm), sim.gather(1, perm)
+    perm = sim.argsort(dim=1, descending=True, stable=True)
+    return cand.gather(1, perm), sim.gather(1, perm)
+
+
+def _full_rows(q: Tensor, b: Tensor, rows: Tensor, k: int,
+               exclude_self: bool) -> tuple[Tensor, Tensor]:
+    s = q[rows] @ b.t()
+    if exclude_self:
+        s[torch.arange(rows.numel(), device=q.device), rows] = -math.inf
+    idx = s.argsort(dim=1, descending=True, stable=True)[:, :k]
+    return _order(q[rows], b, idx)
+
+
+def knn_search(query: Tensor, base: Tensor | None = None, k: int = 64, *,
+               backend: str = "auto", chunk_size: int | None = None,
+               normalized: bool = False) -> tuple[Tensor, Tensor]:
+    r"""Finds the ``k`` most cosine-similar rows of ``base`` for every query row.
+
+    With ``base=None`` the query set is searched against itself and each row's
+    own index is excluded (the graph case).
+
+    Args:
+        query (torch.Tensor): Query features :math:`[M, d]`.
+        base (torch.Tensor, optional): Base features :math:`[N, d]`.
+        k (int): Number of neighbours.
+        backend (str): ``"auto"``, ``"exact"``, ``"faiss"`` or
+            ``"torch_cluster"``.
+        chunk_size (int, optional): Query rows per similarity block of the
+            ``exact`` backend (bounds its memory at ``chunk_size * N`` floats).
+        normalized (bool): Skip the validation and normalisation (features are
+            already unit rows).
+
+    Returns:
+        ``(index [M, k], sim [M, k])``, each row ordered by descending
+        similarity with ties broken by the smaller index.
+    """
+    self_search = base is None
+    if not normalized:
+        query = normalize_rows(query, "x" if self_search else "query")
+        base = query if self_search else normalize_rows(base, "base")
+    elif self_search:
+        base = query
+    assert base is not None
+    if query.size(1) != base.size(1):
+        raise ValueError(f"query has {query.size(1)} features but base has "
+                         f"{base.size(1)}; both must come from the same encoder.")
+    n_avail = base.size(0) - (1 if self_search else 0)
+    if not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive integer (got {k!r}).")
+    if k > n_avail:
+        raise ValueError(f"k={k} needs at least {k + int(self_search)} points but "
+                         f"there are {base.size(0)}; lower k below "
+                         f"{n_avail + 1}.")
+    name = resolve_backend(backend, query.device)
+    # One candidate past k detects ties at the k-th place; one more covers the
+    # self match of a self search.
+    kk = min(k + 1, n_avail) + int(self_search)
+    q32, b32 = query.float(), base.float()
+    if name == "exact":
+        cand = _candidates_exact(q32, b32, kk - int(self_search), self_search,
+                                 chunk_size)
+        if self_search:
+            kk -= 1
+    elif name == "faiss":
+        cand = _candidates_faiss(q32, b32, kk)
+    else:
+        cand = _candidates_torch_cluster(q32, b32, kk)
+    if self_search and name != "exact":
+        cand = _drop_self(cand, k)
+    cand, sim = _order(query, base, cand)
+    if cand.size(1) > k:
+        tie = sim[:, k] == sim[:, k - 1]
+        cand, sim = cand[:, :k].contiguous(), sim[:, :k].contiguous()
+        if bool(tie.any()):
+            rows = tie.nonzero().view(-1)
+            cand[rows], sim[rows] = _full_rows(query, base, rows, k, self_search)
+    return cand, sim

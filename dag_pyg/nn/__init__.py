@@ -1,0 +1,3 @@
+from dag_pyg.nn.conv import DensityAwareConv
+
+__all__ = ["DensityAwareConv"]
