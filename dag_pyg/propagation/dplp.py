@@ -1,0 +1,419 @@
+r"""Density-ascending paths and the DPLP label propagation (Sec. 4.3, Alg. 1).
+
+Everything here is written as whole-tensor passes: the parent of every node is
+one masked (scatter) arg-max over the edges, and the path queries (path
+lengths, the densest labelled node on a path, the densest labelled node whose
+path passes through a node) are answered by pointer jumping, so the number of
+Python-level rounds is :math:`\lceil \log_2 (\text{longest path}) \rceil + 1`.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+from torch_geometric.data import Data
+from torch_geometric.utils import scatter
+
+MODES = ("L", "LU")
+
+# Phase codes of :class:`DPLPResult`.
+PHASE_PRIOR = -1
+PHASE_LABELLED = 0
+PHASE_LP_L = 1
+PHASE_LP_LU = 2
+
+
+class DPLPResult(NamedTuple):
+    r"""Output of :func:`dplp`.
+
+    Attributes:
+        labels (torch.Tensor): Pseudo labels ``[N]`` (ground truth on labelled
+            nodes, propagated labels, or the prior entry).
+        source (torch.Tensor): The labelled node whose label was used ``[N]``;
+            the node itself when labelled, ``-1`` where the prior was kept.
+        phase (torch.Tensor): ``0`` labelled, ``1`` LP-L, ``2`` LP-LU, ``-1``
+            prior kept ``[N]``.
+        parents (torch.Tensor): Density-ascending parents ``[N]`` (``-1`` for
+            roots), see :func:`density_ascending_parents`.
+    """
+    labels: Tensor
+    source: Tensor
+    phase: Tensor
+    parents: Tensor
+
+
+# --------------------------------------------------------------------------- #
+# Input checks
+# --------------------------------------------------------------------------- #
+def _num_nodes(graph: Data) -> int:
+    if getattr(graph, "density", None) is None:
+        raise ValueError("The graph has no 'density' attribute; build it with "
+                         "dag_pyg.graph.build_density_graph.")
+    n = graph.num_nodes
+    if n is None:
+        n = graph.density.numel()
+    return int(n)
+
+
+def _check_graph(graph: Data) -> tuple[Tensor, Tensor, Tensor, int]:
+    n = _num_nodes(graph)
+    edge_index, sim, density = graph.edge_index, getattr(graph, "sim", None), \
+        graph.density
+    if edge_index is None or edge_index.dim() != 2 or edge_index.size(0) != 2:
+        raise ValueError("graph.edge_index must have shape [2, num_edges] (got "
+                         f"{None if edge_index is None else tuple(edge_index.shape)}).")
+    if sim is None:
+        raise ValueError("The graph has no 'sim' attribute (cosine similarity per "
+                         "edge); build it with dag_pyg.graph.build_density_graph.")
+    if sim.dim() != 1 or sim.numel() != edge_index.size(1):
+        raise ValueError(f"graph.sim must have shape [num_edges={edge_index.size(1)}]"
+                         f" (got {tuple(sim.shape)}).")
+    if density.dim() != 1 or density.numel() != n:
+        raise ValueError(f"graph.density must have shape [num_nodes={n}] (got "
+                         f"{tuple(density.shape)}).")
+    if edge_index.numel() > 0 and (int(edge_index.min()) < 0
+                                   or int(edge_index.max()) >= n):
+        raise ValueError(f"graph.edge_index holds node indices outside [0, {n}).")
+    return edge_index, sim, density, n
+
+
+def _check_sigma(sigma: float) -> float:
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)):
+        raise ValueError(f"sigma must be a non-negative number (got {sigma!r}).")
+    sigma = float(sigma)
+    if math.isnan(sigma) or sigma < 0:
+        raise ValueError(f"sigma must be a non-negative number (got {sigma}); use "
+                         "float('inf') for no distance limit.")
+    return sigma
+
+
+# --------------------------------------------------------------------------- #
+# Parents
+# --------------------------------------------------------------------------- #
+def _dense_rows(edge_index: Tensor, n: int) -> int | None:
+    """Returns ``k`` if the edges are ``k`` per centre, grouped by centre in
+    node order (the layout of :func:`build_density_graph`), else ``None``."""
+    e = edge_index.size(1)
+    if n == 0 or e == 0 or e % n != 0:
+        return None
+    k = e // n
+    centre = edge_index[1].view(n, k)
+    ar = torch.arange(n, device=edge_index.device).view(n, 1)
+    return k if bool((centre == ar).all()) else None
+
+
+def _nearest_denser(graph: Data) -> tuple[Tensor, Tensor]:
+    """The nearest strictly denser neighbour of every node (``-1`` if none) and
+    its cosine similarity (``-inf`` if none)."""
+    edge_index, sim, density, n = _check_graph(graph)
+    nbr, centre = edge_index[0], edge_index[1]
+    k = _dense_rows(edge_index, n)
+    if k is not None:
+        # Fast path: [N, k] table, row reductions instead of scatters.
+        nbr2 = nbr.view(n, k)
+        valid = density[nbr2] > density.view(n, 1)
+        s = sim.view(n, k).masked_fill(~valid, -math.inf)
+        best = s.max(dim=1).values
+        # Ties in similarity: the smallest neighbour index wins.
+        tie = valid & (s == best.view(n, 1))
+        parent = nbr2.masked_fill(~tie, n).min(dim=1).values
+    else:
+        valid = density[nbr] > density[centre]
+        s = sim.masked_fill(~valid, -math.inf)
+        best = scatter(s, centre, dim=0, dim_size=n, reduce="max")
+        # Nodes without incoming edges come back as 0 from `scatter`.
+        deg = torch.zeros(n, dtype=torch.long, device=sim.device)
+        deg.scatter_add_(0, centre, torch.ones_like(centre))
+        best = best.masked_fill(deg == 0, -math.inf)
+        tie = valid & (s == best[centre])
+        cand = nbr.masked_fill(~tie, n)
+        parent = torch.full((n,), n, dtype=torch.long, device=nbr.device)
+        parent.scatter_reduce_(0, centre, cand, reduce="amin", include_self=True)
+    has = parent < n
+    parent = torch.where(has, parent, torch.full_like(parent, -1))
+    best = best.masked_fill(~has, -math.inf)
+    return parent, best
+
+
+def _sim_to_dist(sim: Tensor) -> Tensor:
+    # Euclidean distance of L2-normalised vectors, in float64 so that the
+    # comparison with sigma is reproducible by a plain-Python reference.
+    s = sim.to(torch.float64)
+    d = (2.0 - 2.0 * s).clamp_min(0.0).sqrt()
+    return d.masked_fill(torch.isinf(s), math.inf)
+
+
+def parent_step_distances(graph: Data) -> Tensor:
+    r"""Distance from every node to its nearest strictly denser neighbour.
+
+    .. math::
+        \delta_u = \min_{v \in \mathcal{N}_k(u),\ \rho_v > \rho_u}
+        \lVert \tilde{\mathbf{f}}_u - \tilde{\mathbf{f}}_v \rVert_2
+        = \min_v \sqrt{2 - 2 \cos(\mathbf{f}_u, \mathbf{f}_v)}
+
+    Useful to pick :obj:`sigma` as a quantile of the finite entries.
+
+    Args:
+        graph (torch_geometric.data.Data): Graph with ``edge_index`` (row 0
+            neighbour, row 1 centre), ``sim`` and ``density``.
+
+    Returns:
+        ``float64`` tensor ``[N]``, ``inf`` where no neighbour is denser.
+    """
+    _, best = _nearest_denser(graph)
+    return _sim_to_dist(best)
+
+
+def density_ascending_parents(graph: Data, sigma: float = float("inf")) -> Tensor:
+    r"""The density-ascending parent of every node (Sec. 4.3).
+
+    .. math::
+        p(u) = \operatorname*{arg\,min}_{v \in \mathcal{N}_k(u),\
+        \rho_v > \rho_u} \lVert \tilde{\mathbf{f}}_u - \tilde{\mathbf{f}}_v
+        \rVert_2
+
+    Ties go to the smaller index. :math:`u` is a root (``-1``) if no
+    neighbour is strictly denser or the distance exceeds :obj:`sigma`.
+
+    Args:
+        graph (torch_geometric.data.Data): Graph with ``edge_index`` (row 0
+            neighbour :math:`v`, row 1 centre :math:`u`), ``sim`` (cosine
+            similarity per edge) and ``density``. Any number of edges per
+            centre is accepted; the ``[N, k]`` layout of
+            :func:`~dag_pyg.graph.build_density_graph` takes a faster path.
+        sigma (float): Largest allowed parent distance. (default: ``inf``)
+
+    Returns:
+        ``LongTensor [N]``.
+    """
+    sigma = _check_sigma(sigma)
+    parent, best = _nearest_denser(graph)
+    if sigma != math.inf:
+        parent = parent.masked_fill(_sim_to_dist(best) > sigma, -1)
+    return parent
+
+
+# --------------------------------------------------------------------------- #
+# Pointer jumping
+# --------------------------------------------------------------------------- #
+def _check_parents(parents: Tensor) -> int:
+    if parents.dim() != 1 or parents.dtype not in (torch.int32, torch.int64):
+        raise ValueError("parents must be a 1-D integer tensor (got "
+                         f"{parents.dtype}, shape {tuple(parents.shape)}).")
+    n = parents.numel()
+    if n and (int(parents.min()) < -1 or int(parents.max()) >= n):
+        raise ValueError(f"parents must hold -1 or node indices in [0, {n}).")
+    return n
+
+
+def _max_rounds(n: int) -> int:
+    # After r doubling rounds a pointer has jumped 2^r steps; a forest on n
+    # nodes has paths of at most n nodes, so more rounds mean a cycle.
+    return max(1, n).bit_length() + 1
+
+
+def _cycle_error() -> ValueError:
+    return ValueError("parents contain a cycle; density-ascending parents "
+                      "never do (density strictly rises along a path).")
+
+
+def path_lengths(parents: Tensor) -> Tensor:
+    r"""Number of nodes on every density-ascending path (the paper's Fig. 5).
+
+    .. math::
+        |P(u)| = 1 + |P(p(u))|, \qquad |P(r)| = 1 \text{ for a root } r
+
+    Computed by pointer jumping in :math:`O(\log \max_u |P(u)|)` rounds.
+
+    Args:
+        parents (torch.Tensor): Parent of every node ``[N]``, ``-1`` for roots.
+
+    Returns:
+        ``LongTensor [N]``.
+    """
+    n = _check_parents(parents)
+    ptr = parents.long()
+    length = torch.ones(n, dtype=torch.long, device=parents.device)
+    for _ in range(_max_rounds(n)):
+        has = ptr >= 0
+        if not bool(has.any()):
+            return length
+        safe = ptr.clamp_min(0)
+        # length[u] counts nodes from u up to (not including) ptr[u].
+        length = length + torch.where(has, length[safe], 0)
+        ptr = torch.where(has, ptr[safe], ptr)
+    raise _cycle_error()
+
+
+def _path_min_queries(parents: Tensor, key: Tensor, sentinel: int,
+                      down: bool, up: bool) -> tuple[Tensor | None, Tensor | None]:
+    r"""Two min-queries over the parent forest by pointer jumping.
+
+    ``down[u] = min key over P(u)`` (u's own path, u included) and
+    ``up[u] = min key over {i : u in P(i)}`` (u's subtree, u included).
+
+    Invariant after round r, with ``a_r(u)`` the :math:`2^r`-th ancestor:
+    ``down[u]`` covers the first :math:`2^r` nodes of ``P(u)`` and ``up[w]``
+    covers the nodes :math:`x` with ``w = a_d(x)`` for some :math:`d < 2^r`.
+    Doubling: ``down[u] <- min(down[u], down[a_r(u)])`` and
+    ``up[w] <- min(up[w], min_{x : a_r(x) = w} up[x])``.
+    """
+    n = parents.numel()
+    ptr = parents.long()
+    dmin = key.clone() if down else None
+    umin = key.clone() if up else None
+    for _ in range(_max_rounds(n)):
+        has = ptr >= 0
+        if not bool(has.any()):
+            return dmin, umin
+        safe = ptr.clamp_min(0)
+        if up:
+            # Children push their (old) values to their 2^r-th ancestor;
+            # non-jumping nodes are routed to themselves, a no-op for min.
+            target = torch.where(has, ptr, torch.arange(n, device=ptr.device))
+            umin = umin.scatter_reduce(0, target, umin, reduce="amin",
+                                       include_self=True)
+        if down:
+            dmin = torch.minimum(dmin, torch.where(has, dmin[safe], sentinel))
+        ptr = torch.where(has, ptr[safe], ptr)
+    raise _cycle_error()
+
+
+# --------------------------------------------------------------------------- #
+# DPLP
+# --------------------------------------------------------------------------- #
+def density_order(density: Tensor) -> tuple[Tensor, Tensor]:
+    r"""The total order "denser first" used to rank labelled nodes.
+
+    Node :math:`i` precedes :math:`j` iff :math:`\rho_i > \rho_j`, or
+    :math:`\rho_i = \rho_j` and :math:`i < j`.
+
+    Returns:
+        ``(order, rank)``: ``order[r]`` is the node at position ``r`` and
+        ``rank[order[r]] = r``.
+    """
+    order = torch.sort(density, descending=True, stable=True).indices
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(order.numel(), device=order.device)
+    return order, rank
+
+
+def _check_labels(y: Tensor, labelled_mask: Tensor, prior: Tensor | None, n: int,
+                  num_classes: int | None) -> None:
+    if not isinstance(labelled_mask, Tensor) or labelled_mask.dtype != torch.bool:
+        dtype = getattr(labelled_mask, "dtype", type(labelled_mask).__name__)
+        raise ValueError(f"labelled_mask must be a torch.bool tensor (got {dtype});"
+                         " convert an index list with a mask, e.g. "
+                         "mask = torch.zeros(N, dtype=torch.bool); mask[idx] = True.")
+    if labelled_mask.shape != (n,):
+        raise ValueError(f"labelled_mask must have shape [num_nodes={n}] (got "
+                         f"{tuple(labelled_mask.shape)}).")
+    for name, t in (("y", y), ("prior", prior)):
+        if t is None:
+            continue
+        if not isinstance(t, Tensor) or t.is_floating_point() or t.is_complex() \
+                or t.dtype == torch.bool:
+            raise ValueError(f"{name} must be an integer tensor of class indices "
+                             f"[num_nodes={n}] (got "
+                             f"{getattr(t, 'dtype', type(t).__name__)}).")
+        if t.shape != (n,):
+            raise ValueError(f"{name} must have shape [num_nodes={n}] (got "
+                             f"{tuple(t.shape)}).")
+    if num_classes is not None and (not isinstance(num_classes, int)
+                                    or num_classes < 1):
+        raise ValueError(f"num_classes must be a positive integer (got "
+                         f"{num_classes!r}).")
+    if bool(labelled_mask.any()):
+        yl = y[labelled_mask]
+        if int(yl.min()) < 0:
+            raise ValueError("y holds negative labels on labelled nodes (e.g. node "
+                             f"{int(labelled_mask.nonzero()[yl < 0][0])}); every "
+                             "labelled node needs a class index >= 0.")
+        if num_classes is not None and int(yl.max()) >= num_classes:
+            raise ValueError(f"y holds labels >= num_classes={num_classes} on "
+                             "labelled nodes.")
+
+
+def dplp(graph: Data, y: Tensor, labelled_mask: Tensor, prior: Tensor | None = None,
+         sigma: float = float("inf"), mode: str = "LU", *,
+         num_classes: int | None = None,
+         parents: Tensor | None = None) -> DPLPResult:
+    r"""Density-ascending path based label propagation (Alg. 1).
+
+    With :math:`P(u) = (u, p(u), p(p(u)), \dots)` the density-ascending path
+    and :math:`\mathcal{L}` the labelled nodes, an unlabelled node :math:`u`
+    gets
+
+    .. math::
+        \hat{y}_u =
+        \begin{cases}
+        y_{i^\ast}, & i^\ast = \operatorname{densest}\{i \in \mathcal{L} :
+            u \in P(i)\} \quad \text{(phase 1, LP-L)} \\
+        y_{j^\ast}, & j^\ast = \operatorname{densest}(\mathcal{L} \cap P(u))
+            \quad \text{(phase 2, LP-LU, if phase 1 found none)} \\
+        \text{prior}_u, & \text{otherwise}
+        \end{cases}
+
+    where "densest" orders by density, ties by the smaller index (this is
+    Alg. 1 visiting the labelled nodes in that order and labelling only
+    still-unassigned nodes). Labelled nodes keep their ground truth.
+
+    Args:
+        graph (torch_geometric.data.Data): Graph with ``edge_index``, ``sim``
+            and ``density`` (see :func:`density_ascending_parents`).
+        y (torch.Tensor): Class indices ``[N]``; only read on labelled nodes.
+        labelled_mask (torch.Tensor): ``torch.bool`` mask ``[N]``.
+        prior (torch.Tensor, optional): Label Bank entries ``[N]`` kept where
+            no label reaches a node; ``-1`` when :obj:`None`.
+        sigma (float): Largest parent distance. (default: ``inf``)
+        mode (str): ``"LU"`` runs both phases, ``"L"`` phase 1 only.
+        num_classes (int, optional): If given, labels must be below it.
+        parents (torch.Tensor, optional): Precomputed parents for this graph
+            and :obj:`sigma` (skips :func:`density_ascending_parents`).
+
+    Returns:
+        :class:`DPLPResult` ``(labels, source, phase, parents)``.
+    """
+    if mode not in MODES:
+        raise ValueError(f"Unknown mode '{mode}'. Choose one of {list(MODES)}.")
+    sigma = _check_sigma(sigma)
+    n = _num_nodes(graph)
+    _check_labels(y, labelled_mask, prior, n, num_classes)
+    if parents is None:
+        parents = density_ascending_parents(graph, sigma)
+    elif parents.shape != (n,):
+        raise ValueError(f"parents must have shape [num_nodes={n}] (got "
+                         f"{tuple(parents.shape)}).")
+    device = y.device
+    minus1 = torch.full((n,), -1, dtype=torch.long, device=device)
+    base = prior.clone() if prior is not None else minus1.to(y.dtype)
+
+    if not bool(labelled_mask.any()):
+        warnings.warn("dplp: no labelled node, the prior is returned unchanged.",
+                      stacklevel=2)
+        return DPLPResult(base, minus1, minus1.clone(), parents)
+
+    _, rank = density_order(graph.density)
+    order = torch.empty_like(rank)
+    order[rank] = torch.arange(n, device=rank.device)
+    key = torch.where(labelled_mask, rank, n)  # n = "no labelled node"
+    down, up = _path_min_queries(parents, key, n, down=mode == "LU", up=True)
+
+    unl = ~labelled_mask
+    p1 = unl & (up < n)
+    src = torch.where(p1, up, n)
+    phase = torch.where(p1, PHASE_LP_L, PHASE_PRIOR)
+    if down is not None:
+        p2 = unl & ~p1 & (down < n)
+        src = torch.where(p2, down, src)
+        phase = torch.where(p2, PHASE_LP_LU, phase)
+    got = src < n
+    source = torch.where(got, order[src.clamp_max(n - 1)], -1)
+    labels = torch.where(got, y[source.clamp_min(0)].to(base.dtype), base)
+    labels = torch.where(labelled_mask, y.to(base.dtype), labels)
+    source = torch.where(labelled_mask, torch.arange(n, device=device), source)
+    phase = torch.where(labelled_mask, PHASE_LABELLED, phase)
+    return DPLPResult(labels, source, phase.long(), parents)
