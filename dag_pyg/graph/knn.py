@@ -21,6 +21,14 @@ def has_faiss() -> bool:
     return importlib.util.find_spec("faiss") is not None
 
 
+def has_torch_cluster() -> bool:
+    try:
+        import torch_cluster  # noqa: F401
+    except (ImportError, OSError):  # OSError: built against another torch
+        return False
+    return True
+
+
 def resolve_backend(backend: str, device: torch.device) -> str:
     r"""Maps ``backend`` (possibly ``"auto"``) to a concrete engine name.
 
@@ -37,6 +45,11 @@ def resolve_backend(backend: str, device: torch.device) -> str:
         if backend == "faiss" and not has_faiss():
             raise ValueError("kNN backend 'faiss' needs the faiss package: "
                              "`pip install faiss-cpu` (or faiss-gpu), or pick "
+                             "backend='exact'.")
+        if backend == "torch_cluster" and not has_torch_cluster():
+            raise ValueError("kNN backend 'torch_cluster' needs a working "
+                             "torch-cluster build for this torch: `pip install "
+                             "--no-build-isolation torch-cluster`, or pick "
                              "backend='exact'.")
         return backend
     if device.type == "cpu":
@@ -79,20 +92,21 @@ def _default_chunk(num_base: int, device: torch.device) -> int:
 
 
 def _candidates_exact(q: Tensor, b: Tensor, kk: int, exclude_self: bool,
-                      chunk_size: int | None) -> Tensor:
+                      chunk_size: int | None) -> tuple[Tensor, Tensor]:
     chunk = chunk_size or _default_chunk(b.size(0), q.device)
-    out = torch.empty(q.size(0), kk, dtype=torch.long, device=q.device)
+    idx = torch.empty(q.size(0), kk, dtype=torch.long, device=q.device)
+    sim = torch.empty(q.size(0), kk, dtype=q.dtype, device=q.device)
     for start in range(0, q.size(0), chunk):
         end = min(start + chunk, q.size(0))
         s = q[start:end] @ b.t()
         if exclude_self:
             rows = torch.arange(end - start, device=q.device)
             s[rows, rows + start] = -math.inf
-        out[start:end] = s.topk(kk, dim=1).indices
-    return out
+        sim[start:end], idx[start:end] = s.topk(kk, dim=1)
+    return idx, sim
 
 
-def _candidates_faiss(q: Tensor, b: Tensor, kk: int) -> Tensor:
+def _candidates_faiss(q: Tensor, b: Tensor, kk: int) -> tuple[Tensor, Tensor]:
     import faiss
     import numpy as np
 
@@ -100,16 +114,17 @@ def _candidates_faiss(q: Tensor, b: Tensor, kk: int) -> Tensor:
     if q.is_cuda and hasattr(faiss, "StandardGpuResources"):
         res = faiss.StandardGpuResources()
         index = faiss.index_cpu_to_gpu(res, q.device.index or 0, index)
-    index.add(np.ascontiguousarray(b.detach().float().cpu().numpy()))
-    _, idx = index.search(np.ascontiguousarray(q.detach().float().cpu().numpy()), kk)
-    return torch.from_numpy(idx).to(q.device)
+    index.add(np.ascontiguousarray(b.detach().cpu().numpy()))
+    sim, idx = index.search(np.ascontiguousarray(q.detach().cpu().numpy()), kk)
+    return torch.from_numpy(idx).to(q.device), torch.from_numpy(sim).to(q.device)
 
 
-def _candidates_torch_cluster(q: Tensor, b: Tensor, kk: int) -> Tensor:
+def _candidates_torch_cluster(q: Tensor, b: Tensor,
+                              kk: int) -> tuple[Tensor, Tensor]:
     import torch_cluster
 
     # On unit vectors the Euclidean ranking equals the cosine ranking.
-    assign = torch_cluster.knn(b.float(), q.float(), kk)
+    assign = torch_cluster.knn(b, q, kk)
     idx = torch.full((q.size(0), kk), -1, dtype=torch.long, device=q.device)
     # torch_cluster returns pairs grouped by query: give each its slot.
     row, col = assign[0], assign[1]
@@ -117,41 +132,60 @@ def _candidates_torch_cluster(q: Tensor, b: Tensor, kk: int) -> Tensor:
     ptr = torch.cumsum(counts, 0) - counts
     slot = torch.arange(row.numel(), device=q.device) - ptr[row]
     idx[row, slot] = col
-    return idx
+    return _sort_rows(idx, _rescore(q, b, idx))
 
 
-def _drop_self(cand: Tensor, k: int) -> Tensor:
-    # Drop each row's own index; where the engine did not return it (duplicate
-    # points tie with it), drop the last candidate instead.
-    n, kk = cand.shape
-    self_idx = torch.arange(n, device=cand.device).unsqueeze(1)
-    is_self = cand == self_idx
-    no_self = ~is_self.any(dim=1)
-    is_self[no_self, kk - 1] = True
-    keep = ~is_self
-    return cand[keep].view(n, kk - 1)[:, : k + 1]
+def _rescore(q: Tensor, b: Tensor, cand: Tensor, chunk: int = 4096) -> Tensor:
+    """Similarity of each query to its candidates by one fixed formula, so that
+    every backend scores a pair identically (``-inf`` for missing slots)."""
+    sim = torch.empty(cand.shape, dtype=q.dtype, device=q.device)
+    for start in range(0, cand.size(0), chunk):
+        c = cand[start:start + chunk]
+        s = (q[start:start + chunk].unsqueeze(1) * b[c.clamp(min=0)]).sum(-1)
+        sim[start:start + chunk] = s.masked_fill(c < 0, -math.inf)
+    return sim
 
 
-def _order(q: Tensor, b: Tensor, cand: Tensor) -> tuple[Tensor, Tensor]:
-    """Re-scores candidates and sorts by (similarity desc, index asc)."""
-    valid = cand >= 0
-    safe = cand.clamp(min=0)
-    sim = (q.unsqueeze(1) * b[safe]).sum(-1)
-    sim = sim.masked_fill(~valid, -math.inf)
-    # Two stable sorts: by index, then by similarity, gives the tie rule.
-    perm = safe.masked_fill(~valid, b.size(0)).argsort(dim=1, stable=True)
+def _sort_rows(cand: Tensor, sim: Tensor) -> tuple[Tensor, Tensor]:
+    """Orders each row by (similarity desc, index asc): two stable sorts."""
+    perm = cand.masked_fill(cand < 0, torch.iinfo(cand.dtype).max).argsort(
+        dim=1, stable=True)
     cand, sim = cand.gather(1, perm), sim.gather(1, perm)
     perm = sim.argsort(dim=1, descending=True, stable=True)
     return cand.gather(1, perm), sim.gather(1, perm)
 
 
-def _full_rows(q: Tensor, b: Tensor, rows: Tensor, k: int,
-               exclude_self: bool) -> tuple[Tensor, Tensor]:
-    s = q[rows] @ b.t()
+def _drop_self(cand: Tensor, sim: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    # Drop each row's own index; where the engine did not return it (duplicate
+    # points tie with it), drop the last candidate instead.
+    n, kk = cand.shape
+    is_self = cand == torch.arange(n, device=cand.device).unsqueeze(1)
+    is_self[~is_self.any(dim=1), kk - 1] = True
+    keep = ~is_self
+    return (cand[keep].view(n, kk - 1)[:, : k + 1],
+            sim[keep].view(n, kk - 1)[:, : k + 1])
+
+
+def _refine_rows(q: Tensor, b: Tensor, rows: Tensor, k: int, exclude_self: bool,
+                 tol: float) -> tuple[Tensor, Tensor]:
+    """Exact answer for rows whose k-th place is (nearly) tied: widen the
+    candidate list until it clears the tie, re-score, apply the index rule."""
+    s = q[rows].float() @ b.float().t()
+    ar = torch.arange(rows.numel(), device=q.device)
     if exclude_self:
-        s[torch.arange(rows.numel(), device=q.device), rows] = -math.inf
-    idx = s.argsort(dim=1, descending=True, stable=True)[:, :k]
-    return _order(q[rows], b, idx)
+        s[ar, rows] = -math.inf
+    m = k + 16
+    while True:
+        m = min(m, s.size(1))
+        top, idx = s.topk(m, dim=1)
+        if m == s.size(1) or bool((top[:, -1] < top[:, k - 1] - 2 * tol).all()):
+            break
+        m *= 2
+    sim = _rescore(q[rows], b, idx)
+    if exclude_self:
+        sim = sim.masked_fill(idx == rows.unsqueeze(1), -math.inf)
+    cand, sim = _sort_rows(idx, sim)
+    return cand[:, :k], sim[:, :k]
 
 
 def knn_search(query: Tensor, base: Tensor | None = None, k: int = 64, *,
@@ -197,24 +231,30 @@ def knn_search(query: Tensor, base: Tensor | None = None, k: int = 64, *,
     name = resolve_backend(backend, query.device)
     # One candidate past k detects ties at the k-th place; one more covers the
     # self match of a self search.
-    kk = min(k + 1, n_avail) + int(self_search)
+    kk = min(k + 1, n_avail)
     q32, b32 = query.float(), base.float()
     if name == "exact":
-        cand = _candidates_exact(q32, b32, kk - int(self_search), self_search,
-                                 chunk_size)
-        if self_search:
-            kk -= 1
-    elif name == "faiss":
-        cand = _candidates_faiss(q32, b32, kk)
+        cand, sim = _candidates_exact(q32, b32, kk, self_search, chunk_size)
     else:
-        cand = _candidates_torch_cluster(q32, b32, kk)
-    if self_search and name != "exact":
-        cand = _drop_self(cand, k)
-    cand, sim = _order(query, base, cand)
-    if cand.size(1) > k:
-        tie = sim[:, k] == sim[:, k - 1]
-        cand, sim = cand[:, :k].contiguous(), sim[:, :k].contiguous()
-        if bool(tie.any()):
-            rows = tie.nonzero().view(-1)
-            cand[rows], sim[rows] = _full_rows(query, base, rows, k, self_search)
+        engine = _candidates_faiss if name == "faiss" else _candidates_torch_cluster
+        cand, sim = engine(q32, b32, kk + int(self_search))
+        if self_search:
+            cand, sim = _drop_self(cand, sim, k)
+    sim = sim.to(query.dtype)
+
+    # Engines order by their own float32 scores. Pairs closer than their
+    # rounding error are re-scored by one formula and ordered by the smaller
+    # index, so that all backends agree and ties are deterministic.
+    tol = 8 * query.size(1) ** 0.5 * torch.finfo(torch.float32).eps
+    near = (sim[:, :-1] - sim[:, 1:]) <= tol
+    boundary = near[:, k - 1] if cand.size(1) > k else torch.zeros_like(near[:, 0])
+    interior = near[:, : k - 1].any(dim=1) & ~boundary
+    if bool(interior.any()):
+        rows = interior.nonzero().view(-1)
+        cand[rows], sim[rows] = _sort_rows(cand[rows],
+                                           _rescore(query[rows], base, cand[rows]))
+    cand, sim = cand[:, :k].contiguous(), sim[:, :k].contiguous()
+    if bool(boundary.any()):
+        rows = boundary.nonzero().view(-1)
+        cand[rows], sim[rows] = _refine_rows(query, base, rows, k, self_search, tol)
     return cand, sim

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-from typing import Optional, Union
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -93,12 +91,12 @@ class DensityAwareConv(MessagePassing):
 
     def forward(
         self,
-        x: Union[Tensor, OptPairTensor],
+        x: Tensor | OptPairTensor,
         edge_index: Adj,
         density: OptTensor = None,
         size: Size = None,
-        return_attention_weights: Optional[bool] = None,
-    ) -> Union[Tensor, tuple[Tensor, tuple[Tensor, Tensor]]]:
+        return_attention_weights: bool | None = None,
+    ) -> Tensor | tuple[Tensor, tuple[Tensor, Tensor]]:
         r"""Runs the forward pass of the module.
 
         Args:
@@ -155,7 +153,7 @@ class DensityAwareConv(MessagePassing):
 
     def edge_update(self, xn_i: Tensor, xn_j: Tensor, rho_j: OptTensor,
                     index: Tensor, ptr: OptTensor,
-                    dim_size: Optional[int]) -> Tensor:
+                    dim_size: int | None) -> Tensor:
         alpha = (xn_i * xn_j).sum(dim=-1)
         if rho_j is not None:
             alpha = alpha + rho_j.to(alpha.dtype)
