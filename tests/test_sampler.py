@@ -8,7 +8,12 @@ from torch_geometric.loader import NodeLoader
 from torch_geometric.utils import trim_to_layer
 
 from dag_pyg.graph import build_density_graph, neighbour_table
-from dag_pyg.sampler import KNNHopSampler, has_neighbor_backend, knn_subgraph, make_loader
+from dag_pyg.sampler import (
+    KNNHopSampler,
+    has_neighbor_backend,
+    knn_subgraph,
+    make_loader,
+)
 
 N, D, K = 60, 8, 6
 needs_neighbor = pytest.mark.skipif(not has_neighbor_backend(),
