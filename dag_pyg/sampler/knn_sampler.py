@@ -11,10 +11,10 @@ PyG's own :class:`~torch_geometric.loader.NeighborLoader` on the equivalent
 """
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Sequence
 
 import torch
+import torch_geometric.typing
 from torch import Tensor
 from torch_geometric.data import Data
 from torch_geometric.loader import NeighborLoader, NodeLoader
@@ -28,13 +28,14 @@ from torch_geometric.sampler import (
 from dag_pyg.graph import neighbour_table
 
 SAMPLERS = ("knn", "neighbor")
+_OFFSET = 1 << 62  # keeps scatter keys below the -1 of unseen nodes
 
 
 def has_neighbor_backend() -> bool:
     """Whether PyG's :class:`~torch_geometric.loader.NeighborLoader` can run
-    (it needs ``pyg-lib`` or ``torch-sparse``)."""
-    return any(importlib.util.find_spec(m) is not None
-               for m in ("pyg_lib", "torch_sparse"))
+    (it needs ``pyg-lib`` or ``torch-sparse`` to import)."""
+    return bool(torch_geometric.typing.WITH_PYG_LIB
+                or torch_geometric.typing.WITH_TORCH_SPARSE)
 
 
 def _graph_degree(graph: Data) -> int:
@@ -128,16 +129,18 @@ def hop_expand(table: Tensor, first: Tensor, hops: int, *, k: int,
         if mark is None:
             mark = torch.full((table.size(0),), -1, dtype=torch.long, device=device)
         if seeds is not None:
-            mark[seeds] = front_local
-            if not bool((mark[seeds] == front_local).all()):
-                mark[seeds] = -1
+            mark.scatter_(0, seeds, front_local)
+            if not bool((mark.index_select(0, seeds) == front_local).all()):
+                mark.index_fill_(0, seeds, -1)
                 raise ValueError("Seeds hold duplicates; with dedup=True each "
                                  "seed must appear once. Pass unique seeds or "
                                  "use dedup=False.")
     try:
         for hop in range(1, hops + 1):
-            nbr = first if hop == 1 else table[front_global]
-            flat = nbr.reshape(-1)
+            # index_select / scatter_ rather than advanced indexing: on small
+            # index tensors they stay serial and several times faster.
+            flat = (first if hop == 1 else
+                    table.index_select(0, front_global)).reshape(-1)
             n_e = flat.numel()
             cols.append(front_local.repeat_interleave(k_sub))
             if front_global is None:  # query edges are not in the graph
@@ -146,16 +149,19 @@ def hop_expand(table: Tensor, first: Tensor, hops: int, *, k: int,
                 edges.append((front_global.unsqueeze(1) * k + ar_k).view(-1))
             if dedup:
                 assert mark is not None
-                pos = (mark[flat] < 0).nonzero().view(-1)
-                cand = flat[pos]
-                # Order-preserving unique: every unseen node keeps the position
-                # of its first occurrence (min over positions), so the new nodes
-                # come in first-appearance order like PyG's samplers.
-                mark.scatter_reduce_(0, cand, pos, "amin", include_self=False)
-                new = cand[mark[cand] == pos]
+                pos = (mark.index_select(0, flat) < 0).nonzero().view(-1)
+                cand = flat.index_select(0, pos)
+                # Order-preserving unique: every unseen node takes the position
+                # of its first occurrence (amin; offset below the -1 of unseen
+                # entries), so new nodes come in first-appearance order like
+                # PyG's samplers, deterministically.
+                key = pos - _OFFSET
+                mark.scatter_reduce_(0, cand, key, "amin")
+                first_seen = (mark.index_select(0, cand) == key).nonzero().view(-1)
+                new = cand.index_select(0, first_seen)
                 local = torch.arange(total, total + new.numel(), device=device)
-                mark[new] = local
-                rows.append(mark[flat])
+                mark.scatter_(0, new, local)
+                rows.append(mark.index_select(0, flat))
                 front_global, front_local = new, local
             else:
                 new = flat
@@ -171,7 +177,7 @@ def hop_expand(table: Tensor, first: Tensor, hops: int, *, k: int,
     finally:
         if dedup and mark is not None and hops > 0:
             for part in nodes[0 if seeds is not None else 1:]:
-                mark[part] = -1
+                mark.index_fill_(0, part, -1)
     empty = torch.empty(0, dtype=torch.long, device=device)
     return SamplerOutput(
         node=torch.cat(nodes) if len(nodes) > 1 else roots,
@@ -235,7 +241,7 @@ class KNNHopSampler(BaseSampler):
     def sample(self, seeds: Tensor) -> SamplerOutput:
         """Samples the sub-graph of ``seeds`` (global node ids)."""
         seeds = check_seeds(seeds, self.num_nodes).to(self.table.device)
-        first = self.table[seeds]
+        first = self.table.index_select(0, seeds)
         return hop_expand(self.table, first, self.hops, k=self.k, seeds=seeds,
                           dedup=self.dedup, mark=self._mark)
 
@@ -283,7 +289,7 @@ def _fill_hop_counts(out: SamplerOutput, hops: int) -> SamplerOutput:
     nodes, edges = [num_seeds], []
     end, e_begin = num_seeds, 0
     for _ in range(hops):
-        e_end = int(torch.searchsorted(out.col, torch.tensor(end)))
+        e_end = int(torch.searchsorted(out.col, end))
         edges.append(e_end - e_begin)
         new_end = end
         if e_end > e_begin:
