@@ -265,16 +265,25 @@ def test_parents_and_step_distances_match_reference():
 
 
 def test_fast_and_generic_layouts_agree():
+    # Sorted [N, k] rows, unsorted [N, k] rows and arbitrary edge order take
+    # three different code paths.
     gen = torch.Generator().manual_seed(5)
-    for _ in range(20):
-        graph = feature_graph(gen, "duplicates")
-        perm = torch.randperm(graph.edge_index.size(1), generator=gen)
-        shuffled = Data(edge_index=graph.edge_index[:, perm], sim=graph.sim[perm],
-                        density=graph.density, num_nodes=graph.num_nodes)
-        assert torch.equal(density_ascending_parents(graph),
-                           density_ascending_parents(shuffled))
-        assert torch.equal(parent_step_distances(graph),
-                           parent_step_distances(shuffled))
+    for i in range(30):
+        graph = feature_graph(gen, ["duplicates", "uniform", "clustered"][i % 3])
+        n, e = graph.num_nodes, graph.edge_index.size(1)
+        k = e // n
+        within = (torch.rand(n, k, generator=gen).argsort(dim=1)
+                  + torch.arange(n).view(n, 1) * k).view(-1)
+        anywhere = torch.randperm(e, generator=gen)
+        for perm in (within, anywhere):
+            shuffled = Data(edge_index=graph.edge_index[:, perm],
+                            sim=graph.sim[perm], density=graph.density,
+                            num_nodes=n)
+            for sigma in (0.2, math.inf):
+                assert torch.equal(density_ascending_parents(graph, sigma),
+                                   density_ascending_parents(shuffled, sigma))
+            assert torch.equal(parent_step_distances(graph),
+                               parent_step_distances(shuffled))
 
 
 def test_path_lengths_against_loop():

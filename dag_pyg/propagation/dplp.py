@@ -74,9 +74,11 @@ def _check_graph(graph: Data) -> tuple[Tensor, Tensor, Tensor, int]:
     if density.dim() != 1 or density.numel() != n:
         raise ValueError(f"graph.density must have shape [num_nodes={n}] (got "
                          f"{tuple(density.shape)}).")
-    if edge_index.numel() > 0 and (int(edge_index.min()) < 0
-                                   or int(edge_index.max()) >= n):
-        raise ValueError(f"graph.edge_index holds node indices outside [0, {n}).")
+    if edge_index.numel() > 0:
+        lo, hi = torch.aminmax(edge_index)
+        if int(lo) < 0 or int(hi) >= n:
+            raise ValueError(
+                f"graph.edge_index holds node indices outside [0, {n}).")
     return edge_index, sim, density, n
 
 
@@ -100,9 +102,54 @@ def _dense_rows(edge_index: Tensor, n: int) -> int | None:
     if n == 0 or e == 0 or e % n != 0:
         return None
     k = e // n
-    centre = edge_index[1].view(n, k)
-    ar = torch.arange(n, device=edge_index.device).view(n, 1)
-    return k if bool((centre == ar).all()) else None
+    # Row u of the [N, k] view must hold u only: its min and max are u.
+    lo, hi = torch.aminmax(edge_index[1].view(n, k), dim=1)
+    ar = torch.arange(n, device=edge_index.device)
+    return k if torch.equal(lo, ar) and torch.equal(hi, ar) else None
+
+
+def _rows_sorted(nbr: Tensor, sim: Tensor) -> bool:
+    """Whether every row of the ``[N, k]`` table is ordered by descending
+    similarity, ties by strictly ascending neighbour index."""
+    prev, nxt = sim[:, :-1], sim[:, 1:]
+    if not bool((prev >= nxt).all()):
+        return False
+    # Equal neighbouring similarities are rare on real features: check the
+    # index order only there.
+    r, c = (prev == nxt).nonzero(as_tuple=True)
+    return bool((nbr[r, c] < nbr[r, c + 1]).all())
+
+
+def _first_denser_sorted(nbr: Tensor, sim: Tensor, density: Tensor
+                         ) -> tuple[Tensor, Tensor]:
+    # In a sorted row the parent is the first denser entry. Most nodes find
+    # it within the first few columns, so scan column blocks of growing width
+    # and only keep searching the rows that have not found one yet.
+    n, k = nbr.shape
+    parent = torch.full((n,), -1, dtype=torch.long, device=nbr.device)
+    best = torch.full((n,), -math.inf, dtype=sim.dtype, device=sim.device)
+    rows = None  # None: all rows
+    start, width = 0, 4
+    while start < k:
+        stop = min(k, start + width)
+        if rows is None:
+            sub, dens_u = nbr[:, start:stop], density.view(n, 1)
+        else:
+            sub, dens_u = nbr[rows, start:stop], density[rows].view(-1, 1)
+        denser = density[sub] > dens_u
+        hit = denser.any(dim=1)
+        # argmax returns the first maximal entry: the first denser column.
+        col = start + denser.to(torch.uint8).argmax(dim=1)
+        found = hit.nonzero().view(-1)
+        r = found if rows is None else rows[found]
+        parent[r] = nbr[r, col[found]]
+        best[r] = sim[r, col[found]]
+        miss = (~hit).nonzero().view(-1)
+        rows = miss if rows is None else rows[miss]
+        if rows.numel() == 0:
+            break
+        start, width = stop, width * 4
+    return parent, best
 
 
 def _nearest_denser(graph: Data) -> tuple[Tensor, Tensor]:
@@ -112,28 +159,31 @@ def _nearest_denser(graph: Data) -> tuple[Tensor, Tensor]:
     nbr, centre = edge_index[0], edge_index[1]
     k = _dense_rows(edge_index, n)
     if k is not None:
-        # Fast path: [N, k] table, row reductions instead of scatters.
-        nbr2 = nbr.view(n, k)
-        valid = density[nbr2] > density.view(n, 1)
-        s = sim.view(n, k).masked_fill(~valid, -math.inf)
-        best = s.max(dim=1).values
+        nbr2, sim2 = nbr.view(n, k), sim.view(n, k)
+        if _rows_sorted(nbr2, sim2):
+            # Layout of build_density_graph: no full pass over the edges.
+            return _first_denser_sorted(nbr2, sim2, density)
+        # [N, k] table: row reductions instead of scatters.
+        valid = density.index_select(0, nbr).view(n, k) > density.view(n, 1)
+        s = torch.where(valid, sim2, -math.inf)
+        best = s.amax(dim=1)
         # Ties in similarity: the smallest neighbour index wins.
         tie = valid & (s == best.view(n, 1))
-        parent = nbr2.masked_fill(~tie, n).min(dim=1).values
+        parent = torch.where(tie, nbr2, n).amin(dim=1)
     else:
         valid = density[nbr] > density[centre]
-        s = sim.masked_fill(~valid, -math.inf)
+        s = torch.where(valid, sim, -math.inf)
         best = scatter(s, centre, dim=0, dim_size=n, reduce="max")
         # Nodes without incoming edges come back as 0 from `scatter`.
         deg = torch.zeros(n, dtype=torch.long, device=sim.device)
         deg.scatter_add_(0, centre, torch.ones_like(centre))
         best = best.masked_fill(deg == 0, -math.inf)
         tie = valid & (s == best[centre])
-        cand = nbr.masked_fill(~tie, n)
         parent = torch.full((n,), n, dtype=torch.long, device=nbr.device)
-        parent.scatter_reduce_(0, centre, cand, reduce="amin", include_self=True)
+        parent.scatter_reduce_(0, centre, torch.where(tie, nbr, n), reduce="amin",
+                               include_self=True)
     has = parent < n
-    parent = torch.where(has, parent, torch.full_like(parent, -1))
+    parent = torch.where(has, parent, -1)
     best = best.masked_fill(~has, -math.inf)
     return parent, best
 
