@@ -24,7 +24,7 @@ def clustered_features(n: int, d: int, num_classes: int = 10, noise: float = 0.6
     return x, y
 
 
-def timeit(fn: Callable[[], object], repeat: int = 3, warmup: int = 1) -> float:
+def timeit(fn: Callable[[], object], repeat: int = 3, warmup: int = 2) -> float:
     """Best wall time of ``repeat`` runs after ``warmup`` runs, in seconds."""
     for _ in range(warmup):
         fn()

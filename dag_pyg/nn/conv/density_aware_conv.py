@@ -11,6 +11,8 @@ from torch_geometric.typing import Adj, OptPairTensor, OptTensor, Size
 from torch_geometric.utils import is_torch_sparse_tensor, softmax
 from torch_geometric.utils.sparse import set_sparse_value
 
+from dag_pyg.nn.functional import edge_dot
+
 
 class DensityAwareConv(MessagePassing):
     r"""The density-aware neighbourhood aggregation (DNA) operator from the
@@ -127,8 +129,8 @@ class DensityAwareConv(MessagePassing):
         xn_src = F.normalize(x_src, p=2., dim=-1)
         xn_dst = F.normalize(x_dst, p=2., dim=-1)
         rho = density if self.use_density else None
-        alpha = self.edge_updater(edge_index, xn=(xn_src, xn_dst), rho=rho,
-                                  size=size)
+        alpha = self.edge_updater(edge_index, xn_src=xn_src, xn_dst=xn_dst,
+                                  rho=(rho, None), size=size)
 
         # Theta(x_i + sum_j alpha x_j) is linear, so project first when it
         # shrinks the features and aggregate first otherwise.
@@ -151,10 +153,12 @@ class DensityAwareConv(MessagePassing):
             return out, (edge_index, alpha)
         return out
 
-    def edge_update(self, xn_i: Tensor, xn_j: Tensor, rho_j: OptTensor,
-                    index: Tensor, ptr: OptTensor,
-                    dim_size: int | None) -> Tensor:
-        alpha = (xn_i * xn_j).sum(dim=-1)
+    def edge_update(self, xn_src: Tensor, xn_dst: Tensor, rho_j: OptTensor,
+                    edge_index_i: Tensor, edge_index_j: Tensor, index: Tensor,
+                    ptr: OptTensor, dim_size: int | None) -> Tensor:
+        # cos(x_i, x_j) is not a sum of per-node terms (unlike GAT's logits):
+        # a fused per-edge dot avoids keeping two [E, d] gathers for backward.
+        alpha = edge_dot(xn_dst, xn_src, edge_index_i, edge_index_j)
         if rho_j is not None:
             alpha = alpha + rho_j.to(alpha.dtype)
         return softmax(alpha, index, ptr, dim_size)
