@@ -1,0 +1,5 @@
+import sys
+
+from dag_pyg.cli import main
+
+sys.exit(main())

@@ -1,0 +1,334 @@
+"""Experiment configuration: typed defaults, YAML files with ``base:``
+inheritance, and ``key.sub=value`` overrides.
+
+Every switch of the paper's ablations is a key here (``dna.enabled``,
+``dna.aggregator``, ``dna.hops``, ``dna.k``, ``pseudo_label.source``,
+``dplp.mode``, ``dplp.sigma``, ``graph.k``, ``graph.backend``).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import math
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration key or value that cannot be used."""
+
+
+@dataclass
+class DataConfig:
+    name: str = "digits"           # digits | cifar10 | cifar100 | imagefolder
+    root: str | None = None        # data folder (torchvision root / image tree)
+    download: bool = False         # torchvision download where the network allows
+    cache_dir: str | None = None   # decoded-image cache for read-only data folders
+    image_size: int | None = None  # resize for imagefolder (e.g. 84 Mini-ImageNet)
+    num_train: int | None = None   # use a class-balanced subset of train (CPU runs)
+    num_test: int | None = None    # use a class-balanced subset of test (CPU runs)
+    num_labelled: int = 50         # labelled samples in all (or per class)
+    per_class: bool = False        # num_labelled counts per class
+    num_val: int = 0               # validation samples carved from train
+    split_file: str | None = None  # reuse another run's split.json
+    translate: int | None = None   # augmentation shift in px (None: dataset default)
+    flip: bool | None = None       # horizontal flips (None: dataset default)
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "mlp"          # cnn13 | resnet18 | mlp | cnn
+    width: float = 1.0             # cnn13 channel multiplier (0.25 for CPU runs)
+    weight_norm: bool = False      # cnn13 weight norm
+    dropout: float = 0.5           # cnn13 dropout
+
+
+@dataclass
+class OptimConfig:
+    epochs: int = 400
+    pretrain_epochs: int = 10      # labelled-only epochs that seed the banks
+    batch_size: int = 100
+    labelled_batch_size: int = 50  # labelled samples in every batch
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 2e-4
+    schedule: str = "step"         # step | cosine | constant
+    milestones: list[int] = field(default_factory=lambda: [250, 350])
+    gamma: float = 0.1
+
+
+@dataclass
+class LossConfig:
+    mixup_alpha: float = 1.0       # Beta(alpha, alpha); 0 disables mixup
+    entropy_weight: float = 0.4    # Eq. 2 entropy minimisation
+    balance_weight: float = 0.8    # Eq. 2 class balance (KL to a uniform prior)
+
+
+@dataclass
+class GraphConfig:
+    k: int = 64
+    backend: str = "auto"          # auto | exact | faiss | torch_cluster
+    density: str = "mean_sim"      # mean_sim | count
+    density_threshold: float = 0.5
+
+
+@dataclass
+class DNAConfig:
+    enabled: bool = True
+    aggregator: str = "dna"        # dna | dna_no_density | gat | none
+    hops: int = 1
+    k: int = 8                     # k_sub: neighbours per node in the sub-graph
+    sampler: str = "knn"           # knn | neighbor (PyG NeighborLoader)
+
+
+@dataclass
+class PseudoLabelConfig:
+    source: str = "dplp"           # dplp | model | none
+
+
+@dataclass
+class DPLPConfig:
+    mode: str = "LU"               # L | LU
+    sigma: float | str = math.inf  # a distance, or "q0.5": a quantile of steps
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 512
+    every: int = 1                 # evaluate every n epochs (and at the end)
+
+
+@dataclass
+class LogConfig:
+    tensorboard: bool = True       # where tensorboard is installed
+    plots: bool = True
+    progress: bool = True
+
+
+@dataclass
+class Config:
+    name: str = "digits"
+    seed: int = 0
+    device: str = "auto"           # auto | cpu | cuda | cuda:N
+    out: str = "runs"              # runs go to out/name (or --out)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    graph: GraphConfig = field(default_factory=GraphConfig)
+    dna: DNAConfig = field(default_factory=DNAConfig)
+    pseudo_label: PseudoLabelConfig = field(default_factory=PseudoLabelConfig)
+    dplp: DPLPConfig = field(default_factory=DPLPConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+CHOICES = {
+    "data.name": ("digits", "cifar10", "cifar100", "imagefolder"),
+    "model.backbone": ("cnn13", "resnet18", "mlp", "cnn"),
+    "optim.schedule": ("step", "cosine", "constant"),
+    "graph.backend": ("auto", "exact", "faiss", "torch_cluster"),
+    "graph.density": ("mean_sim", "count"),
+    "dna.aggregator": ("dna", "dna_no_density", "gat", "none"),
+    "dna.sampler": ("knn", "neighbor"),
+    "pseudo_label.source": ("dplp", "model", "none"),
+    "dplp.mode": ("L", "LU"),
+}
+
+
+def _fields(cls) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def valid_keys(cls=Config, prefix: str = "") -> list[str]:
+    """Every dotted key of the configuration."""
+    keys = []
+    for name, tp in _fields(cls).items():
+        if dataclasses.is_dataclass(tp):
+            keys += valid_keys(tp, f"{prefix}{name}.")
+        else:
+            keys.append(prefix + name)
+    return keys
+
+
+def _unknown(key: str) -> ConfigError:
+    keys = valid_keys()
+    close = difflib.get_close_matches(key, keys, n=1, cutoff=0.5)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    return ConfigError(f"Unknown config key '{key}'.{hint} Valid keys: "
+                       f"{', '.join(keys)}.")
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Checks ``value`` against the annotated type; ints pass as floats."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        errors = []
+        for arg in args:
+            try:
+                return _coerce(key, value, arg)
+            except ConfigError as e:
+                errors.append(e)
+        names = " or ".join(getattr(a, "__name__", str(a)) for a in args)
+        raise ConfigError(f"Config key '{key}' must be {names} (got "
+                          f"{value!r} of type {type(value).__name__}).")
+    if tp is type(None):
+        if value is None:
+            return None
+    elif origin is list:
+        if isinstance(value, list | tuple):
+            return [_coerce(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value)]
+    elif tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str) and value.strip().lower() in ("inf", ".inf"):
+            return math.inf
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    name = getattr(tp, "__name__", str(tp))
+    raise ConfigError(f"Config key '{key}' must be {name} (got {value!r} of "
+                      f"type {type(value).__name__}).")
+
+
+def _apply(obj: Any, updates: dict[str, Any], prefix: str = "") -> None:
+    fields = _fields(type(obj))
+    for name, value in updates.items():
+        key = prefix + str(name)
+        if name not in fields:
+            raise _unknown(key)
+        tp = fields[name]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, dict):
+                raise ConfigError(f"Config key '{key}' is a section: give a "
+                                  f"mapping of its keys, not {value!r}.")
+            _apply(getattr(obj, name), value, key + ".")
+        else:
+            setattr(obj, name, _coerce(key, value, tp))
+
+
+def _check(cfg: Config) -> None:
+    for key, choices in CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value not in choices:
+            close = difflib.get_close_matches(str(value), choices, n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"Config key '{key}' must be one of {list(choices)} "
+                              f"(got '{value}').{hint}")
+    sigma = cfg.dplp.sigma
+    if isinstance(sigma, str):
+        try:
+            q = float(sigma[1:]) if sigma.startswith("q") else math.nan
+        except ValueError:
+            q = math.nan
+        if not 0.0 <= q <= 1.0:
+            raise ConfigError(f"Config key 'dplp.sigma' must be a distance (a "
+                              f"number, or inf) or a quantile 'q0.5' of the "
+                              f"parent-step distances (got '{sigma}').")
+    elif sigma < 0:
+        raise ConfigError(f"Config key 'dplp.sigma' must be >= 0 (got {sigma}).")
+    positive = {"graph.k": cfg.graph.k, "dna.k": cfg.dna.k,
+                "optim.epochs": cfg.optim.epochs,
+                "optim.batch_size": cfg.optim.batch_size,
+                "eval.batch_size": cfg.eval.batch_size, "eval.every": cfg.eval.every}
+    for key, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"Config key '{key}' must be >= 1 (got {value}).")
+    if cfg.dna.hops < 0:
+        raise ConfigError(f"Config key 'dna.hops' must be >= 0 (got {cfg.dna.hops}).")
+    if cfg.dna.k > cfg.graph.k:
+        raise ConfigError(f"dna.k={cfg.dna.k} (neighbours per node in the "
+                          f"sub-graph) cannot exceed graph.k={cfg.graph.k}.")
+    if not 0 <= cfg.optim.labelled_batch_size <= cfg.optim.batch_size:
+        raise ConfigError("Config key 'optim.labelled_batch_size' must be between 0 "
+                          f"and optim.batch_size={cfg.optim.batch_size}.")
+    if cfg.optim.pretrain_epochs < 0:
+        raise ConfigError("Config key 'optim.pretrain_epochs' must be >= 0.")
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Reads a YAML file, merged over its ``base:`` file (relative paths are
+    resolved next to the file)."""
+    path = path.resolve()
+    if path in seen:
+        chain = " -> ".join(str(p) for p in (*seen, path))
+        raise ConfigError(f"'base:' files form a cycle: {chain}.")
+    if not path.is_file():
+        raise ConfigError(f"Config file '{path}' does not exist.")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"Config file '{path}' is not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"Config file '{path}' must hold a mapping of keys.")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    return merge(_read_yaml(path.parent / base, (*seen, path)), data)
+
+
+def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Recursive dictionary merge: ``over`` wins, sections merge key by key."""
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """``"dna.hops=2"`` -> ``{"dna": {"hops": 2}}`` (values parsed as YAML)."""
+    if "=" not in text:
+        raise ConfigError(f"Override '{text}' must look like key.sub=value.")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if key not in valid_keys():
+        raise _unknown(key)
+    value = yaml.safe_load(raw) if raw.strip() else None
+    out: dict[str, Any] = {}
+    node = out
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return out
+
+
+def from_dict(data: dict[str, Any]) -> Config:
+    cfg = Config()
+    _apply(cfg, data)
+    _check(cfg)
+    return cfg
+
+
+def load_config(path: str | Path | None = None,
+                overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Builds a :class:`Config` from a YAML file and command-line overrides."""
+    data = _read_yaml(Path(path)) if path is not None else {}
+    for text in overrides:
+        data = merge(data, parse_override(text))
+    return from_dict(data)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,553 @@
+r"""The DAG training loop (the paper's Alg. 2).
+
+One epoch trains backbone + head on mini-batches (labelled and pseudo-labelled
+samples, mixup, Eq. 2), then refreshes what the next epoch uses:
+
+1. the Feature Bank (backbone features of every training sample, eval mode,
+   no augmentation),
+2. the density-aware kNN graph over it,
+3. the Label Bank (the model's predictions: the head over the graph),
+4. the pseudo labels (DPLP over the graph, or the Label Bank itself),
+5. the evaluation (test queries retrieve neighbours from the Feature Bank).
+
+Epoch 0's banks come from ``optim.pretrain_epochs`` epochs on the labelled
+samples only. Every epoch ends with an atomic checkpoint from which
+``--resume`` continues to the same result as an uninterrupted run.
+"""
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch_geometric.data import Data
+
+from dag_pyg.config import Config, save_config
+from dag_pyg.data import ArrayDataset, BatchTransform, Split, load_dataset, make_split
+from dag_pyg.data.transforms import mixup
+from dag_pyg.graph import build_density_graph
+from dag_pyg.models import build_backbone
+from dag_pyg.nn.dna_head import DNAHead, predict_queries
+from dag_pyg.propagation import dplp, parent_step_distances, path_lengths
+from dag_pyg.propagation.dplp import density_ascending_parents
+from dag_pyg.sampler import knn_subgraph, make_loader
+from dag_pyg.train.checkpoint import (
+    CheckpointError,
+    capture_rng_state,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+from dag_pyg.train.logger import RunLogger, write_json_atomic
+from dag_pyg.train.losses import dag_loss
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device '{name}' was asked for but CUDA is not "
+                         "available; use device: auto or cpu.")
+    return dev
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def balanced_subset(targets: Tensor, count: int, seed: int) -> Tensor:
+    """A class-balanced subset of ``count`` indices (CPU-scale runs)."""
+    return make_split(targets, count, seed=seed).labelled.sort().values
+
+
+@dataclass
+class Banks:
+    """What an epoch reads: refreshed at the end of the previous epoch."""
+    features: Tensor          # Feature Bank [N, d]
+    prior: Tensor             # Label Bank: the model's predictions [N]
+    targets: Tensor           # training target per node [N] (-1: none)
+
+
+class Trainer:
+    """Runs one experiment into ``run_dir``.
+
+    Args:
+        cfg (Config): The experiment.
+        run_dir (str or Path): Where every artefact goes.
+        resume (bool): Continue from ``run_dir/checkpoint.pt``.
+    """
+
+    def __init__(self, cfg: Config, run_dir: str | Path, resume: bool = False):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.resume = resume
+        ckpt_path = self.run_dir / CHECKPOINT
+        if resume and not ckpt_path.exists():
+            raise CheckpointError(f"--resume: no checkpoint at '{ckpt_path}'; "
+                                  "start the run without --resume.")
+        if not resume and ckpt_path.exists():
+            raise FileExistsError(
+                f"'{self.run_dir}' already holds a run (checkpoint.pt); pass "
+                "--resume to continue it or --out to start a new one. Nothing "
+                "was overwritten.")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.device = resolve_device(cfg.device)
+        seed_everything(cfg.seed)
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self._setup_data()
+        self._setup_model()
+
+    # ------------------------------------------------------------------ set-up
+    def _setup_data(self) -> None:
+        cfg = self.cfg.data
+        kw = {"image_size": cfg.image_size} if cfg.name == "imagefolder" else {}
+        root = os.path.expanduser(cfg.root) if cfg.root else None
+        train, test = load_dataset(cfg.name, root=root, download=cfg.download,
+                                   cache_dir=cfg.cache_dir, **kw)
+        if cfg.num_train is not None:
+            train = train.subset(balanced_subset(train.targets, cfg.num_train,
+                                                 self.cfg.seed))
+        if cfg.num_test is not None:
+            test = test.subset(balanced_subset(test.targets, cfg.num_test, 0))
+        if cfg.split_file:
+            split = Split.load(cfg.split_file, num_samples=len(train))
+        else:
+            split = make_split(train.targets, cfg.num_labelled, per_class=cfg.per_class,
+                               num_val=cfg.num_val, seed=self.cfg.seed)
+        split.save(str(self.run_dir / "split.json"))
+        self.train_set, self.test_set, self.split = train, test, split
+        self.num_classes = train.num_classes
+        # Graph node i is training sample nodes[i]: labelled first.
+        self.nodes = torch.cat([split.labelled, split.unlabelled])
+        self.num_labelled = split.labelled.numel()
+        n = self.nodes.numel()
+        self.labelled_mask = torch.zeros(n, dtype=torch.bool)
+        self.labelled_mask[: self.num_labelled] = True
+        self.true_y = train.targets[self.nodes]
+        self.train_tf = BatchTransform.for_dataset(train, train=True)
+        if cfg.translate is not None:
+            self.train_tf.pad = cfg.translate
+        if cfg.flip is not None:
+            self.train_tf.flip = cfg.flip
+        self.eval_tf = BatchTransform.for_dataset(train, train=False)
+
+    def _setup_model(self) -> None:
+        cfg = self.cfg
+        c, h, w = self.train_set.image_shape
+        opts = {}
+        if cfg.model.backbone == "cnn13":
+            opts = {"width": cfg.model.width, "weight_norm": cfg.model.weight_norm,
+                    "dropout": cfg.model.dropout}
+        self.backbone = build_backbone(cfg.model.backbone, self.num_classes,
+                                       in_channels=c, input_size=min(h, w),
+                                       **opts).to(self.device)
+        aggregator = cfg.dna.aggregator if cfg.dna.enabled else "none"
+        self.head = DNAHead(self.backbone.feat_dim, self.num_classes,
+                            hops=cfg.dna.hops, aggregator=aggregator).to(self.device)
+        self.uses_graph_head = self.head.hops > 0
+        # The backbone's own classifier is unused: the head classifies.
+        params = [p for n, p in self.backbone.named_parameters()
+                  if not n.startswith("classifier.")] + list(self.head.parameters())
+        o = cfg.optim
+        self.optimizer = torch.optim.SGD(params, lr=o.lr, momentum=o.momentum,
+                                         nesterov=o.nesterov and o.momentum > 0,
+                                         weight_decay=o.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
+                                                           self._lr_factor)
+
+    def _lr_factor(self, epoch: int) -> float:
+        """Learning-rate factor of an epoch (pre-training runs at the base rate;
+        the schedule counts main epochs)."""
+        o = self.cfg.optim
+        e = epoch - o.pretrain_epochs
+        if e < 0 or o.schedule == "constant":
+            return 1.0
+        if o.schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * e / o.epochs))
+        return o.gamma ** sum(e >= m for m in o.milestones)
+
+    # ---------------------------------------------------------------- helpers
+    def _images(self, dataset: ArrayDataset, rows: Tensor) -> Tensor:
+        return dataset.images[rows]
+
+    @torch.no_grad()
+    def extract(self, dataset: ArrayDataset, rows: Tensor, log: RunLogger,
+                desc: str) -> Tensor:
+        """Backbone features of ``dataset[rows]`` in eval mode, no augmentation."""
+        self.backbone.eval()
+        bs = self.cfg.eval.batch_size
+        out = []
+        for s in log.progress(range(0, rows.numel(), bs), desc=desc,
+                              total=math.ceil(rows.numel() / bs)):
+            x = self.eval_tf(self._images(dataset, rows[s:s + bs])).to(self.device)
+            out.append(self.backbone.features(x).float())
+        return torch.cat(out).cpu()
+
+    def _resolve_sigma(self, graph: Data) -> float:
+        sigma = self.cfg.dplp.sigma
+        if isinstance(sigma, str):  # "q0.5": a quantile of the parent steps
+            steps = parent_step_distances(graph)
+            steps = steps[torch.isfinite(steps)]
+            if steps.numel() == 0:
+                return math.inf
+            return float(torch.quantile(steps.double(), float(sigma[1:])))
+        return float(sigma)
+
+    def _head_logits(self, feats: Tensor, graph: Data | None) -> Tensor:
+        """The head over the whole training graph (the Label Bank)."""
+        self.head.eval()
+        with torch.no_grad():
+            x = feats.to(self.device)
+            if not self.uses_graph_head:
+                return self.head(x).cpu()
+            sub = knn_subgraph(graph, self.cfg.dna.k)
+            return self.head(x, sub.edge_index.to(self.device),
+                             graph.density.to(self.device)).cpu()
+
+    def _evaluate(self, feats: Tensor, graph: Data, dataset: ArrayDataset,
+                  rows: Tensor, truth: Tensor, log: RunLogger, desc: str) -> float:
+        q = self.extract(dataset, rows, log, desc)
+        self.head.eval()
+        if self.uses_graph_head:
+            logits = predict_queries(self.head, q.to(self.device),
+                                     feats.to(self.device), graph.to(self.device),
+                                     self.cfg.dna.k,
+                                     batch_size=self.cfg.eval.batch_size).cpu()
+        else:
+            with torch.no_grad():
+                logits = self.head(q.to(self.device)).cpu()
+        return 100.0 * float((logits.argmax(1) != truth).float().mean())
+
+    # ---------------------------------------------------------------- refresh
+    def refresh(self, log: RunLogger, epoch: int, evaluate: bool
+                ) -> tuple[Banks, Data, dict]:
+        """Feature Bank, graph, Label Bank, pseudo labels and evaluation."""
+        cfg, rec = self.cfg, {}
+        t = time.perf_counter()
+        feats = self.extract(self.train_set, self.nodes, log, "feature bank")
+        rec["time_bank"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        graph = build_density_graph(feats, cfg.graph.k, backend=cfg.graph.backend,
+                                    density=cfg.graph.density,
+                                    density_threshold=cfg.graph.density_threshold)
+        rec["time_graph"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        prior = self._head_logits(feats, graph).argmax(1)
+        prior[self.labelled_mask] = self.true_y[self.labelled_mask]
+        rec["time_label_bank"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        unl = ~self.labelled_mask
+        y_known = torch.where(self.labelled_mask, self.true_y,
+                              torch.zeros_like(self.true_y))
+        sigma = self._resolve_sigma(graph)
+        source = cfg.pseudo_label.source
+        if source == "dplp":
+            res = dplp(graph, y_known, self.labelled_mask, prior, sigma=sigma,
+                       mode=cfg.dplp.mode, num_classes=self.num_classes)
+            targets, parents = res.labels.clone(), res.parents
+            covered = (res.phase > 0) & unl
+        else:
+            parents = density_ascending_parents(graph, sigma)
+            targets = prior.clone() if source == "model" else \
+                torch.where(self.labelled_mask, self.true_y, -1)
+            covered = torch.zeros_like(unl)
+        rec["time_dplp"] = time.perf_counter() - t
+
+        lengths = path_lengths(parents).float()
+        rec.update(self._label_stats(targets, prior, covered, unl, lengths, sigma))
+        self.last_path_lengths = lengths
+        if evaluate:
+            t = time.perf_counter()
+            rec["test_error"] = self._evaluate(feats, graph, self.test_set,
+                                               torch.arange(len(self.test_set)),
+                                               self.test_set.targets, log, "test")
+            if self.split.val.numel():
+                rec["val_error"] = self._evaluate(
+                    feats, graph, self.train_set, self.split.val,
+                    self.train_set.targets[self.split.val], log, "val")
+            rec["time_eval"] = time.perf_counter() - t
+        return Banks(feats, prior, targets), graph, rec
+
+    def _label_stats(self, targets: Tensor, prior: Tensor, covered: Tensor,
+                     unl: Tensor, lengths: Tensor, sigma: float) -> dict:
+        truth = self.true_y
+        rec = {"dplp_sigma": sigma,
+               "path_len_mean": float(lengths.mean()),
+               "path_len_q10": float(torch.quantile(lengths, 0.1)),
+               "path_len_q50": float(torch.quantile(lengths, 0.5)),
+               "path_len_q90": float(torch.quantile(lengths, 0.9)),
+               "path_len_max": float(lengths.max())}
+        n_unl = max(int(unl.sum()), 1)
+        has = unl & (targets >= 0)
+        rec["pl_acc_all"] = float((targets[has] == truth[has]).float().mean()) \
+            if bool(has.any()) else math.nan
+        rec["model_acc"] = float((prior[unl] == truth[unl]).float().mean()) \
+            if bool(unl.any()) else math.nan
+        rec["pl_coverage"] = float(covered.sum()) / n_unl
+        if bool(covered.any()):
+            rec["pl_acc"] = float((targets[covered] == truth[covered]).float().mean())
+            rec["model_acc_on_covered"] = float(
+                (prior[covered] == truth[covered]).float().mean())
+        else:
+            rec["pl_acc"] = rec["model_acc_on_covered"] = math.nan
+        return rec
+
+    # ---------------------------------------------------------------- training
+    def _batches(self, pretrain: bool) -> list[Tensor]:
+        """Seed node ids of an epoch's batches: ``labelled_batch_size``
+        labelled (cycled) plus unlabelled (each once per epoch)."""
+        o = self.cfg.optim
+        n_lab, n = self.num_labelled, self.nodes.numel()
+        lab_bs = o.labelled_batch_size if n_lab else 0
+        unl_bs = o.batch_size - lab_bs
+        unl = torch.arange(n_lab, n)[torch.randperm(n - n_lab, generator=self.gen)]
+        if unl_bs <= 0 or unl.numel() == 0:
+            steps = math.ceil(max(n_lab, 1) / max(lab_bs, 1))
+        else:
+            steps = math.ceil(unl.numel() / unl_bs)
+        lab_bs = min(lab_bs, n_lab)
+        need = steps * lab_bs
+        reps = math.ceil(need / max(n_lab, 1)) if lab_bs else 0
+        lab = torch.cat([torch.randperm(n_lab, generator=self.gen)
+                         for _ in range(reps)]) if reps else torch.empty(0).long()
+        out = []
+        for i in range(steps):
+            seeds = lab[i * lab_bs:(i + 1) * lab_bs]
+            if not pretrain and unl_bs > 0:
+                seeds = torch.cat([seeds, unl[i * unl_bs:(i + 1) * unl_bs]])
+            if seeds.numel():
+                out.append(seeds)
+        return out
+
+    def train_epoch(self, banks: Banks, graph: Data | None, pretrain: bool,
+                    log: RunLogger, epoch: int) -> dict:
+        cfg = self.cfg
+        self.backbone.train()
+        self.head.train()
+        use_graph = self.uses_graph_head and not pretrain
+        loader = None
+        if use_graph:
+            loader = make_loader(graph, cfg.dna.k, cfg.dna.hops, sampler=cfg.dna.sampler)
+            bank = banks.features.to(self.device)
+            density = graph.density.to(self.device)
+        sums: dict[str, float] = {}
+        batches = self._batches(pretrain)
+        desc = f"{'pretrain' if pretrain else 'train'} {epoch}"
+        for seeds in log.progress(batches, desc=desc, total=len(batches)):
+            y = banks.targets[seeds] if not pretrain else self.true_y[seeds]
+            # Samples without a target get an all-zero target row: mixing then
+            # weights each component's cross-entropy by its share (see losses).
+            onehot = torch.nn.functional.one_hot(y.clamp(min=0), self.num_classes)
+            onehot = onehot.float() * (y >= 0).float().unsqueeze(1)
+            x = self.train_tf(self._images(self.train_set, self.nodes[seeds]),
+                              generator=self.gen)
+            # Mixed samples keep the sub-graph of their first component.
+            x, target, _ = mixup(x, onehot, cfg.loss.mixup_alpha, generator=self.gen)
+            x = x.to(self.device)
+            feats = self.backbone.features(x)
+            if use_graph:
+                batch = loader.filter_fn(loader.collate_fn(seeds))
+                batch = batch.to(self.device)
+                logits = self.head.forward_batch(feats, bank, batch, density)
+            elif self.uses_graph_head:  # pre-training: no graph yet, self term only
+                empty = torch.empty(2, 0, dtype=torch.long, device=self.device)
+                logits = self.head(feats, empty, torch.zeros(feats.size(0),
+                                                             device=self.device))
+            else:
+                logits = self.head(feats)
+            terms = dag_loss(logits, target.to(self.device),
+                             0.0 if pretrain else cfg.loss.entropy_weight,
+                             0.0 if pretrain else cfg.loss.balance_weight)
+            self.optimizer.zero_grad(set_to_none=True)
+            terms["loss"].backward()
+            self.optimizer.step()
+            for key, value in terms.items():
+                sums[key] = sums.get(key, 0.0) + float(value)
+        n = max(len(batches), 1)
+        return {k: v / n for k, v in sums.items()}
+
+    # --------------------------------------------------------------- the run
+    def _state(self, epoch: int, banks: Banks | None, history: dict) -> dict:
+        return {"epoch": epoch, "config": self.cfg.to_dict(),
+                "backbone": self.backbone.state_dict(), "head": self.head.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "rng": capture_rng_state({"data": self.gen}),
+                "banks": None if banks is None else {
+                    "features": banks.features, "prior": banks.prior,
+                    "targets": banks.targets},
+                "history": history, "split": {"labelled": self.split.labelled,
+                                              "unlabelled": self.split.unlabelled,
+                                              "val": self.split.val}}
+
+    def _load_state(self) -> tuple[int, Banks, dict]:
+        state = load_checkpoint(self.run_dir / CHECKPOINT)
+        if state.get("config") != self.cfg.to_dict():
+            diff = sorted(k for k in set(state["config"]) | set(self.cfg.to_dict())
+                          if state["config"].get(k) != self.cfg.to_dict().get(k))
+            raise CheckpointError(
+                f"The checkpoint in '{self.run_dir}' was written with another "
+                f"configuration (sections differing: {diff}); resume with the "
+                "same config, or start a new run with --out.")
+        for key in ("labelled", "unlabelled", "val"):
+            if not torch.equal(state["split"][key], getattr(self.split, key)):
+                raise CheckpointError("The checkpoint's data split differs from "
+                                      "this run's; resume with the same data.")
+        self.backbone.load_state_dict(state["backbone"])
+        self.head.load_state_dict(state["head"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        restore_rng_state(state["rng"], {"data": self.gen})
+        b = state["banks"]
+        banks = None if b is None else Banks(b["features"], b["prior"], b["targets"])
+        return state["epoch"], banks, state["history"]
+
+    def run(self) -> dict:
+        cfg = self.cfg
+        total = cfg.optim.pretrain_epochs + cfg.optim.epochs
+        save_config(cfg, self.run_dir / "config.yaml")
+        start, banks, history = 0, None, {"best_val": None, "best": None}
+        if self.resume:
+            done, banks, history = self._load_state()
+            start = done + 1
+        graph = None
+        with RunLogger(self.run_dir, tensorboard=cfg.log.tensorboard,
+                       progress=cfg.log.progress,
+                       resume_epoch=start if self.resume else None) as log:
+            log.info(f"run {cfg.name} -> {self.run_dir} on {self.device}: "
+                     f"{len(self.nodes)} train nodes ({self.num_labelled} "
+                     f"labelled), {len(self.test_set)} test, epochs {start}..{total - 1}")
+            if banks is not None:
+                graph = build_density_graph(banks.features, cfg.graph.k,
+                                            backend=cfg.graph.backend,
+                                            density=cfg.graph.density,
+                                            density_threshold=cfg.graph.density_threshold)
+            rec: dict = {}
+            for epoch in range(start, total):
+                pretrain = epoch < cfg.optim.pretrain_epochs
+                t0 = time.perf_counter()
+                if banks is None and not pretrain:  # no pre-training: seed banks
+                    banks, graph, _ = self.refresh(log, epoch, evaluate=False)
+                losses = self.train_epoch(banks, graph, pretrain, log, epoch)
+                t_train = time.perf_counter() - t0
+                self.scheduler.step()
+                rec = {"epoch": epoch, "phase": "pretrain" if pretrain else "train",
+                       "lr": self.optimizer.param_groups[0]["lr"], **losses,
+                       "time_train": t_train}
+                # The last pre-training epoch builds epoch 0's banks.
+                if not pretrain or epoch == cfg.optim.pretrain_epochs - 1:
+                    main_epoch = epoch - cfg.optim.pretrain_epochs + 1
+                    evaluate = epoch == total - 1 or (
+                        main_epoch >= 0 and main_epoch % cfg.eval.every == 0)
+                    banks, graph, refreshed = self.refresh(log, epoch, evaluate)
+                    rec.update(refreshed)
+                rec["time_epoch"] = time.perf_counter() - t0
+                self._update_best(history, rec)
+                log.metrics(rec)
+                log.info(self._summary_line(rec))
+                save_checkpoint(self.run_dir / CHECKPOINT,
+                                self._state(epoch, banks, history))
+            summary = self._finish(log, history, rec)
+        return summary
+
+    def _update_best(self, history: dict, rec: dict) -> None:
+        if "val_error" in rec and rec["phase"] == "train":
+            best = history.get("best_val")
+            if best is None or rec["val_error"] < best["val_error"]:
+                history["best_val"] = {"epoch": rec["epoch"],
+                                       "val_error": rec["val_error"],
+                                       "test_error": rec.get("test_error")}
+
+    @staticmethod
+    def _summary_line(rec: dict) -> str:
+        parts = [f"epoch {rec['epoch']} ({rec['phase']})"]
+        for key in ("loss", "test_error", "val_error", "pl_acc", "pl_coverage",
+                    "model_acc_on_covered", "time_epoch"):
+            if key in rec and rec[key] is not None:
+                parts.append(f"{key} {rec[key]:.4g}")
+        return "  ".join(parts)
+
+    def _finish(self, log: RunLogger, history: dict, last: dict) -> dict:
+        from dag_pyg.train.logger import read_metrics
+
+        records = read_metrics(self.run_dir / "metrics.jsonl")
+        main = [r for r in records if r.get("phase") == "train"]
+        summary = {
+            "name": self.cfg.name, "run_dir": str(self.run_dir),
+            "last_epoch": last.get("epoch"),
+            "test_error_last": last.get("test_error"),
+            "best_by_val": history.get("best_val"),
+            "pl_acc_last": last.get("pl_acc"), "pl_coverage_last": last.get("pl_coverage"),
+            "model_acc_on_covered_last": last.get("model_acc_on_covered"),
+            "mean_time": {k: float(np.mean([r[k] for r in main if r.get(k) is not None]))
+                          for k in sorted({k for r in main for k in r
+                                           if k.startswith("time_")})} if main else {},
+            "num_labelled": self.num_labelled, "num_train_nodes": int(self.nodes.numel()),
+            "config": self.cfg.to_dict(),
+        }
+        write_json_atomic(self.run_dir / "summary.json", summary)
+        if self.cfg.log.plots:
+            from dag_pyg.train.plots import plot_curves, plot_path_lengths
+
+            plot_curves(records, self.run_dir / "curves.png")
+            plot_path_lengths(self.last_path_lengths, self.run_dir / "path_lengths.png",
+                              title=f"{self.cfg.name}: DPLP path lengths, last epoch")
+        log.info(f"done: test error {summary['test_error_last']:.2f}% (last epoch)"
+                 + (f", {history['best_val']['test_error']:.2f}% at best val epoch "
+                    f"{history['best_val']['epoch']}" if history.get("best_val") else ""))
+        return summary
+
+
+def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict:
+    """Trains ``cfg`` into ``run_dir``; returns the summary."""
+    return Trainer(cfg, run_dir, resume=resume).run()
+
+
+def evaluate_run(run_dir: str | Path) -> dict:
+    """Re-evaluates a run folder's last checkpoint: rebuilds the graph from
+    the stored Feature Bank and classifies the test (and validation) set by
+    retrieval. Writes ``eval.json`` into the run folder."""
+    from dag_pyg.config import load_config
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise FileNotFoundError(f"'{run_dir}' is not a run folder (no config.yaml).")
+    cfg = load_config(run_dir / "config.yaml")
+    cfg.data.split_file = str(run_dir / "split.json")
+    trainer = Trainer(cfg, run_dir, resume=True)
+    state = load_checkpoint(run_dir / CHECKPOINT)
+    trainer.backbone.load_state_dict(state["backbone"])
+    trainer.head.load_state_dict(state["head"])
+    if state["banks"] is None:
+        raise CheckpointError(f"The checkpoint in '{run_dir}' is from pre-training "
+                              "and holds no Feature Bank yet; train further first.")
+    feats = state["banks"]["features"]
+    graph = build_density_graph(feats, cfg.graph.k, backend=cfg.graph.backend,
+                                density=cfg.graph.density,
+                                density_threshold=cfg.graph.density_threshold)
+    with RunLogger(run_dir, tensorboard=False, progress=cfg.log.progress,
+                   resume_epoch=None) as log:
+        out = {"run_dir": str(run_dir), "epoch": state["epoch"],
+               "test_error": trainer._evaluate(
+                   feats, graph, trainer.test_set, torch.arange(len(trainer.test_set)),
+                   trainer.test_set.targets, log, "test")}
+        if trainer.split.val.numel():
+            out["val_error"] = trainer._evaluate(
+                feats, graph, trainer.train_set, trainer.split.val,
+                trainer.train_set.targets[trainer.split.val], log, "val")
+    write_json_atomic(run_dir / "eval.json", out)
+    return out

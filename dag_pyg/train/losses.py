@@ -1,0 +1,60 @@
+r"""The training objective (the paper's Eq. 2).
+
+.. math::
+    \mathcal{L} = \frac{1}{\sum_{i,c} \tilde{y}_{ic}} \sum_i
+    \mathrm{CE}(\tilde{\mathbf{y}}_i, \mathbf{p}_i)
+    + \beta\, \mathcal{L}_{e} + \alpha\, \mathcal{L}_{p}, \qquad
+    \mathcal{L}_{e} = -\frac{1}{B} \sum_i \sum_c p_{ic} \log p_{ic}, \qquad
+    \mathcal{L}_{p} = \sum_c \pi_c \log \frac{\pi_c}{\bar{p}_c}
+
+with mixed (mixup) soft targets :math:`\tilde{\mathbf{y}}` (all-zero rows
+before mixing for unlabelled samples without a target), the batch's
+mean prediction :math:`\bar{\mathbf{p}}` and a uniform prior :math:`\pi`
+(the class-balance term keeps pseudo-labelling from collapsing onto a few
+classes, as in Tanaka et al., 2018).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+
+def soft_cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
+    r"""Cross-entropy against soft targets ``[B, C]`` whose rows may sum to
+    less than one, normalised by the total target mass.
+
+    A row :math:`w_a \lambda \mathbf{y}_a + w_b (1 - \lambda) \mathbf{y}_b`
+    (mixup of two one-hot targets with weights :math:`w \in \{0, 1\}`, zero
+    for samples without a target) gives exactly
+    :math:`\lambda w_a \mathrm{CE}_a + (1 - \lambda) w_b \mathrm{CE}_b`.
+    """
+    mass = target.sum()
+    if float(mass) == 0.0:
+        return logits.sum() * 0.0
+    return -(target * torch.log_softmax(logits, dim=-1)).sum() / mass
+
+
+def entropy_loss(logits: Tensor) -> Tensor:
+    """Mean prediction entropy (minimising it sharpens predictions)."""
+    logp = torch.log_softmax(logits, dim=-1)
+    return -(logp.exp() * logp).sum(-1).mean()
+
+
+def balance_loss(logits: Tensor) -> Tensor:
+    r"""KL divergence from the uniform prior to the batch-mean prediction."""
+    mean_p = torch.softmax(logits, dim=-1).mean(0)
+    c = logits.size(-1)
+    return (math.log(1.0 / c) - torch.log(mean_p.clamp_min(1e-12))).mean()
+
+
+def dag_loss(logits: Tensor, target: Tensor, entropy_weight: float,
+             balance_weight: float) -> dict[str, Tensor]:
+    """All terms of Eq. 2; ``"loss"`` is their weighted sum."""
+    out = {"loss_ce": soft_cross_entropy(logits, target),
+           "loss_entropy": entropy_loss(logits),
+           "loss_balance": balance_loss(logits)}
+    out["loss"] = (out["loss_ce"] + entropy_weight * out["loss_entropy"]
+                   + balance_weight * out["loss_balance"])
+    return out

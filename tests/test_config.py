@@ -1,0 +1,99 @@
+import math
+from pathlib import Path
+
+import pytest
+
+from dag_pyg.config import ConfigError, load_config, valid_keys
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+def write(tmp_path, name, text):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_every_shipped_config_loads():
+    names = sorted(p.name for p in CONFIGS.glob("*.yaml"))
+    for needed in ["digits.yaml", "cifar10_cpu.yaml", "cifar10_500.yaml",
+                   "cifar10_1000.yaml", "cifar10_2000.yaml", "cifar10_4000.yaml",
+                   "cifar100_4000.yaml", "cifar100_10000.yaml",
+                   "miniimagenet_4000.yaml", "miniimagenet_10000.yaml"]:
+        assert needed in names
+    for name in names:
+        load_config(CONFIGS / name)
+
+
+def test_paper_settings_come_through_inheritance():
+    cfg = load_config(CONFIGS / "cifar10_4000.yaml")
+    assert cfg.name == "cifar10_4000" and cfg.data.num_labelled == 4000
+    assert cfg.model.backbone == "cnn13" and cfg.graph.k == 64
+    assert cfg.optim.epochs == 400 and cfg.optim.lr == 0.1
+    assert cfg.optim.milestones == [250, 350]
+    mini = load_config(CONFIGS / "miniimagenet_4000.yaml")
+    assert mini.optim.lr == 0.2 and mini.model.backbone == "resnet18"
+    assert mini.data.image_size == 84
+    assert load_config(CONFIGS / "digits.yaml").dplp.sigma == math.inf
+
+
+def test_base_chain_and_overrides(tmp_path):
+    write(tmp_path, "a.yaml", "graph:\n  k: 20\n  backend: exact\nseed: 3\n")
+    write(tmp_path, "b.yaml", "base: a.yaml\ngraph:\n  k: 30\n")
+    cfg = load_config(tmp_path / "b.yaml", ["dna.hops=2", "dplp.sigma=q0.5",
+                                            "optim.milestones=[5, 7]",
+                                            "optim.lr=1"])
+    assert cfg.graph.k == 30 and cfg.graph.backend == "exact" and cfg.seed == 3
+    assert cfg.dna.hops == 2 and cfg.dplp.sigma == "q0.5"
+    assert cfg.optim.milestones == [5, 7]
+    assert cfg.optim.lr == 1.0 and isinstance(cfg.optim.lr, float)
+
+
+def test_unknown_key_names_closest_and_valid_keys(tmp_path):
+    p = write(tmp_path, "c.yaml", "dna:\n  hopz: 2\n")
+    with pytest.raises(ConfigError, match=r"Unknown config key 'dna.hopz'.*"
+                       r"Did you mean 'dna.hops'\?.*Valid keys: .*graph.k"):
+        load_config(p)
+    with pytest.raises(ConfigError, match="Did you mean 'graph.backend'"):
+        load_config(None, ["graph.bakend=exact"])
+
+
+@pytest.mark.parametrize("override,match", [
+    ("dna.hops=two", "'dna.hops' must be int"),
+    ("dna.enabled=3", "'dna.enabled' must be bool"),
+    ("optim.milestones=5", "'optim.milestones' must be list"),
+    ("dna.aggregator=gcn", r"'dna.aggregator' must be one of"),
+    ("pseudo_label.source=dplpp", "Did you mean 'dplp'"),
+    ("dplp.sigma=q1.5", "quantile"),
+    ("dplp.sigma=-1", ">= 0"),
+    ("dna.k=100", "cannot exceed graph.k"),
+    ("dna.hops=-1", "'dna.hops' must be >= 0"),
+    ("optim.labelled_batch_size=1000", "labelled_batch_size"),
+])
+def test_bad_values_name_the_key(override, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(CONFIGS / "digits.yaml", [override])
+
+
+def test_section_given_a_value(tmp_path):
+    with pytest.raises(ConfigError, match="'graph' is a section"):
+        load_config(write(tmp_path, "s.yaml", "graph: 3\n"))
+
+
+def test_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    write(tmp_path, "x.yaml", "base: y.yaml\n")
+    write(tmp_path, "y.yaml", "base: x.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(tmp_path / "x.yaml")
+    with pytest.raises(ConfigError, match="key.sub=value"):
+        load_config(None, ["dna.hops"])
+
+
+def test_ablation_switches_are_keys():
+    keys = set(valid_keys())
+    for key in ["dna.enabled", "dna.aggregator", "dna.hops", "dna.k",
+                "pseudo_label.source", "dplp.mode", "dplp.sigma", "graph.k",
+                "graph.backend"]:
+        assert key in keys
