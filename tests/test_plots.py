@@ -1,0 +1,74 @@
+import importlib
+import math
+import struct
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("matplotlib")
+
+from dag_pyg.train.plots import plot_curves, plot_path_lengths  # noqa: E402
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_size(path):
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE
+    assert data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def _records(epochs=6):
+    out = [{"epoch": -1, "phase": "pretrain", "loss": 2.0, "time_train": 0.5}]
+    for e in range(epochs):
+        out.append({
+            "epoch": e, "phase": "train", "loss": 1.0 / (e + 1),
+            "loss_ce": 0.8 / (e + 1), "loss_ent": 0.1, "lr": 0.1,
+            "test_error": 30.0 - e, "val_error": None if e == 2 else 31.0 - e,
+            "pl_acc": 0.8 + 0.01 * e, "pl_coverage": 0.5,
+            "model_acc_on_covered": math.nan, "path_len_mean": 3.2,
+            "time_train": 1.0, "time_graph": 0.2, "time_dplp": 0.1,
+        })
+    return out
+
+
+def test_plot_curves_all_panels(tmp_path):
+    path = plot_curves(_records(), tmp_path / "plots" / "curves.png")
+    assert path == tmp_path / "plots" / "curves.png"
+    w, h = _png_size(path)
+    assert 800 <= w <= 2000 and 600 <= h <= 2000  # 2 columns x 3 rows
+
+
+def test_plot_curves_missing_keys(tmp_path):
+    # Only losses: one panel; no errors, pseudo-labels or times.
+    recs = [{"epoch": e, "loss": 1.0 / (e + 1), "note": "x"} for e in range(3)]
+    w, h = _png_size(plot_curves(recs, tmp_path / "loss.png"))
+    assert 300 <= w <= 1000 and 200 <= h <= 600
+    # A key present only as gaps does not get a panel; nothing at all still
+    # gives an image.
+    recs = [{"epoch": 0, "test_error": None}, {"phase": "x"}]
+    _png_size(plot_curves(recs, tmp_path / "empty.png"))
+    _png_size(plot_curves([], tmp_path / "none.png"))
+
+
+def test_plot_path_lengths(tmp_path):
+    lengths = torch.tensor([1, 2, 2, 3, 3, 3, 4, 7])
+    w, h = _png_size(plot_path_lengths(lengths, tmp_path / "pl.png",
+                                       title="digits"))
+    assert 300 <= w <= 1500 and 200 <= h <= 1000
+    _png_size(plot_path_lengths(np.array([5, 5, 6]), tmp_path / "np.png"))
+    _png_size(plot_path_lengths([2], tmp_path / "one.png"))
+    _png_size(plot_path_lengths(torch.empty(0, dtype=torch.long),
+                                tmp_path / "empty.png"))
+    _png_size(plot_path_lengths(None, tmp_path / "none.png"))
+
+
+def test_import_is_lazy(monkeypatch):
+    # With matplotlib unimportable, re-executing the module must still work.
+    import dag_pyg.train.plots as plots
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    importlib.reload(plots)
