@@ -275,7 +275,15 @@ def test_fast_and_generic_layouts_agree():
         within = (torch.rand(n, k, generator=gen).argsort(dim=1)
                   + torch.arange(n).view(n, 1) * k).view(-1)
         anywhere = torch.randperm(e, generator=gen)
-        for perm in (within, anywhere):
+        # Still sorted by similarity, but equal similarities by descending
+        # index: the fast path must not trust the tie order.
+        nbr = graph.edge_index[0].view(n, k)
+        by_nbr = nbr.argsort(dim=1, descending=True, stable=True)
+        by_sim = graph.sim.view(n, k).gather(1, by_nbr).argsort(
+            dim=1, descending=True, stable=True)
+        ties_reversed = (by_nbr.gather(1, by_sim)
+                         + torch.arange(n).view(n, 1) * k).view(-1)
+        for perm in (within, anywhere, ties_reversed):
             shuffled = Data(edge_index=graph.edge_index[:, perm],
                             sim=graph.sim[perm], density=graph.density,
                             num_nodes=n)

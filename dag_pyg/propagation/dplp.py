@@ -1,10 +1,13 @@
 r"""Density-ascending paths and the DPLP label propagation (Sec. 4.3, Alg. 1).
 
-Everything here is written as whole-tensor passes: the parent of every node is
-one masked (scatter) arg-max over the edges, and the path queries (path
-lengths, the densest labelled node on a path, the densest labelled node whose
-path passes through a node) are answered by pointer jumping, so the number of
-Python-level rounds is :math:`\lceil \log_2 (\text{longest path}) \rceil + 1`.
+Everything here is written as whole-tensor passes. The parent of every node is
+a masked arg-max over its edges: a scatter over any edge list, row reductions
+over an ``[N, k]`` table, and, for the rows of :func:`build_density_graph`
+(sorted by similarity), a scan for the first denser neighbour that stops after
+a few columns for most rows. The path queries (path lengths, the densest
+labelled node on a path, the densest labelled node whose path passes through a
+node) are answered by pointer jumping, in
+:math:`\lceil \log_2 (\text{longest path}) \rceil + 1` rounds.
 """
 from __future__ import annotations
 
@@ -74,12 +77,16 @@ def _check_graph(graph: Data) -> tuple[Tensor, Tensor, Tensor, int]:
     if density.dim() != 1 or density.numel() != n:
         raise ValueError(f"graph.density must have shape [num_nodes={n}] (got "
                          f"{tuple(density.shape)}).")
-    if edge_index.numel() > 0:
-        lo, hi = torch.aminmax(edge_index)
+    return edge_index, sim, density, n
+
+
+def _check_range(index: Tensor, n: int) -> None:
+    # Negative indices would silently wrap around in the gathers below.
+    if index.numel() > 0:
+        lo, hi = torch.aminmax(index)
         if int(lo) < 0 or int(hi) >= n:
             raise ValueError(
                 f"graph.edge_index holds node indices outside [0, {n}).")
-    return edge_index, sim, density, n
 
 
 def _check_sigma(sigma: float) -> float:
@@ -108,47 +115,78 @@ def _dense_rows(edge_index: Tensor, n: int) -> int | None:
     return k if torch.equal(lo, ar) and torch.equal(hi, ar) else None
 
 
-def _rows_sorted(nbr: Tensor, sim: Tensor) -> bool:
-    """Whether every row of the ``[N, k]`` table is ordered by descending
-    similarity, ties by strictly ascending neighbour index."""
-    prev, nxt = sim[:, :-1], sim[:, 1:]
-    if not bool((prev >= nxt).all()):
-        return False
-    # Equal neighbouring similarities are rare on real features: check the
-    # index order only there.
-    r, c = (prev == nxt).nonzero(as_tuple=True)
-    return bool((nbr[r, c] < nbr[r, c + 1]).all())
+def _rows_descending(sim: Tensor) -> bool:
+    """Whether every row of the ``[N, k]`` similarity table is non-increasing."""
+    if sim.size(1) < 2:
+        return True
+    return bool(torch.diff(sim, dim=1).amax() <= 0)  # False on NaN
+
+
+def _table_nearest_denser(nbr: Tensor, sim: Tensor, dens_nbr: Tensor,
+                          dens_u: Tensor) -> tuple[Tensor, Tensor]:
+    """Row-wise arg-max of ``sim`` over denser neighbours, ties to the smaller
+    index; ``[M, k]`` rows in, parent (``-1``) and its similarity out."""
+    valid = dens_nbr > dens_u.view(-1, 1)
+    s = torch.where(valid, sim, -math.inf)
+    best = s.amax(dim=1)
+    tie = valid & (s == best.view(-1, 1))
+    sentinel = torch.iinfo(nbr.dtype).max
+    parent = torch.where(tie, nbr, sentinel).amin(dim=1)
+    parent = torch.where(parent == sentinel, -1, parent)
+    return parent, best
 
 
 def _first_denser_sorted(nbr: Tensor, sim: Tensor, density: Tensor
                          ) -> tuple[Tensor, Tensor]:
-    # In a sorted row the parent is the first denser entry. Most nodes find
-    # it within the first few columns, so scan column blocks of growing width
-    # and only keep searching the rows that have not found one yet.
+    # In rows sorted by descending similarity the parent is the first denser
+    # entry (up to equal similarities, fixed below). Most nodes find it within
+    # the first few columns, so scan column blocks of growing width and keep
+    # searching only the rows that have not found one yet.
     n, k = nbr.shape
-    parent = torch.full((n,), -1, dtype=torch.long, device=nbr.device)
-    best = torch.full((n,), -math.inf, dtype=sim.dtype, device=sim.device)
-    rows = None  # None: all rows
+    device = nbr.device
+    nbr_flat, sim_flat = nbr.reshape(-1), sim.reshape(-1)
+    parent = torch.full((n,), -1, dtype=torch.long, device=device)
+    best = torch.full((n,), -math.inf, dtype=sim.dtype, device=device)
+    at = torch.full((n,), -1, dtype=torch.long, device=device)  # flat position
+    rows = None  # all rows
     start, width = 0, 4
     while start < k:
         stop = min(k, start + width)
+        w = stop - start
         if rows is None:
-            sub, dens_u = nbr[:, start:stop], density.view(n, 1)
+            cand = nbr[:, start:stop].reshape(-1)
+            dens_u = density.view(-1, 1)
         else:
-            sub, dens_u = nbr[rows, start:stop], density[rows].view(-1, 1)
-        denser = density[sub] > dens_u
+            # Flat positions of the block (index_select is much cheaper than
+            # 2-D advanced indexing).
+            pos = (rows * k + start).view(-1, 1) + torch.arange(w, device=device)
+            cand = nbr_flat.index_select(0, pos.view(-1))
+            dens_u = density.index_select(0, rows).view(-1, 1)
+        denser = density.index_select(0, cand).view(-1, w) > dens_u
         hit = denser.any(dim=1)
         # argmax returns the first maximal entry: the first denser column.
-        col = start + denser.to(torch.uint8).argmax(dim=1)
+        first = denser.to(torch.uint8).argmax(dim=1)
         found = hit.nonzero().view(-1)
-        r = found if rows is None else rows[found]
-        parent[r] = nbr[r, col[found]]
-        best[r] = sim[r, col[found]]
+        r = found if rows is None else rows.index_select(0, found)
+        at[r] = r * k + start + first.index_select(0, found)
         miss = (~hit).nonzero().view(-1)
-        rows = miss if rows is None else rows[miss]
+        rows = miss if rows is None else rows.index_select(0, miss)
         if rows.numel() == 0:
             break
         start, width = stop, width * 4
+    has = (at >= 0).nonzero().view(-1)
+    pos = at.index_select(0, has)
+    parent[has] = nbr_flat.index_select(0, pos)
+    best[has] = s_at = sim_flat.index_select(0, pos)
+    # A later entry with the same similarity may be denser with a smaller
+    # index: redo those (rare) rows exactly.
+    inner = (pos + 1) % k != 0
+    same = inner & (sim_flat.index_select(0, (pos + 1).clamp_max(n * k - 1)) == s_at)
+    redo = has[same]
+    if redo.numel() > 0:
+        sub = nbr.index_select(0, redo)
+        parent[redo], best[redo] = _table_nearest_denser(
+            sub, sim.index_select(0, redo), density[sub], density[redo])
     return parent, best
 
 
@@ -158,30 +196,29 @@ def _nearest_denser(graph: Data) -> tuple[Tensor, Tensor]:
     edge_index, sim, density, n = _check_graph(graph)
     nbr, centre = edge_index[0], edge_index[1]
     k = _dense_rows(edge_index, n)
-    if k is not None:
+    if k is not None:  # row 1 is arange(n).repeat_interleave(k), valid
+        _check_range(nbr, n)
         nbr2, sim2 = nbr.view(n, k), sim.view(n, k)
-        if _rows_sorted(nbr2, sim2):
+        if _rows_descending(sim2):
             # Layout of build_density_graph: no full pass over the edges.
             return _first_denser_sorted(nbr2, sim2, density)
         # [N, k] table: row reductions instead of scatters.
-        valid = density.index_select(0, nbr).view(n, k) > density.view(n, 1)
-        s = torch.where(valid, sim2, -math.inf)
-        best = s.amax(dim=1)
-        # Ties in similarity: the smallest neighbour index wins.
-        tie = valid & (s == best.view(n, 1))
-        parent = torch.where(tie, nbr2, n).amin(dim=1)
-    else:
-        valid = density[nbr] > density[centre]
-        s = torch.where(valid, sim, -math.inf)
-        best = scatter(s, centre, dim=0, dim_size=n, reduce="max")
-        # Nodes without incoming edges come back as 0 from `scatter`.
-        deg = torch.zeros(n, dtype=torch.long, device=sim.device)
-        deg.scatter_add_(0, centre, torch.ones_like(centre))
-        best = best.masked_fill(deg == 0, -math.inf)
-        tie = valid & (s == best[centre])
-        parent = torch.full((n,), n, dtype=torch.long, device=nbr.device)
-        parent.scatter_reduce_(0, centre, torch.where(tie, nbr, n), reduce="amin",
-                               include_self=True)
+        parent, best = _table_nearest_denser(
+            nbr2, sim2, density.index_select(0, nbr).view(n, k), density)
+        return parent, best
+    # Any edge list: scatter arg-max over the edges grouped by centre.
+    _check_range(edge_index, n)
+    valid = density[nbr] > density[centre]
+    s = torch.where(valid, sim, -math.inf)
+    best = scatter(s, centre, dim=0, dim_size=n, reduce="max")
+    # Nodes without incoming edges come back as 0 from `scatter`.
+    deg = torch.zeros(n, dtype=torch.long, device=sim.device)
+    deg.scatter_add_(0, centre, torch.ones_like(centre))
+    best = best.masked_fill(deg == 0, -math.inf)
+    tie = valid & (s == best[centre])
+    parent = torch.full((n,), n, dtype=torch.long, device=nbr.device)
+    parent.scatter_reduce_(0, centre, torch.where(tie, nbr, n), reduce="amin",
+                           include_self=True)
     has = parent < n
     parent = torch.where(has, parent, -1)
     best = best.masked_fill(~has, -math.inf)
@@ -285,16 +322,20 @@ def path_lengths(parents: Tensor) -> Tensor:
         ``LongTensor [N]``.
     """
     n = _check_parents(parents)
-    ptr = parents.long()
+    ptr = parents.long().clone()
     length = torch.ones(n, dtype=torch.long, device=parents.device)
+    # Only nodes whose pointer has not reached past a root take part in a
+    # round; after round r those are the nodes with paths over 2^r nodes.
+    idx = (ptr >= 0).nonzero().view(-1)
     for _ in range(_max_rounds(n)):
-        has = ptr >= 0
-        if not bool(has.any()):
+        if idx.numel() == 0:
             return length
-        safe = ptr.clamp_min(0)
-        # length[u] counts nodes from u up to (not including) ptr[u].
-        length = length + torch.where(has, length[safe], 0)
-        ptr = torch.where(has, ptr[safe], ptr)
+        p = ptr.index_select(0, idx)
+        # length[u] counts nodes from u up to (not including) ptr[u]; all
+        # reads happen before the writes, as a synchronous round needs.
+        length[idx] = length.index_select(0, idx) + length.index_select(0, p)
+        ptr[idx] = nxt = ptr.index_select(0, p)
+        idx = idx.index_select(0, (nxt >= 0).nonzero().view(-1))
     raise _cycle_error()
 
 
@@ -312,23 +353,25 @@ def _path_min_queries(parents: Tensor, key: Tensor, sentinel: int,
     ``up[w] <- min(up[w], min_{x : a_r(x) = w} up[x])``.
     """
     n = parents.numel()
-    ptr = parents.long()
+    ptr = parents.long().clone()
     dmin = key.clone() if down else None
     umin = key.clone() if up else None
+    idx = (ptr >= 0).nonzero().view(-1)  # nodes still jumping
     for _ in range(_max_rounds(n)):
-        has = ptr >= 0
-        if not bool(has.any()):
+        if idx.numel() == 0:
             return dmin, umin
-        safe = ptr.clamp_min(0)
+        p = ptr.index_select(0, idx)
+        # Gather every old value before writing (synchronous rounds).
         if up:
-            # Children push their (old) values to their 2^r-th ancestor;
-            # non-jumping nodes are routed to themselves, a no-op for min.
-            target = torch.where(has, ptr, torch.arange(n, device=ptr.device))
-            umin = umin.scatter_reduce(0, target, umin, reduce="amin",
-                                       include_self=True)
+            src = umin.index_select(0, idx)
         if down:
-            dmin = torch.minimum(dmin, torch.where(has, dmin[safe], sentinel))
-        ptr = torch.where(has, ptr[safe], ptr)
+            dmin[idx] = torch.minimum(dmin.index_select(0, idx),
+                                      dmin.index_select(0, p))
+        if up:
+            # Children push their values to their 2^r-th ancestor.
+            umin.scatter_reduce_(0, p, src, reduce="amin", include_self=True)
+        ptr[idx] = nxt = ptr.index_select(0, p)
+        idx = idx.index_select(0, (nxt >= 0).nonzero().view(-1))
     raise _cycle_error()
 
 
@@ -434,7 +477,7 @@ def dplp(graph: Data, y: Tensor, labelled_mask: Tensor, prior: Tensor | None = N
     _check_labels(y, labelled_mask, prior, n, num_classes)
     if parents is None:
         parents = density_ascending_parents(graph, sigma)
-    elif parents.shape != (n,):
+    elif _check_parents(parents) != n:
         raise ValueError(f"parents must have shape [num_nodes={n}] (got "
                          f"{tuple(parents.shape)}).")
     device = y.device
@@ -446,22 +489,25 @@ def dplp(graph: Data, y: Tensor, labelled_mask: Tensor, prior: Tensor | None = N
                       stacklevel=2)
         return DPLPResult(base, minus1, minus1.clone(), parents)
 
-    _, rank = density_order(graph.density)
-    order = torch.empty_like(rank)
-    order[rank] = torch.arange(n, device=rank.device)
-    key = torch.where(labelled_mask, rank, n)  # n = "no labelled node"
-    down, up = _path_min_queries(parents, key, n, down=mode == "LU", up=True)
+    # Rank only the labelled nodes in the order of `density_order`: the stable
+    # sort keeps ascending node ids among equal densities.
+    lab = labelled_mask.nonzero().view(-1)
+    num_lab = lab.numel()
+    order = lab[torch.sort(graph.density[lab], descending=True, stable=True).indices]
+    key = torch.full((n,), num_lab, dtype=torch.long, device=device)
+    key[order] = torch.arange(num_lab, device=device)  # num_lab: "none"
+    down, up = _path_min_queries(parents, key, num_lab, down=mode == "LU", up=True)
 
     unl = ~labelled_mask
-    p1 = unl & (up < n)
-    src = torch.where(p1, up, n)
+    p1 = unl & (up < num_lab)
+    src = torch.where(p1, up, num_lab)
     phase = torch.where(p1, PHASE_LP_L, PHASE_PRIOR)
     if down is not None:
-        p2 = unl & ~p1 & (down < n)
+        p2 = unl & ~p1 & (down < num_lab)
         src = torch.where(p2, down, src)
         phase = torch.where(p2, PHASE_LP_LU, phase)
-    got = src < n
-    source = torch.where(got, order[src.clamp_max(n - 1)], -1)
+    got = src < num_lab
+    source = torch.where(got, order[src.clamp_max(num_lab - 1)], -1)
     labels = torch.where(got, y[source.clamp_min(0)].to(base.dtype), base)
     labels = torch.where(labelled_mask, y.to(base.dtype), labels)
     source = torch.where(labelled_mask, torch.arange(n, device=device), source)
