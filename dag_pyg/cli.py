@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
             run_dir = Path(args.out) if args.out else Path(cfg.out) / cfg.name
             summary = train(cfg, run_dir, resume=args.resume)
             err = summary["test_error_last"]
-            print(f"final test error: {err:.2f}% ({run_dir / 'summary.json'})")
+            err_txt = "n/a" if err is None else f"{err:.2f}%"
+            print(f"final test error: {err_txt} ({run_dir / 'summary.json'})")
         else:
             from dag_pyg.train import evaluate_run
 

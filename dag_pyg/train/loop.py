@@ -105,6 +105,7 @@ class Trainer:
         self.device = resolve_device(cfg.device)
         seed_everything(cfg.seed)
         self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.last_path_lengths: Tensor | None = None
         self._setup_data()
         self._setup_model()
 
@@ -320,13 +321,15 @@ class Trainer:
         else:
             steps = math.ceil(unl.numel() / unl_bs)
         lab_bs = min(lab_bs, n_lab)
-        need = steps * lab_bs
-        reps = math.ceil(need / max(n_lab, 1)) if lab_bs else 0
-        lab = torch.cat([torch.randperm(n_lab, generator=self.gen)
-                         for _ in range(reps)]) if reps else torch.empty(0).long()
+        # Labelled samples cycle through fresh permutations; a batch never
+        # straddles two of them, so it holds no sample twice.
+        lab_batches: list[Tensor] = []
+        while lab_bs and len(lab_batches) < steps:
+            perm = torch.randperm(n_lab, generator=self.gen)
+            lab_batches += list(perm[: n_lab // lab_bs * lab_bs].view(-1, lab_bs))
         out = []
         for i in range(steps):
-            seeds = lab[i * lab_bs:(i + 1) * lab_bs]
+            seeds = lab_batches[i] if lab_bs else torch.empty(0, dtype=torch.long)
             if not pretrain and unl_bs > 0:
                 seeds = torch.cat([seeds, unl[i * unl_bs:(i + 1) * unl_bs]])
             if seeds.numel():
@@ -360,7 +363,9 @@ class Trainer:
             x = x.to(self.device)
             feats = self.backbone.features(x)
             if use_graph:
-                batch = loader.filter_fn(loader.collate_fn(seeds))
+                batch = loader.collate_fn(seeds)
+                if not isinstance(batch, Data):  # filtering not done per worker
+                    batch = loader.filter_fn(batch)
                 batch = batch.to(self.device)
                 logits = self.head.forward_batch(feats, bank, batch, density)
             elif self.uses_graph_head:  # pre-training: no graph yet, self term only
@@ -376,7 +381,7 @@ class Trainer:
             terms["loss"].backward()
             self.optimizer.step()
             for key, value in terms.items():
-                sums[key] = sums.get(key, 0.0) + float(value)
+                sums[key] = sums.get(key, 0.0) + float(value.detach())
         n = max(len(batches), 1)
         return {k: v / n for k, v in sums.items()}
 
@@ -427,7 +432,7 @@ class Trainer:
         graph = None
         with RunLogger(self.run_dir, tensorboard=cfg.log.tensorboard,
                        progress=cfg.log.progress,
-                       resume_epoch=start if self.resume else None) as log:
+                       resume_epoch=start) as log:
             log.info(f"run {cfg.name} -> {self.run_dir} on {self.device}: "
                      f"{len(self.nodes)} train nodes ({self.num_labelled} "
                      f"labelled), {len(self.test_set)} test, epochs {start}..{total - 1}")
@@ -436,7 +441,7 @@ class Trainer:
                                             backend=cfg.graph.backend,
                                             density=cfg.graph.density,
                                             density_threshold=cfg.graph.density_threshold)
-            rec: dict = {}
+            rec: dict = history.get("last", {})
             for epoch in range(start, total):
                 pretrain = epoch < cfg.optim.pretrain_epochs
                 t0 = time.perf_counter()
@@ -457,6 +462,7 @@ class Trainer:
                     rec.update(refreshed)
                 rec["time_epoch"] = time.perf_counter() - t0
                 self._update_best(history, rec)
+                history["last"] = rec
                 log.metrics(rec)
                 log.info(self._summary_line(rec))
                 save_checkpoint(self.run_dir / CHECKPOINT,
@@ -506,7 +512,9 @@ class Trainer:
             plot_curves(records, self.run_dir / "curves.png")
             plot_path_lengths(self.last_path_lengths, self.run_dir / "path_lengths.png",
                               title=f"{self.cfg.name}: DPLP path lengths, last epoch")
-        log.info(f"done: test error {summary['test_error_last']:.2f}% (last epoch)"
+        err = summary["test_error_last"]
+        log.info(f"done: test error {err if err is None else round(err, 2)}% "
+                 "(last epoch)"
                  + (f", {history['best_val']['test_error']:.2f}% at best val epoch "
                     f"{history['best_val']['epoch']}" if history.get("best_val") else ""))
         return summary

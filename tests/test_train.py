@@ -1,0 +1,135 @@
+"""End to end on scikit-learn's digits with tiny epochs."""
+import json
+
+import pytest
+import torch
+
+from dag_pyg.cli import main
+from dag_pyg.config import load_config
+from dag_pyg.train import Trainer, evaluate_run, train
+from dag_pyg.train import loop as loop_module
+from dag_pyg.train.checkpoint import CheckpointError, load_checkpoint
+
+TINY = ["optim.epochs=3", "optim.pretrain_epochs=2", "optim.batch_size=128",
+        "optim.labelled_batch_size=32", "log.progress=false", "log.tensorboard=false",
+        "data.num_val=50"]
+
+
+def tiny(*extra):
+    return load_config("configs/digits.yaml", [*TINY, *extra])
+
+
+def weights(run_dir):
+    s = load_checkpoint(run_dir / "checkpoint.pt")
+    return s["backbone"], s["head"], s["banks"]
+
+
+def same(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_run_writes_every_artefact(tmp_path):
+    summary = train(tiny("log.plots=true"), tmp_path / "run")
+    run = tmp_path / "run"
+    for name in ["config.yaml", "split.json", "train.log", "metrics.jsonl",
+                 "summary.json", "checkpoint.pt", "curves.png", "path_lengths.png"]:
+        assert (run / name).is_file(), name
+    records = [json.loads(line) for line in (run / "metrics.jsonl").open()]
+    assert [r["epoch"] for r in records] == [0, 1, 2, 3, 4]
+    last = records[-1]
+    for key in ["loss", "loss_ce", "loss_entropy", "loss_balance", "test_error",
+                "val_error", "pl_acc", "pl_coverage", "model_acc_on_covered",
+                "path_len_mean", "time_train", "time_bank", "time_graph",
+                "time_dplp", "time_eval"]:
+        assert key in last, key
+    assert 0 <= last["test_error"] <= 100
+    assert summary["test_error_last"] == last["test_error"]
+    assert summary["best_by_val"]["epoch"] in (2, 3, 4)
+    assert json.loads((run / "summary.json").read_text())["name"] == "digits"
+    ev = evaluate_run(run)
+    assert ev["test_error"] == pytest.approx(last["test_error"])
+
+
+def test_resume_is_exact(tmp_path, monkeypatch):
+    cfg = tiny()
+    train(cfg, tmp_path / "full")
+
+    real_save = loop_module.save_checkpoint
+
+    def save_then_die(path, state):
+        real_save(path, state)
+        if state["epoch"] == 2:
+            raise KeyboardInterrupt("killed after epoch 2")
+
+    monkeypatch.setattr(loop_module, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "cut")
+    monkeypatch.setattr(loop_module, "save_checkpoint", real_save)
+    with pytest.raises(FileExistsError, match="--resume"):
+        Trainer(cfg, tmp_path / "cut")
+    train(cfg, tmp_path / "cut", resume=True)
+    for a, b in zip(weights(tmp_path / "full"), weights(tmp_path / "cut"), strict=True):
+        same(a, b)
+    lines = (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
+    full = (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == len(full)
+    strip = lambda r: {k: v for k, v in json.loads(r).items()  # noqa: E731
+                       if not k.startswith("time_")}
+    assert [strip(x) for x in lines] == [strip(x) for x in full]
+
+
+def test_damaged_checkpoint_stops_with_clear_error(tmp_path):
+    cfg = tiny("optim.epochs=1", "optim.pretrain_epochs=1")
+    train(cfg, tmp_path / "r")
+    ckpt = tmp_path / "r" / "checkpoint.pt"
+    data = ckpt.read_bytes()
+    ckpt.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="checkpoint.pt"):
+        train(cfg, tmp_path / "r", resume=True)
+    with pytest.raises(CheckpointError, match="another configuration"):
+        ckpt.write_bytes(data)
+        train(tiny("optim.epochs=1", "optim.pretrain_epochs=1", "dna.hops=2"),
+              tmp_path / "r", resume=True)
+
+
+def test_switches_change_what_they_should(tmp_path):
+    def last(*extra):
+        name = "_".join(x.replace("=", "-") for x in extra) or "default"
+        train(tiny("optim.epochs=1", "optim.pretrain_epochs=1", *extra),
+              tmp_path / name)
+        lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+        return json.loads(lines[-1])
+
+    dplp = last()
+    assert dplp["pl_coverage"] > 0
+    model = last("pseudo_label.source=model")
+    assert model["pl_coverage"] == 0  # no propagation: the Label Bank itself
+    assert model["pl_acc_all"] == pytest.approx(model["model_acc"])
+    none = last("pseudo_label.source=none")
+    assert none["pl_acc_all"] is None  # unlabelled samples carry no target
+    lp_l = last("dplp.mode=L")
+    assert lp_l["pl_coverage"] <= dplp["pl_coverage"]
+    tight = last("dplp.sigma=0")
+    assert tight["pl_coverage"] <= dplp["pl_coverage"]
+    assert tight["path_len_max"] == 1.0
+    # The DNA switch changes the head: no graph layers without it.
+    t = Trainer(tiny("dna.enabled=false"), tmp_path / "nodna")
+    assert t.head.hops == 0 and not t.uses_graph_head
+    t = Trainer(tiny("dna.aggregator=gat", "dna.hops=2"), tmp_path / "gat")
+    assert t.head.hops == 2 and t.head.aggregator == "gat"
+
+
+def test_cli_train_and_config_errors(tmp_path, capsys):
+    rc = main(["train", "configs/digits.yaml", "--out", str(tmp_path / "c"),
+               *[a for o in TINY + ["optim.epochs=1", "optim.pretrain_epochs=1"]
+                 for a in ("--set", o)]])
+    assert rc == 0
+    assert "final test error" in capsys.readouterr().out
+    rc = main(["train", "configs/digits.yaml", "--set", "dna.hopz=2"])
+    assert rc == 2
+    assert "Did you mean 'dna.hops'" in capsys.readouterr().err
+    rc = main(["train", "configs/digits.yaml", "--out", str(tmp_path / "c")])
+    assert rc == 2
+    assert "--resume" in capsys.readouterr().err
