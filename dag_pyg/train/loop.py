@@ -344,7 +344,8 @@ class Trainer:
         use_graph = self.uses_graph_head and not pretrain
         loader = None
         if use_graph:
-            loader = make_loader(graph, cfg.dna.k, cfg.dna.hops, sampler=cfg.dna.sampler)
+            loader = make_loader(graph, cfg.dna.k, cfg.dna.hops,
+                                 sampler=cfg.dna.sampler)
             bank = banks.features.to(self.device)
             density = graph.density.to(self.device)
         sums: dict[str, float] = {}
@@ -435,7 +436,8 @@ class Trainer:
                        resume_epoch=start) as log:
             log.info(f"run {cfg.name} -> {self.run_dir} on {self.device}: "
                      f"{len(self.nodes)} train nodes ({self.num_labelled} "
-                     f"labelled), {len(self.test_set)} test, epochs {start}..{total - 1}")
+                     f"labelled), {len(self.test_set)} test, "
+                     f"epochs {start}..{total - 1}")
             if banks is not None:
                 graph = build_density_graph(banks.features, cfg.graph.k,
                                             backend=cfg.graph.backend,
@@ -497,12 +499,15 @@ class Trainer:
             "last_epoch": last.get("epoch"),
             "test_error_last": last.get("test_error"),
             "best_by_val": history.get("best_val"),
-            "pl_acc_last": last.get("pl_acc"), "pl_coverage_last": last.get("pl_coverage"),
+            "pl_acc_last": last.get("pl_acc"),
+            "pl_coverage_last": last.get("pl_coverage"),
             "model_acc_on_covered_last": last.get("model_acc_on_covered"),
-            "mean_time": {k: float(np.mean([r[k] for r in main if r.get(k) is not None]))
-                          for k in sorted({k for r in main for k in r
-                                           if k.startswith("time_")})} if main else {},
-            "num_labelled": self.num_labelled, "num_train_nodes": int(self.nodes.numel()),
+            "mean_time": {
+                k: float(np.mean([r[k] for r in main if r.get(k) is not None]))
+                for k in sorted({k for r in main for k in r if k.startswith("time_")})
+            } if main else {},
+            "num_labelled": self.num_labelled,
+            "num_train_nodes": int(self.nodes.numel()),
             "config": self.cfg.to_dict(),
         }
         write_json_atomic(self.run_dir / "summary.json", summary)
@@ -512,11 +517,11 @@ class Trainer:
             plot_curves(records, self.run_dir / "curves.png")
             plot_path_lengths(self.last_path_lengths, self.run_dir / "path_lengths.png",
                               title=f"{self.cfg.name}: DPLP path lengths, last epoch")
-        err = summary["test_error_last"]
-        log.info(f"done: test error {err if err is None else round(err, 2)}% "
-                 "(last epoch)"
-                 + (f", {history['best_val']['test_error']:.2f}% at best val epoch "
-                    f"{history['best_val']['epoch']}" if history.get("best_val") else ""))
+        err, best = summary["test_error_last"], history.get("best_val")
+        msg = f"done: test error {err if err is None else round(err, 2)}% (last epoch)"
+        if best:
+            msg += f", {best['test_error']:.2f}% at best val epoch {best['epoch']}"
+        log.info(msg)
         return summary
 
 
