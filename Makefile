@@ -25,7 +25,19 @@ test: $(STAMP)
 lint: $(STAMP)
 	@$(VENV)/bin/ruff check dag_pyg tests benchmarks
 
+# The main job: train the default experiment (digits.yaml) into runs/digits and
+# print its final test error. A finished run is reported, an interrupted one
+# resumed from its checkpoint.
+RUN_DIR ?= runs/digits
 run: $(STAMP)
+	@if [ -f $(RUN_DIR)/summary.json ]; then \
+	  $(PY) -c "import json; s = json.load(open('$(RUN_DIR)/summary.json')); \
+	print(f\"final test error: {s['test_error_last']:.2f}% ($(RUN_DIR), done earlier)\")"; \
+	elif [ -f $(RUN_DIR)/checkpoint.pt ]; then \
+	  $(PY) -m dag_pyg train configs/digits.yaml --out $(RUN_DIR) --resume; \
+	else \
+	  $(PY) -m dag_pyg train configs/digits.yaml --out $(RUN_DIR); \
+	fi
 
 bench: $(STAMP)
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
