@@ -171,6 +171,10 @@ def scores(pred, covered, y, mask):
 def bench_dataset(name, x, y, mask, k, args, methods):
     n, num_classes = x.size(0), int(y.max()) + 1
     graph, t_build = once(lambda: build_density_graph(x, k=k))
+    # The kNN search leaves OpenMP/BLAS worker threads spinning for a while;
+    # on a 2-core machine they stall torch's 2-thread parallel regions (dplp
+    # measured 10x slower right after a build). Let them go idle first.
+    time.sleep(3)
     base = {"dataset": name, "N": n, "k": k, "classes": num_classes}
     rows = [{**base, "method": "graph build (excluded)", "time_s": t_build,
              "note": f"build_density_graph, {graph.backend}"}]
