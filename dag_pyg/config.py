@@ -109,6 +109,7 @@ class LogConfig:
     tensorboard: bool = True       # where tensorboard is installed
     plots: bool = True
     progress: bool = True
+    bank_stats: bool = False       # refresh banks + DPLP stats even where unused
 
 
 @dataclass

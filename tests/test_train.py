@@ -114,6 +114,12 @@ def test_switches_change_what_they_should(tmp_path):
     tight = last("dplp.sigma=0")
     assert tight["pl_coverage"] <= dplp["pl_coverage"]
     assert tight["path_len_max"] == 1.0
+    # The plain baseline reads no bank: no refresh, no graph, still evaluated.
+    base = last("dna.enabled=false", "pseudo_label.source=none")
+    assert "time_bank" not in base and "time_graph" not in base
+    assert 0 <= base["test_error"] <= 100
+    assert evaluate_run(tmp_path / "dna.enabled-false_pseudo_label.source-none")[
+        "test_error"] == pytest.approx(base["test_error"])
     # The DNA switch changes the head: no graph layers without it.
     t = Trainer(tiny("dna.enabled=false"), tmp_path / "nodna")
     assert t.head.hops == 0 and not t.uses_graph_head

@@ -195,6 +195,11 @@ class Trainer:
             out.append(self.backbone.features(x).float())
         return torch.cat(out).cpu()
 
+    def build_graph(self, feats: Tensor) -> Data:
+        g = self.cfg.graph
+        return build_density_graph(feats, g.k, backend=g.backend, density=g.density,
+                                   density_threshold=g.density_threshold)
+
     def _resolve_sigma(self, graph: Data) -> float:
         sigma = self.cfg.dplp.sigma
         if isinstance(sigma, str):  # "q0.5": a quantile of the parent steps
@@ -216,7 +221,8 @@ class Trainer:
             return self.head(x, sub.edge_index.to(self.device),
                              graph.density.to(self.device)).cpu()
 
-    def _evaluate(self, feats: Tensor, graph: Data, dataset: ArrayDataset,
+    def _evaluate(self, feats: Tensor | None, graph: Data | None,
+                  dataset: ArrayDataset,
                   rows: Tensor, truth: Tensor, log: RunLogger, desc: str) -> float:
         q = self.extract(dataset, rows, log, desc)
         self.head.eval()
@@ -231,18 +237,29 @@ class Trainer:
         return 100.0 * float((logits.argmax(1) != truth).float().mean())
 
     # ---------------------------------------------------------------- refresh
+    @property
+    def needs_banks(self) -> bool:
+        """Whether training reads the banks (the DNA head or pseudo labels);
+        a plain baseline skips the refresh unless ``log.bank_stats`` asks."""
+        return (self.uses_graph_head or self.cfg.pseudo_label.source != "none"
+                or self.cfg.log.bank_stats)
+
     def refresh(self, log: RunLogger, epoch: int, evaluate: bool
-                ) -> tuple[Banks, Data, dict]:
+                ) -> tuple[Banks, Data | None, dict]:
         """Feature Bank, graph, Label Bank, pseudo labels and evaluation."""
         cfg, rec = self.cfg, {}
+        if not self.needs_banks:
+            targets = torch.where(self.labelled_mask, self.true_y, -1)
+            banks = Banks(torch.empty(0), targets.clone(), targets)
+            if evaluate:
+                rec.update(self._evaluate_all(None, None, log))
+            return banks, None, rec
         t = time.perf_counter()
         feats = self.extract(self.train_set, self.nodes, log, "feature bank")
         rec["time_bank"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        graph = build_density_graph(feats, cfg.graph.k, backend=cfg.graph.backend,
-                                    density=cfg.graph.density,
-                                    density_threshold=cfg.graph.density_threshold)
+        graph = self.build_graph(feats)
         rec["time_graph"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -272,16 +289,21 @@ class Trainer:
         rec.update(self._label_stats(targets, prior, covered, unl, lengths, sigma))
         self.last_path_lengths = lengths
         if evaluate:
-            t = time.perf_counter()
-            rec["test_error"] = self._evaluate(feats, graph, self.test_set,
-                                               torch.arange(len(self.test_set)),
-                                               self.test_set.targets, log, "test")
-            if self.split.val.numel():
-                rec["val_error"] = self._evaluate(
-                    feats, graph, self.train_set, self.split.val,
-                    self.train_set.targets[self.split.val], log, "val")
-            rec["time_eval"] = time.perf_counter() - t
+            rec.update(self._evaluate_all(feats, graph, log))
         return Banks(feats, prior, targets), graph, rec
+
+    def _evaluate_all(self, feats: Tensor | None, graph: Data | None,
+                      log: RunLogger) -> dict:
+        t, rec = time.perf_counter(), {}
+        rec["test_error"] = self._evaluate(feats, graph, self.test_set,
+                                           torch.arange(len(self.test_set)),
+                                           self.test_set.targets, log, "test")
+        if self.split.val.numel():
+            rec["val_error"] = self._evaluate(
+                feats, graph, self.train_set, self.split.val,
+                self.train_set.targets[self.split.val], log, "val")
+        rec["time_eval"] = time.perf_counter() - t
+        return rec
 
     def _label_stats(self, targets: Tensor, prior: Tensor, covered: Tensor,
                      unl: Tensor, lengths: Tensor, sigma: float) -> dict:
@@ -438,11 +460,8 @@ class Trainer:
                      f"{len(self.nodes)} train nodes ({self.num_labelled} "
                      f"labelled), {len(self.test_set)} test, "
                      f"epochs {start}..{total - 1}")
-            if banks is not None:
-                graph = build_density_graph(banks.features, cfg.graph.k,
-                                            backend=cfg.graph.backend,
-                                            density=cfg.graph.density,
-                                            density_threshold=cfg.graph.density_threshold)
+            if banks is not None and banks.features.numel():
+                graph = self.build_graph(banks.features)
             rec: dict = history.get("last", {})
             for epoch in range(start, total):
                 pretrain = epoch < cfg.optim.pretrain_epochs
@@ -548,10 +567,9 @@ def evaluate_run(run_dir: str | Path) -> dict:
     if state["banks"] is None:
         raise CheckpointError(f"The checkpoint in '{run_dir}' is from pre-training "
                               "and holds no Feature Bank yet; train further first.")
-    feats = state["banks"]["features"]
-    graph = build_density_graph(feats, cfg.graph.k, backend=cfg.graph.backend,
-                                density=cfg.graph.density,
-                                density_threshold=cfg.graph.density_threshold)
+    feats, graph = state["banks"]["features"], None
+    if trainer.uses_graph_head:
+        graph = trainer.build_graph(feats)
     with RunLogger(run_dir, tensorboard=False, progress=cfg.log.progress,
                    resume_epoch=None) as log:
         out = {"run_dir": str(run_dir), "epoch": state["epoch"],
