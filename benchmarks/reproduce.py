@@ -70,8 +70,8 @@ def run_one(grid: dict, row: str, seed: int, extra: list[str], force: bool) -> d
     t = time.perf_counter()
     summary = train(cfg, run_dir)
     wall = time.perf_counter() - t
-    result = {"grid": grid["name"], "row": row, "seed": seed, "command": shlex.join(cmd),
-              "wall_time_s": wall, "summary": summary,
+    result = {"grid": grid["name"], "row": row, "seed": seed,
+              "command": shlex.join(cmd), "wall_time_s": wall, "summary": summary,
               "metrics": read_metrics(run_dir / "metrics.jsonl")}
     write_json_atomic(out, result)
     print(f"[done] {grid['name']}/{row} seed {seed}: test error "
