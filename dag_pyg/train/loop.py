@@ -196,9 +196,13 @@ class Trainer:
         return torch.cat(out).cpu()
 
     def build_graph(self, feats: Tensor) -> Data:
+        """The density-aware graph of a Feature Bank, built on the run's device
+        (the kNN search is the costly part) and kept on the CPU, where the
+        sampler and DPLP read it."""
         g = self.cfg.graph
-        return build_density_graph(feats, g.k, backend=g.backend, density=g.density,
-                                   density_threshold=g.density_threshold)
+        return build_density_graph(feats.to(self.device), g.k, backend=g.backend,
+                                   density=g.density,
+                                   density_threshold=g.density_threshold).cpu()
 
     def _resolve_sigma(self, graph: Data) -> float:
         sigma = self.cfg.dplp.sigma
