@@ -15,6 +15,8 @@ import torch
 from torch import Tensor
 
 BACKENDS = ("auto", "exact", "faiss", "torch_cluster")
+# Candidates fetched past k to settle near-ties at the k-th place.
+EXTRA = 2
 
 
 def has_faiss() -> bool:
@@ -155,15 +157,15 @@ def _sort_rows(cand: Tensor, sim: Tensor) -> tuple[Tensor, Tensor]:
     return cand.gather(1, perm), sim.gather(1, perm)
 
 
-def _drop_self(cand: Tensor, sim: Tensor, k: int) -> tuple[Tensor, Tensor]:
+def _drop_self(cand: Tensor, sim: Tensor, width: int) -> tuple[Tensor, Tensor]:
     # Drop each row's own index; where the engine did not return it (duplicate
     # points tie with it), drop the last candidate instead.
     n, kk = cand.shape
     is_self = cand == torch.arange(n, device=cand.device).unsqueeze(1)
     is_self[~is_self.any(dim=1), kk - 1] = True
     keep = ~is_self
-    return (cand[keep].view(n, kk - 1)[:, : k + 1],
-            sim[keep].view(n, kk - 1)[:, : k + 1])
+    return (cand[keep].view(n, kk - 1)[:, :width],
+            sim[keep].view(n, kk - 1)[:, :width])
 
 
 def _refine_rows(q: Tensor, b: Tensor, rows: Tensor, k: int, exclude_self: bool,
@@ -174,7 +176,7 @@ def _refine_rows(q: Tensor, b: Tensor, rows: Tensor, k: int, exclude_self: bool,
     ar = torch.arange(rows.numel(), device=q.device)
     if exclude_self:
         s[ar, rows] = -math.inf
-    m = k + 16
+    m = k + 2 * EXTRA
     while True:
         m = min(m, s.size(1))
         top, idx = s.topk(m, dim=1)
@@ -229,9 +231,9 @@ def knn_search(query: Tensor, base: Tensor | None = None, k: int = 64, *,
                          f"there are {base.size(0)}; lower k below "
                          f"{n_avail + 1}.")
     name = resolve_backend(backend, query.device)
-    # One candidate past k detects ties at the k-th place; one more covers the
-    # self match of a self search.
-    kk = min(k + 1, n_avail)
+    # A few candidates past k show whether a (near) tie at the k-th place is
+    # settled inside the list; one more covers the self match.
+    kk = min(k + EXTRA, n_avail)
     q32, b32 = query.float(), base.float()
     if name == "exact":
         cand, sim = _candidates_exact(q32, b32, kk, self_search, chunk_size)
@@ -239,22 +241,29 @@ def knn_search(query: Tensor, base: Tensor | None = None, k: int = 64, *,
         engine = _candidates_faiss if name == "faiss" else _candidates_torch_cluster
         cand, sim = engine(q32, b32, kk + int(self_search))
         if self_search:
-            cand, sim = _drop_self(cand, sim, k)
+            cand, sim = _drop_self(cand, sim, kk)
     sim = sim.to(query.dtype)
 
-    # Engines order by their own float32 scores. Pairs closer than their
-    # rounding error are re-scored by one formula and ordered by the smaller
-    # index, so that all backends agree and ties are deterministic.
-    tol = 8 * query.size(1) ** 0.5 * torch.finfo(torch.float32).eps
+    # Engines rank by their own float32 scores, whose rounding differs by
+    # engine. Candidates closer to a neighbour in the list than that rounding
+    # error are re-scored by one formula and ordered (similarity, then smaller
+    # index), so that every backend returns the same, deterministic lists.
+    tol = 4 * query.size(1) ** 0.5 * torch.finfo(torch.float32).eps
     near = (sim[:, :-1] - sim[:, 1:]) <= tol
-    boundary = near[:, k - 1] if cand.size(1) > k else torch.zeros_like(near[:, 0])
-    interior = near[:, : k - 1].any(dim=1) & ~boundary
-    if bool(interior.any()):
-        rows = interior.nonzero().view(-1)
-        cand[rows], sim[rows] = _sort_rows(cand[rows],
-                                           _rescore(query[rows], base, cand[rows]))
+    touched = torch.zeros_like(cand, dtype=torch.bool)
+    touched[:, :-1] |= near
+    touched[:, 1:] |= near
+    r, c = touched.nonzero(as_tuple=True)
+    if r.numel():
+        sim[r, c] = (query[r] * base[cand[r, c].clamp(min=0)]).sum(-1)
+        rows = touched.any(dim=1).nonzero().view(-1)
+        cand[rows], sim[rows] = _sort_rows(cand[rows], sim[rows])
+    # Where the run of near-equal scores at the k-th place reaches the end of
+    # the list, the list may miss tied points: solve those rows exactly.
+    unsettled = (sim[:, k - 1] - sim[:, -1] <= 2 * tol) if kk > k else \
+        torch.zeros(cand.size(0), dtype=torch.bool, device=cand.device)
     cand, sim = cand[:, :k].contiguous(), sim[:, :k].contiguous()
-    if bool(boundary.any()):
-        rows = boundary.nonzero().view(-1)
+    if bool(unsettled.any()):
+        rows = unsettled.nonzero().view(-1)
         cand[rows], sim[rows] = _refine_rows(query, base, rows, k, self_search, tol)
     return cand, sim
