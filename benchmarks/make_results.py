@@ -79,7 +79,8 @@ def bench_section(name: str) -> list[str]:
     m = data.get("machine", {})
     lines += ["", f"Machine: {m.get('processor') or m.get('platform')}, "
               f"{m.get('cpus')} CPUs, torch {m.get('torch')}. Command: "
-              f"`python benchmarks/{name}.py`. Source: `benchmarks/results/{name}.json`.",
+              f"`python benchmarks/{name}.py`. "
+              f"Source: `benchmarks/results/{name}.json`.",
               ""]
     return lines
 

@@ -28,7 +28,7 @@ from torch_geometric.sampler import (
 from dag_pyg.graph import neighbour_table
 
 SAMPLERS = ("knn", "neighbor")
-_OFFSET = 1 << 62  # keeps scatter keys below the -1 of unseen nodes
+_OFFSET = 1 << 61  # scatter keys far below the -1 of unseen nodes
 
 
 def has_neighbor_backend() -> bool:
@@ -121,9 +121,8 @@ def hop_expand(table: Tensor, first: Tensor, hops: int, *, k: int,
              else torch.full((num_roots,), -1, dtype=torch.long, device=device))
     nodes, rows, cols, edges = [roots], [], [], []
     num_nodes, num_edges = [num_roots], []
-    front_local = torch.arange(num_roots, device=device)
-    front_global = seeds
-    batch = [front_local] if not dedup else None
+    front_global, front_local = seeds, torch.arange(num_roots, device=device)
+    batch = [torch.arange(num_roots, device=device)] if not dedup else None
     total = num_roots
     if dedup and hops > 0:
         if mark is None:
@@ -137,7 +136,7 @@ def hop_expand(table: Tensor, first: Tensor, hops: int, *, k: int,
                                  "use dedup=False.")
     try:
         for hop in range(1, hops + 1):
-            # index_select / scatter_ rather than advanced indexing: on small
+            # index_select / scatter rather than advanced indexing: on small
             # index tensors they stay serial and several times faster.
             flat = (first if hop == 1 else
                     table.index_select(0, front_global)).reshape(-1)
@@ -146,41 +145,42 @@ def hop_expand(table: Tensor, first: Tensor, hops: int, *, k: int,
             if front_global is None:  # query edges are not in the graph
                 edges.append(torch.full((n_e,), -1, dtype=torch.long, device=device))
             else:
-                edges.append((front_global.unsqueeze(1) * k + ar_k).view(-1))
+                edges.append(torch.add(ar_k, front_global.unsqueeze(1),
+                                       alpha=k).view(-1))
             if dedup:
                 assert mark is not None
                 pos = (mark.index_select(0, flat) < 0).nonzero().view(-1)
                 cand = flat.index_select(0, pos)
-                # Order-preserving unique: every unseen node takes the position
-                # of its first occurrence (amin; offset below the -1 of unseen
-                # entries), so new nodes come in first-appearance order like
-                # PyG's samplers, deterministically.
-                key = pos - _OFFSET
+                # Order-preserving unique without a sort: every unseen node
+                # takes the smallest position at which it occurs (amin of keys
+                # offset far below the -1 of unseen entries), so the entries
+                # holding it are the first occurrences and new nodes come in
+                # first-appearance order like PyG's, deterministically.
+                key = pos.sub_(_OFFSET)
                 mark.scatter_reduce_(0, cand, key, "amin")
-                first_seen = (mark.index_select(0, cand) == key).nonzero().view(-1)
-                new = cand.index_select(0, first_seen)
+                is_first = (mark.index_select(0, cand) == key).nonzero().view(-1)
+                new = cand.index_select(0, is_first)
                 local = torch.arange(total, total + new.numel(), device=device)
                 mark.scatter_(0, new, local)
                 rows.append(mark.index_select(0, flat))
-                front_global, front_local = new, local
             else:
                 new = flat
                 local = torch.arange(total, total + n_e, device=device)
                 rows.append(local)
                 assert batch is not None
                 batch.append(batch[-1].repeat_interleave(k_sub))
-                front_global, front_local = flat, local
+            front_global, front_local = new, local
             nodes.append(new)
             total += new.numel()
             num_nodes.append(new.numel())
             num_edges.append(n_e)
     finally:
+        node = torch.cat(nodes) if len(nodes) > 1 else roots
         if dedup and mark is not None and hops > 0:
-            for part in nodes[0 if seeds is not None else 1:]:
-                mark.index_fill_(0, part, -1)
+            mark.index_fill_(0, node if seeds is not None else node[num_roots:], -1)
     empty = torch.empty(0, dtype=torch.long, device=device)
     return SamplerOutput(
-        node=torch.cat(nodes) if len(nodes) > 1 else roots,
+        node=node,
         row=torch.cat(rows) if rows else empty,
         col=torch.cat(cols) if cols else empty,
         edge=torch.cat(edges) if edges else empty,
