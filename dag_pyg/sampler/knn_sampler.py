@@ -174,10 +174,14 @@ def hop_expand(table: Tensor, first: Tensor, hops: int, *, k: int,
             total += new.numel()
             num_nodes.append(new.numel())
             num_edges.append(n_e)
-    finally:
-        node = torch.cat(nodes) if len(nodes) > 1 else roots
-        if dedup and mark is not None and hops > 0:
-            mark.index_fill_(0, node if seeds is not None else node[num_roots:], -1)
+    except BaseException:
+        if mark is not None:
+            mark.fill_(-1)  # rare path: restore the scratch array wholesale
+        raise
+    node = torch.cat(nodes) if len(nodes) > 1 else roots
+    if dedup and mark is not None and hops > 0:
+        # Restore only the touched entries: a batch costs O(batch), not O(N).
+        mark.index_fill_(0, node if seeds is not None else node[num_roots:], -1)
     empty = torch.empty(0, dtype=torch.long, device=device)
     return SamplerOutput(
         node=node,
@@ -212,6 +216,10 @@ class KNNHopSampler(BaseSampler):
     (the paper's tree of :math:`B(1 + k_{sub} + \dots + k_{sub}^h)` nodes)
     and ``batch`` names the seed of every node. Both give the seeds the same
     :math:`h`-layer outputs.
+
+    The sampler keeps a scratch array of :math:`N` entries that every call
+    restores; use one instance per thread (DataLoader worker processes each
+    get their own copy).
 
     Use it through :class:`~torch_geometric.loader.NodeLoader` (or
     :func:`make_loader`). The mini-batches hold ``n_id``, ``e_id`` (ids into
