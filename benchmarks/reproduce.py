@@ -53,18 +53,20 @@ def load_grid(path: Path) -> dict:
     return grid
 
 
-def run_one(grid: dict, row: str, seed: int, extra: list[str], force: bool) -> dict:
-    out = RESULTS / grid["name"] / f"{row}__seed{seed}.json"
+def run_one(grid: dict, row: str, seed: int, extra: list[str], force: bool,
+            results: Path = RESULTS, runs: Path = RUNS) -> dict:
+    out = results / grid["name"] / f"{row}__seed{seed}.json"
     if out.exists() and not force:
         print(f"[skip] {grid['name']}/{row} seed {seed}: {out.name} exists")
         return json.loads(out.read_text())
     overrides = [*grid["set"], *grid["rows"][row], f"seed={seed}",
                  f"name={grid['name']}_{row}", *extra]
     cfg = load_config(ROOT / grid["config"], overrides)
-    run_dir = RUNS / grid["name"] / row / f"seed{seed}"
+    run_dir = runs / grid["name"] / row / f"seed{seed}"
     if run_dir.exists():
         shutil.rmtree(run_dir)  # an unfinished earlier attempt
-    cmd = ["dag-pyg", "train", grid["config"], "--out", str(run_dir.relative_to(ROOT)),
+    shown = run_dir.relative_to(ROOT) if run_dir.is_relative_to(ROOT) else run_dir
+    cmd = ["dag-pyg", "train", grid["config"], "--out", str(shown),
            *[a for o in overrides for a in ("--set", o)]]
     print(f"[run ] {grid['name']}/{row} seed {seed}: {shlex.join(cmd)}", flush=True)
     t = time.perf_counter()
@@ -79,7 +81,7 @@ def run_one(grid: dict, row: str, seed: int, extra: list[str], force: bool) -> d
     return result
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("grid", type=Path)
@@ -88,7 +90,9 @@ def main() -> None:
     p.add_argument("--set", dest="extra", action="append", default=[],
                    help="extra override for every run (key=value)")
     p.add_argument("--force", action="store_true", help="re-run existing results")
-    args = p.parse_args()
+    p.add_argument("--results", type=Path, default=RESULTS, help=argparse.SUPPRESS)
+    p.add_argument("--runs", type=Path, default=RUNS, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
     grid = load_grid(args.grid)
     rows = args.rows or list(grid["rows"])
     unknown = sorted(set(rows) - set(grid["rows"]))
@@ -97,7 +101,8 @@ def main() -> None:
     seeds = args.seeds or grid["seeds"]
     for seed in seeds:  # seed-major: every row gets a result early
         for row in rows:
-            run_one(grid, row, seed, args.extra, args.force)
+            run_one(grid, row, seed, args.extra, args.force, args.results,
+                    args.runs)
 
 
 if __name__ == "__main__":
