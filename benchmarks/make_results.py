@@ -13,6 +13,8 @@ import json
 import statistics
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
 
@@ -35,6 +37,12 @@ def grid_table(grid_dir: Path) -> list[str]:
     for path in sorted(grid_dir.glob("*__seed*.json")):
         r = json.loads(path.read_text())
         rows.setdefault(r["row"], []).append(r)
+    # The grid file's row order (baseline first), where the grid is known.
+    grid_file = ROOT / "grids" / f"{grid_dir.name}.yaml"
+    if grid_file.exists():
+        order = list(yaml.safe_load(grid_file.read_text())["rows"])
+        rows = dict(sorted(rows.items(), key=lambda kv: order.index(kv[0])
+                           if kv[0] in order else len(order)))
     lines = [f"### {grid_dir.name}", "",
              "| row | seeds | test error % (last) | test error % at best val | "
              "DPLP coverage | DPLP acc. on covered | model acc. on covered | "
@@ -50,7 +58,7 @@ def grid_table(grid_dir: Path) -> list[str]:
             f"{fmt(best)} | {fmt([x.get('pl_coverage_last') for x in s], 3)} | "
             f"{fmt([x.get('pl_acc_last') for x in s], 3)} | "
             f"{fmt([x.get('model_acc_on_covered_last') for x in s], 3)} | "
-            f"{fmt(per_epoch, 1)} | {fmt([r['wall_time_s'] for r in runs], 0)} |")
+            f"{fmt(per_epoch, 3)} | {fmt([r['wall_time_s'] for r in runs], 1)} |")
     lines += ["", "Commands (seed 0 of each row):", ""]
     for row, runs in rows.items():
         first = min(runs, key=lambda r: r["seed"])
