@@ -21,24 +21,16 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from dag_pyg.config import load_config  # noqa: E402
 from dag_pyg.nn.dna_head import query_subgraph  # noqa: E402
 from dag_pyg.propagation import density_ascending_parents, path_lengths  # noqa: E402
-from dag_pyg.train.checkpoint import load_checkpoint  # noqa: E402
-from dag_pyg.train.loop import Trainer  # noqa: E402
+from dag_pyg.train.loop import Trainer, load_run  # noqa: E402
 from dag_pyg.train.plots import plot_path_lengths  # noqa: E402
 
 FIGURES = ROOT / "benchmarks" / "figures"
 
 
 def _trainer(run_dir: Path) -> tuple[Trainer, dict]:
-    cfg = load_config(run_dir / "config.yaml")
-    cfg.data.split_file = str(run_dir / "split.json")
-    cfg.log.progress = False
-    trainer = Trainer(cfg, run_dir, resume=True)
-    state = load_checkpoint(run_dir / "checkpoint.pt")
-    trainer.backbone.load_state_dict(state["backbone"])
-    trainer.head.load_state_dict(state["head"])
+    trainer, state = load_run(run_dir, progress=False)
     trainer.backbone.eval()
     trainer.head.eval()
     return trainer, state

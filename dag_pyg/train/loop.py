@@ -553,10 +553,10 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict:
     return Trainer(cfg, run_dir, resume=resume).run()
 
 
-def evaluate_run(run_dir: str | Path) -> dict:
-    """Re-evaluates a run folder's last checkpoint: rebuilds the graph from
-    the stored Feature Bank and classifies the test (and validation) set by
-    retrieval. Writes ``eval.json`` into the run folder."""
+def load_run(run_dir: str | Path, progress: bool | None = None
+             ) -> tuple[Trainer, dict]:
+    """A run folder's trainer (same config, data and split) with the weights
+    of its last checkpoint, and the checkpoint's state."""
     from dag_pyg.config import load_config
 
     run_dir = Path(run_dir)
@@ -564,10 +564,22 @@ def evaluate_run(run_dir: str | Path) -> dict:
         raise FileNotFoundError(f"'{run_dir}' is not a run folder (no config.yaml).")
     cfg = load_config(run_dir / "config.yaml")
     cfg.data.split_file = str(run_dir / "split.json")
+    if progress is not None:
+        cfg.log.progress = progress
     trainer = Trainer(cfg, run_dir, resume=True)
     state = load_checkpoint(run_dir / CHECKPOINT)
     trainer.backbone.load_state_dict(state["backbone"])
     trainer.head.load_state_dict(state["head"])
+    return trainer, state
+
+
+def evaluate_run(run_dir: str | Path) -> dict:
+    """Re-evaluates a run folder's last checkpoint: rebuilds the graph from
+    the stored Feature Bank and classifies the test (and validation) set by
+    retrieval. Writes ``eval.json`` into the run folder."""
+    run_dir = Path(run_dir)
+    trainer, state = load_run(run_dir)
+    cfg = trainer.cfg
     if state["banks"] is None:
         raise CheckpointError(f"The checkpoint in '{run_dir}' is from pre-training "
                               "and holds no Feature Bank yet; train further first.")
@@ -577,12 +589,6 @@ def evaluate_run(run_dir: str | Path) -> dict:
     with RunLogger(run_dir, tensorboard=False, progress=cfg.log.progress,
                    resume_epoch=None) as log:
         out = {"run_dir": str(run_dir), "epoch": state["epoch"],
-               "test_error": trainer._evaluate(
-                   feats, graph, trainer.test_set, torch.arange(len(trainer.test_set)),
-                   trainer.test_set.targets, log, "test")}
-        if trainer.split.val.numel():
-            out["val_error"] = trainer._evaluate(
-                feats, graph, trainer.train_set, trainer.split.val,
-                trainer.train_set.targets[trainer.split.val], log, "val")
+               **trainer._evaluate_all(feats, graph, log)}
     write_json_atomic(run_dir / "eval.json", out)
     return out
