@@ -2,15 +2,18 @@
 
     dag-pyg train configs/digits.yaml [--set dna.hops=2 ...] [--out DIR] [--resume]
     dag-pyg eval runs/digits
+    torchrun --nproc_per_node 2 -m dag_pyg train configs/digits.yaml
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 from dag_pyg.config import ConfigError, load_config
+from dag_pyg.distributed.context import DistributedError
 from dag_pyg.train.checkpoint import CheckpointError
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "digits.yaml"
@@ -44,16 +47,21 @@ def main(argv: list[str] | None = None) -> int:
             summary = train(cfg, run_dir, resume=args.resume)
             err = summary["test_error_last"]
             err_txt = "n/a" if err is None else f"{err:.2f}%"
-            print(f"final test error: {err_txt} ({run_dir / 'summary.json'})")
+            if os.environ.get("RANK", "0") == "0":
+                print(f"final test error: {err_txt} ({run_dir / 'summary.json'})")
         else:
             from dag_pyg.train import evaluate_run
 
             result = evaluate_run(args.run_dir)
             print(json.dumps(result, indent=2))
-    except (ConfigError, FileExistsError, FileNotFoundError, CheckpointError) as e:
+    except (ConfigError, FileExistsError, FileNotFoundError, CheckpointError,
+            DistributedError) as e:
         # Config mistakes, a run folder in the way, missing data, damaged or
-        # mismatched checkpoints: a message, not a traceback.
-        print(f"error: {e}", file=sys.stderr)
+        # mismatched checkpoints, a lost rank: a message, not a traceback.
+        rank = os.environ.get("RANK")
+        where = f"[rank {rank}] " if rank is not None and os.environ.get(
+            "WORLD_SIZE", "1") != "1" else ""
+        print(f"{where}error: {e}", file=sys.stderr)
         return 2
     return 0
 

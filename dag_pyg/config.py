@@ -113,6 +113,15 @@ class LogConfig:
 
 
 @dataclass
+class DistributedConfig:
+    # Read only under torchrun (WORLD_SIZE > 1); see README "Several GPUs".
+    backend: str = "auto"          # auto: nccl+gloo on GPUs, gloo on CPU
+    timeout_s: float = 600.0       # a collective waiting longer fails the run
+    graph: str = "rank0"           # rank0 (build there, broadcast) | replicate
+    sync_batchnorm: bool = True    # batch statistics over all ranks' samples
+
+
+@dataclass
 class Config:
     name: str = "digits"
     seed: int = 0
@@ -128,6 +137,7 @@ class Config:
     dplp: DPLPConfig = field(default_factory=DPLPConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -143,6 +153,7 @@ CHOICES = {
     "dna.sampler": ("knn", "neighbor"),
     "pseudo_label.source": ("dplp", "model", "none"),
     "dplp.mode": ("L", "LU"),
+    "distributed.graph": ("rank0", "replicate"),
 }
 
 
@@ -261,6 +272,9 @@ def _check(cfg: Config) -> None:
     if not 0 <= cfg.optim.labelled_batch_size <= cfg.optim.batch_size:
         raise ConfigError("Config key 'optim.labelled_batch_size' must be between 0 "
                           f"and optim.batch_size={cfg.optim.batch_size}.")
+    if cfg.distributed.timeout_s <= 0:
+        raise ConfigError("Config key 'distributed.timeout_s' must be > 0 (got "
+                          f"{cfg.distributed.timeout_s}).")
     if cfg.optim.pretrain_epochs < 0:
         raise ConfigError("Config key 'optim.pretrain_epochs' must be >= 0.")
 

@@ -333,3 +333,38 @@ class RunLogger:
         return (f"{self.__class__.__name__}('{self.run_dir}', "
                 f"tensorboard={self.tensorboard_enabled}, "
                 f"progress={self._progress})")
+
+
+class QuietLogger:
+    r"""The logger of ranks other than 0 in a multi-process run: rank 0's
+    :class:`RunLogger` writes the run's files; the others write nothing and
+    show no bars, but print warnings (prefixed with their rank) to stderr.
+
+    Args:
+        rank (int): This process's rank.
+    """
+
+    def __init__(self, rank: int) -> None:
+        self.rank = rank
+
+    def info(self, msg: str) -> None:
+        pass
+
+    def warning(self, msg: str) -> None:
+        print(f"[rank {self.rank}] WARNING: {msg}", file=sys.stderr, flush=True)
+
+    def metrics(self, record: dict[str, Any]) -> None:
+        pass
+
+    def progress(self, iterable: Iterable, desc: str, total: int | None = None,
+                 leave: bool = False) -> Iterable:
+        return iterable
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> QuietLogger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass

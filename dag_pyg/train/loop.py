@@ -13,6 +13,15 @@ samples, mixup, Eq. 2), then refreshes what the next epoch uses:
 Epoch 0's banks come from ``optim.pretrain_epochs`` epochs on the labelled
 samples only. Every epoch ends with an atomic checkpoint from which
 ``--resume`` continues to the same result as an uninterrupted run.
+
+Under ``torchrun`` (see :mod:`dag_pyg.distributed`) every rank draws the same
+global batches from the shared, seeded data generator and trains on its slice
+of each with DistributedDataParallel; the Feature Bank is extracted in shards
+and all-gathered; the graph, Label Bank and DPLP run once (on rank 0, then
+broadcast, or on every rank with ``distributed.graph: replicate``); test and
+validation queries are split across ranks and retrieve from the global bank.
+Rank 0 alone writes files. N processes thus train on the same data, in the
+same order and with the same augmentation as one.
 """
 from __future__ import annotations
 
@@ -25,12 +34,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 from torch_geometric.data import Data
 
 from dag_pyg.config import Config, save_config
 from dag_pyg.data import ArrayDataset, BatchTransform, Split, load_dataset, make_split
 from dag_pyg.data.transforms import mixup
+from dag_pyg.distributed import (
+    DistContext,
+    DistributedError,
+    convert_sync_batchnorm,
+    init_distributed,
+    shutdown,
+)
 from dag_pyg.graph import build_density_graph
 from dag_pyg.models import build_backbone
 from dag_pyg.nn.dna_head import DNAHead, predict_queries
@@ -44,7 +61,7 @@ from dag_pyg.train.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from dag_pyg.train.logger import RunLogger, write_json_atomic
+from dag_pyg.train.logger import QuietLogger, RunLogger, write_json_atomic
 from dag_pyg.train.losses import dag_loss
 
 CHECKPOINT = "checkpoint.pt"
@@ -71,6 +88,37 @@ def balanced_subset(targets: Tensor, count: int, seed: int) -> Tensor:
     return make_split(targets, count, seed=seed).labelled.sort().values
 
 
+class TrainNet(nn.Module):
+    """Backbone + head as one module: what DistributedDataParallel wraps
+    (its forward is one training step's forward).
+
+    With several ranks, ``x`` is this rank's slice of the batch while a
+    graph ``batch`` is the sub-graph of the whole batch: a seed's neighbours
+    may be seeds of another rank, whose live features it reads as one
+    process would. The ranks' features are all-gathered (gradients flow
+    back to their owners) and the logits of ``keep`` are returned.
+    """
+
+    def __init__(self, backbone: nn.Module, head: DNAHead,
+                 dist: DistContext | None = None):
+        super().__init__()
+        self.backbone, self.head = backbone, head
+        self.dist = dist or DistContext()
+
+    def forward(self, x: Tensor, batch: Data | None = None,
+                bank: Tensor | None = None, density: Tensor | None = None,
+                self_only: bool = False, keep: Tensor | None = None) -> Tensor:
+        feats = self.backbone.features(x)
+        if batch is not None:
+            feats = self.dist.all_gather_rows_grad(feats)
+            logits = self.head.forward_batch(feats, bank, batch, density)
+            return logits if keep is None else logits[keep.to(logits.device)]
+        if self_only:  # a graph head before the first graph: self term only
+            empty = torch.empty(2, 0, dtype=torch.long, device=feats.device)
+            return self.head(feats, empty, feats.new_zeros(feats.size(0)))
+        return self.head(feats)
+
+
 @dataclass
 class Banks:
     """What an epoch reads: refreshed at the end of the previous epoch."""
@@ -86,28 +134,39 @@ class Trainer:
         cfg (Config): The experiment.
         run_dir (str or Path): Where every artefact goes.
         resume (bool): Continue from ``run_dir/checkpoint.pt``.
+        dist (DistContext, optional): This process's rank and world; one
+            process when omitted.
     """
 
-    def __init__(self, cfg: Config, run_dir: str | Path, resume: bool = False):
+    def __init__(self, cfg: Config, run_dir: str | Path, resume: bool = False,
+                 dist: DistContext | None = None):
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.resume = resume
-        ckpt_path = self.run_dir / CHECKPOINT
-        if resume and not ckpt_path.exists():
-            raise CheckpointError(f"--resume: no checkpoint at '{ckpt_path}'; "
-                                  "start the run without --resume.")
-        if not resume and ckpt_path.exists():
-            raise FileExistsError(
-                f"'{self.run_dir}' already holds a run (checkpoint.pt); pass "
-                "--resume to continue it or --out to start a new one. Nothing "
-                "was overwritten.")
+        self.dist = dist or DistContext()
+        self.dist.on_main(self._check_run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.device = resolve_device(cfg.device)
-        seed_everything(cfg.seed)
+        if self.device.type == "cuda" and self.dist.enabled:
+            self.device = torch.device("cuda", self.dist.local_rank)
+        # Ranks differ only in what the global RNG drives (dropout); the
+        # data generator below is shared, so all ranks draw the same batches.
+        seed_everything(cfg.seed + self.dist.rank)
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.last_path_lengths: Tensor | None = None
         self._setup_data()
         self._setup_model()
+
+    def _check_run_dir(self) -> None:
+        ckpt_path = self.run_dir / CHECKPOINT
+        if self.resume and not ckpt_path.exists():
+            raise CheckpointError(f"--resume: no checkpoint at '{ckpt_path}'; "
+                                  "start the run without --resume.")
+        if not self.resume and ckpt_path.exists():
+            raise FileExistsError(
+                f"'{self.run_dir}' already holds a run (checkpoint.pt); pass "
+                "--resume to continue it or --out to start a new one. Nothing "
+                "was overwritten.")
 
     # ------------------------------------------------------------------ set-up
     def _setup_data(self) -> None:
@@ -126,7 +185,8 @@ class Trainer:
         else:
             split = make_split(train.targets, cfg.num_labelled, per_class=cfg.per_class,
                                num_val=cfg.num_val, seed=self.cfg.seed)
-        split.save(str(self.run_dir / "split.json"))
+        if self.dist.is_main:
+            split.save(str(self.run_dir / "split.json"))
         self.train_set, self.test_set, self.split = train, test, split
         self.num_classes = train.num_classes
         # Graph node i is training sample nodes[i]: labelled first.
@@ -157,6 +217,18 @@ class Trainer:
         self.head = DNAHead(self.backbone.feat_dim, self.num_classes,
                             hops=cfg.dna.hops, aggregator=aggregator).to(self.device)
         self.uses_graph_head = self.head.hops > 0
+        if cfg.distributed.sync_batchnorm:
+            self.backbone = convert_sync_batchnorm(self.backbone, self.dist,
+                                                   self.device)
+        self.net: nn.Module = TrainNet(self.backbone, self.head, self.dist)
+        if self.dist.enabled:
+            # Unused parameters exist (the backbone's classifier; GAT attention
+            # before the first graph). Synchronised batch norm keeps buffers
+            # equal, so they need no broadcast.
+            self.net = DistributedDataParallel(
+                self.net, find_unused_parameters=True,
+                broadcast_buffers=not cfg.distributed.sync_batchnorm,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None)
         # The backbone's own classifier is unused: the head classifies.
         params = [p for n, p in self.backbone.named_parameters()
                   if not n.startswith("classifier.")] + list(self.head.parameters())
@@ -183,17 +255,23 @@ class Trainer:
         return dataset.images[rows]
 
     @torch.no_grad()
-    def extract(self, dataset: ArrayDataset, rows: Tensor, log: RunLogger,
-                desc: str) -> Tensor:
-        """Backbone features of ``dataset[rows]`` in eval mode, no augmentation."""
+    def _extract_local(self, dataset: ArrayDataset, rows: Tensor, log: RunLogger,
+                       desc: str) -> Tensor:
         self.backbone.eval()
         bs = self.cfg.eval.batch_size
-        out = []
+        out = [torch.empty(0, self.backbone.feat_dim, device=self.device)]
         for s in log.progress(range(0, rows.numel(), bs), desc=desc,
                               total=math.ceil(rows.numel() / bs)):
             x = self.eval_tf(self._images(dataset, rows[s:s + bs])).to(self.device)
             out.append(self.backbone.features(x).float())
-        return torch.cat(out).cpu()
+        return torch.cat(out)
+
+    def extract(self, dataset: ArrayDataset, rows: Tensor, log: RunLogger,
+                desc: str) -> Tensor:
+        """Backbone features of ``dataset[rows]`` in eval mode, no
+        augmentation (each rank extracts its shard; all-gathered)."""
+        local = self._extract_local(dataset, self.dist.shard(rows), log, desc)
+        return self.dist.all_gather_rows(local).cpu()
 
     def build_graph(self, feats: Tensor) -> Data:
         """The density-aware graph of a Feature Bank, built on the run's device
@@ -228,17 +306,18 @@ class Trainer:
     def _evaluate(self, feats: Tensor | None, graph: Data | None,
                   dataset: ArrayDataset,
                   rows: Tensor, truth: Tensor, log: RunLogger, desc: str) -> float:
-        q = self.extract(dataset, rows, log, desc)
+        # Each rank classifies its shard of the queries against the global bank.
+        q = self._extract_local(dataset, self.dist.shard(rows), log, desc)
         self.head.eval()
         if self.uses_graph_head:
-            logits = predict_queries(self.head, q.to(self.device),
-                                     feats.to(self.device), graph.to(self.device),
-                                     self.cfg.dna.k,
-                                     batch_size=self.cfg.eval.batch_size).cpu()
+            logits = predict_queries(self.head, q, feats.to(self.device),
+                                     graph.to(self.device), self.cfg.dna.k,
+                                     batch_size=self.cfg.eval.batch_size)
         else:
             with torch.no_grad():
-                logits = self.head(q.to(self.device)).cpu()
-        return 100.0 * float((logits.argmax(1) != truth).float().mean())
+                logits = self.head(q)
+        pred = self.dist.all_gather_rows(logits.argmax(1)).cpu()
+        return 100.0 * float((pred != truth).float().mean())
 
     # ---------------------------------------------------------------- refresh
     @property
@@ -262,6 +341,20 @@ class Trainer:
         feats = self.extract(self.train_set, self.nodes, log, "feature bank")
         rec["time_bank"] = time.perf_counter() - t
 
+        if self.dist.enabled and cfg.distributed.graph == "rank0":
+            out = self.dist.on_main(lambda: self._graph_and_labels(feats),
+                                    share=False)
+            graph, banks, stats = self._broadcast_labels(out, feats)
+        else:
+            graph, banks, stats = self._graph_and_labels(feats)
+        rec.update(stats)
+        if evaluate:
+            rec.update(self._evaluate_all(feats, graph, log))
+        return banks, graph, rec
+
+    def _graph_and_labels(self, feats: Tensor) -> tuple[Data, Banks, dict]:
+        """Graph, Label Bank, pseudo labels and their statistics."""
+        cfg, rec = self.cfg, {}
         t = time.perf_counter()
         graph = self.build_graph(feats)
         rec["time_graph"] = time.perf_counter() - t
@@ -292,9 +385,50 @@ class Trainer:
         lengths = path_lengths(parents).float()
         rec.update(self._label_stats(targets, prior, covered, unl, lengths, sigma))
         self.last_path_lengths = lengths
-        if evaluate:
-            rec.update(self._evaluate_all(feats, graph, log))
-        return Banks(feats, prior, targets), graph, rec
+        return graph, Banks(feats, prior, targets), rec
+
+    def _broadcast_labels(self, out: tuple[Data, Banks, dict] | None,
+                          feats: Tensor) -> tuple[Data, Banks, dict]:
+        """Rank 0's graph, labels and statistics on every rank."""
+        t = time.perf_counter()
+        graph = self._broadcast_graph(None if out is None else out[0])
+        stats = self.dist.broadcast_object(None if out is None else out[2])
+        if out is None:
+            n = feats.size(0)
+            banks = Banks(feats, torch.empty(n, dtype=torch.long),
+                          torch.empty(n, dtype=torch.long))
+        else:
+            banks = out[1]
+        self.dist.broadcast_(banks.prior)
+        self.dist.broadcast_(banks.targets)
+        stats["time_broadcast"] = time.perf_counter() - t
+        return graph, banks, stats
+
+    def _broadcast_graph(self, graph: Data | None) -> Data:
+        """Rank 0's graph on every rank: attributes and shapes as one small
+        object, then the tensors themselves."""
+        meta = None
+        if graph is not None:
+            items = dict(graph.items())
+            meta = {"attrs": {k: v for k, v in items.items()
+                              if not isinstance(v, Tensor)},
+                    "shapes": {k: (tuple(v.shape), v.dtype) for k, v in items.items()
+                               if isinstance(v, Tensor)}}
+        meta = self.dist.broadcast_object(meta)
+        if graph is None:
+            graph = Data(**meta["attrs"])
+            for key, (shape, dtype) in meta["shapes"].items():
+                graph[key] = torch.empty(shape, dtype=dtype)
+        for key in sorted(meta["shapes"]):
+            self.dist.broadcast_(graph[key])
+        return graph
+
+    def _shared_graph(self, feats: Tensor) -> Data:
+        """The graph of a Feature Bank, identical on every rank."""
+        if self.dist.enabled and self.cfg.distributed.graph == "rank0":
+            return self._broadcast_graph(
+                self.dist.on_main(lambda: self.build_graph(feats), share=False))
+        return self.build_graph(feats)
 
     def _evaluate_all(self, feats: Tensor | None, graph: Data | None,
                       log: RunLogger) -> dict:
@@ -376,6 +510,12 @@ class Trainer:
             density = graph.density.to(self.device)
         sums: dict[str, float] = {}
         batches = self._batches(pretrain)
+        world = self.dist.world_size
+        if world > 1 and any(b.numel() < world for b in batches):
+            log.warning(f"epoch {epoch}: batches with fewer samples than the "
+                        f"{world} processes are skipped; lower the number of "
+                        "processes or raise optim.batch_size.")
+            batches = [b for b in batches if b.numel() >= world]
         desc = f"{'pretrain' if pretrain else 'train'} {epoch}"
         for seeds in log.progress(batches, desc=desc, total=len(batches)):
             y = banks.targets[seeds] if not pretrain else self.true_y[seeds]
@@ -383,42 +523,49 @@ class Trainer:
             # weights each component's cross-entropy by its share (see losses).
             onehot = torch.nn.functional.one_hot(y.clamp(min=0), self.num_classes)
             onehot = onehot.float() * (y >= 0).float().unsqueeze(1)
+            # Every rank augments and mixes the whole global batch with the
+            # shared generator (mixup pairs cross the ranks' slices), then
+            # keeps its own slice.
             x = self.train_tf(self._images(self.train_set, self.nodes[seeds]),
                               generator=self.gen)
             # Mixed samples keep the sub-graph of their first component.
             x, target, _ = mixup(x, onehot, cfg.loss.mixup_alpha, generator=self.gen)
-            x = x.to(self.device)
-            feats = self.backbone.features(x)
+            mine = self.dist.shard(torch.arange(seeds.numel()))
+            x, target = x[mine].to(self.device), target[mine]
             if use_graph:
-                batch = loader.collate_fn(seeds)
+                batch = loader.collate_fn(seeds)  # the whole batch's sub-graph
                 if not isinstance(batch, Data):  # filtering not done per worker
                     batch = loader.filter_fn(batch)
-                batch = batch.to(self.device)
-                logits = self.head.forward_batch(feats, bank, batch, density)
-            elif self.uses_graph_head:  # pre-training: no graph yet, self term only
-                empty = torch.empty(2, 0, dtype=torch.long, device=self.device)
-                logits = self.head(feats, empty, torch.zeros(feats.size(0),
-                                                             device=self.device))
+                logits = self.net(x, batch.to(self.device), bank, density,
+                                  keep=mine if self.dist.enabled else None)
             else:
-                logits = self.head(feats)
+                logits = self.net(x, self_only=self.uses_graph_head)
             terms = dag_loss(logits, target.to(self.device),
                              0.0 if pretrain else cfg.loss.entropy_weight,
-                             0.0 if pretrain else cfg.loss.balance_weight)
+                             0.0 if pretrain else cfg.loss.balance_weight,
+                             ctx=self.dist)
             self.optimizer.zero_grad(set_to_none=True)
             terms["loss"].backward()
             self.optimizer.step()
             for key, value in terms.items():
                 sums[key] = sums.get(key, 0.0) + float(value.detach())
         n = max(len(batches), 1)
+        if self.dist.enabled and sums:  # the whole batch's value: mean over ranks
+            keys = sorted(sums)
+            total = self.dist.all_reduce_sum(torch.tensor([sums[k] for k in keys],
+                                                          dtype=torch.float64))
+            sums = {k: float(v) / world for k, v in zip(keys, total, strict=True)}
         return {k: v / n for k, v in sums.items()}
 
     # --------------------------------------------------------------- the run
-    def _state(self, epoch: int, banks: Banks | None, history: dict) -> dict:
+    def _state(self, epoch: int, banks: Banks | None, history: dict,
+               rng_ranks: list[dict]) -> dict:
         return {"epoch": epoch, "config": self.cfg.to_dict(),
                 "backbone": self.backbone.state_dict(), "head": self.head.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
-                "rng": capture_rng_state({"data": self.gen}),
+                "rng": rng_ranks[0], "world_size": self.dist.world_size,
+                "rng_ranks": rng_ranks,
                 "banks": None if banks is None else {
                     "features": banks.features, "prior": banks.prior,
                     "targets": banks.targets},
@@ -426,8 +573,17 @@ class Trainer:
                                               "unlabelled": self.split.unlabelled,
                                               "val": self.split.val}}
 
-    def _load_state(self) -> tuple[int, Banks, dict]:
-        state = load_checkpoint(self.run_dir / CHECKPOINT)
+    def _save(self, epoch: int, banks: Banks | None, history: dict) -> None:
+        """Rank 0 writes the checkpoint (atomically) with every rank's RNG."""
+        rng = self.dist.all_gather_object(capture_rng_state({"data": self.gen}))
+        self.dist.on_main(lambda: save_checkpoint(
+            self.run_dir / CHECKPOINT, self._state(epoch, banks, history, rng)),
+            share=False)
+
+    def _load_state(self) -> tuple[int, Banks, dict, list[str]]:
+        # Rank 0 reads the file (other machines need not see it) and shares it.
+        state = self.dist.on_main(lambda: load_checkpoint(self.run_dir / CHECKPOINT))
+        notes: list[str] = []
         if state.get("config") != self.cfg.to_dict():
             diff = sorted(k for k in set(state["config"]) | set(self.cfg.to_dict())
                           if state["config"].get(k) != self.cfg.to_dict().get(k))
@@ -443,29 +599,46 @@ class Trainer:
         self.head.load_state_dict(state["head"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        restore_rng_state(state["rng"], {"data": self.gen})
+        saved_world = state.get("world_size", 1)
+        if saved_world == self.dist.world_size:
+            restore_rng_state(state.get("rng_ranks", [state["rng"]])[self.dist.rank],
+                              {"data": self.gen})
+        else:
+            # Batches and augmentation come from the shared data generator
+            # and continue exactly; only per-rank draws (dropout) cannot.
+            self.gen.set_state(state["rng"]["generators"]["data"])
+            seed_everything(self.cfg.seed + self.dist.rank
+                            + 7919 * (state["epoch"] + 1))
+            notes.append(f"resuming a run of {saved_world} process(es) with "
+                         f"{self.dist.world_size}: data order and augmentation "
+                         "continue exactly; dropout masks differ from an "
+                         "uninterrupted run.")
         b = state["banks"]
         banks = None if b is None else Banks(b["features"], b["prior"], b["targets"])
-        return state["epoch"], banks, state["history"]
+        return state["epoch"], banks, state["history"], notes
 
     def run(self) -> dict:
         cfg = self.cfg
         total = cfg.optim.pretrain_epochs + cfg.optim.epochs
-        save_config(cfg, self.run_dir / "config.yaml")
+        if self.dist.is_main:
+            save_config(cfg, self.run_dir / "config.yaml")
         start, banks, history = 0, None, {"best_val": None, "best": None}
+        notes: list[str] = []
         if self.resume:
-            done, banks, history = self._load_state()
+            done, banks, history, notes = self._load_state()
             start = done + 1
         graph = None
-        with RunLogger(self.run_dir, tensorboard=cfg.log.tensorboard,
-                       progress=cfg.log.progress,
-                       resume_epoch=start) as log:
-            log.info(f"run {cfg.name} -> {self.run_dir} on {self.device}: "
+        with self._logger(start) as log:
+            for note in notes:
+                log.warning(note)
+            procs = (f", {self.dist.world_size} processes ({self.dist.backend})"
+                     if self.dist.enabled else "")
+            log.info(f"run {cfg.name} -> {self.run_dir} on {self.device}{procs}: "
                      f"{len(self.nodes)} train nodes ({self.num_labelled} "
                      f"labelled), {len(self.test_set)} test, "
                      f"epochs {start}..{total - 1}")
             if banks is not None and banks.features.numel():
-                graph = self.build_graph(banks.features)
+                graph = self._shared_graph(banks.features)
             rec: dict = history.get("last", {})
             for epoch in range(start, total):
                 pretrain = epoch < cfg.optim.pretrain_epochs
@@ -490,10 +663,15 @@ class Trainer:
                 history["last"] = rec
                 log.metrics(rec)
                 log.info(self._summary_line(rec))
-                save_checkpoint(self.run_dir / CHECKPOINT,
-                                self._state(epoch, banks, history))
-            summary = self._finish(log, history, rec)
+                self._save(epoch, banks, history)
+            summary = self.dist.on_main(lambda: self._finish(log, history, rec))
         return summary
+
+    def _logger(self, start: int) -> RunLogger | QuietLogger:
+        if not self.dist.is_main:
+            return QuietLogger(self.dist.rank)
+        return RunLogger(self.run_dir, tensorboard=self.cfg.log.tensorboard,
+                         progress=self.cfg.log.progress, resume_epoch=start)
 
     def _update_best(self, history: dict, rec: dict) -> None:
         if "val_error" in rec and rec["phase"] == "train":
@@ -549,8 +727,26 @@ class Trainer:
 
 
 def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict:
-    """Trains ``cfg`` into ``run_dir``; returns the summary."""
-    return Trainer(cfg, run_dir, resume=resume).run()
+    """Trains ``cfg`` into ``run_dir``; returns the summary.
+
+    Under ``torchrun`` with several processes, joins the process group
+    (``cfg.distributed``) and trains with DistributedDataParallel; every rank
+    returns the same summary. A failed or timed-out collective (a rank died)
+    raises :class:`~dag_pyg.distributed.DistributedError`.
+    """
+    d = cfg.distributed
+    ctx = init_distributed(d.backend, d.timeout_s, cfg.device)
+    if not ctx.enabled:
+        return Trainer(cfg, run_dir, resume=resume).run()
+    try:
+        summary = Trainer(cfg, run_dir, resume=resume, dist=ctx).run()
+    except torch.distributed.DistError as e:
+        raise DistributedError(
+            f"rank {ctx.rank}/{ctx.world_size}: a collective failed or waited "
+            f"longer than distributed.timeout_s={d.timeout_s:g} s ({e}). Another "
+            "process probably stopped: its own error is in its output.") from e
+    shutdown(ctx)
+    return summary
 
 
 def load_run(run_dir: str | Path, progress: bool | None = None

@@ -1,0 +1,13 @@
+"""Multi-process training on ``torch.distributed`` (launched by ``torchrun``)."""
+from dag_pyg.distributed.batchnorm import DistributedBatchNorm, convert_sync_batchnorm
+from dag_pyg.distributed.context import (
+    DistContext,
+    DistributedError,
+    init_distributed,
+    launched_by_torchrun,
+    shutdown,
+)
+
+__all__ = ["DistContext", "DistributedError", "DistributedBatchNorm",
+           "convert_sync_batchnorm", "init_distributed", "launched_by_torchrun",
+           "shutdown"]
