@@ -31,6 +31,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--out", help="run folder (default: <out>/<name> of the config)")
     t.add_argument("--resume", action="store_true",
                    help="continue the run in the run folder from its checkpoint")
+    t.add_argument("--stop-after", type=int, metavar="EPOCH",
+                   help="stop after this epoch's checkpoint (time-limited jobs); "
+                   "continue later with --resume")
     e = sub.add_parser("eval", help="evaluate a run folder's last checkpoint")
     e.add_argument("run_dir")
     return p
@@ -44,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
 
             cfg = load_config(args.config, args.overrides)
             run_dir = Path(args.out) if args.out else Path(cfg.out) / cfg.name
-            summary = train(cfg, run_dir, resume=args.resume)
+            summary = train(cfg, run_dir, resume=args.resume,
+                            stop_after=args.stop_after)
             err = summary["test_error_last"]
             err_txt = "n/a" if err is None else f"{err:.2f}%"
             if os.environ.get("RANK", "0") == "0":

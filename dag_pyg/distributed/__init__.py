@@ -4,10 +4,12 @@ from dag_pyg.distributed.context import (
     DistContext,
     DistributedError,
     init_distributed,
+    is_collective_failure,
     launched_by_torchrun,
     shutdown,
 )
 
 __all__ = ["DistContext", "DistributedError", "DistributedBatchNorm",
-           "convert_sync_batchnorm", "init_distributed", "launched_by_torchrun",
+           "convert_sync_batchnorm", "init_distributed", "is_collective_failure",
+           "launched_by_torchrun",
            "shutdown"]

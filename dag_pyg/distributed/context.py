@@ -192,6 +192,19 @@ def _picklable(e: Exception) -> Exception:
         return DistributedError(f"{type(e).__name__}: {e}")
 
 
+_COLLECTIVE_MARKERS = ("gloo", "nccl", "connection", "timed out", "timeout",
+                       "watchdog", "process group")
+
+
+def is_collective_failure(e: BaseException) -> bool:
+    """Whether ``e`` comes from a collective whose partner went away or that
+    waited past the timeout (gloo reports those as plain RuntimeErrors)."""
+    if isinstance(e, dist.DistError):
+        return True
+    return isinstance(e, RuntimeError) and any(
+        m in str(e).lower() for m in _COLLECTIVE_MARKERS)
+
+
 def launched_by_torchrun() -> bool:
     """Whether the environment describes a multi-process launch."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1

@@ -46,6 +46,7 @@ from dag_pyg.distributed import (
     DistributedError,
     convert_sync_batchnorm,
     init_distributed,
+    is_collective_failure,
     shutdown,
 )
 from dag_pyg.graph import build_density_graph
@@ -227,7 +228,7 @@ class Trainer:
             # equal, so they need no broadcast.
             self.net = DistributedDataParallel(
                 self.net, find_unused_parameters=True,
-                broadcast_buffers=not cfg.distributed.sync_batchnorm,
+                forward_sync_buffers=not cfg.distributed.sync_batchnorm,
                 device_ids=[self.device.index] if self.device.type == "cuda" else None)
         # The backbone's own classifier is unused: the head classifies.
         params = [p for n, p in self.backbone.named_parameters()
@@ -617,7 +618,9 @@ class Trainer:
         banks = None if b is None else Banks(b["features"], b["prior"], b["targets"])
         return state["epoch"], banks, state["history"], notes
 
-    def run(self) -> dict:
+    def run(self, stop_after: int | None = None) -> dict:
+        """Trains to the last epoch (or through epoch ``stop_after``, leaving a
+        checkpoint that ``--resume`` continues: for time-limited jobs)."""
         cfg = self.cfg
         total = cfg.optim.pretrain_epochs + cfg.optim.epochs
         if self.dist.is_main:
@@ -664,6 +667,10 @@ class Trainer:
                 log.metrics(rec)
                 log.info(self._summary_line(rec))
                 self._save(epoch, banks, history)
+                if stop_after is not None and epoch >= stop_after and epoch < total - 1:
+                    log.info(f"stopping after epoch {epoch} as asked; continue "
+                             "with --resume")
+                    break
             summary = self.dist.on_main(lambda: self._finish(log, history, rec))
         return summary
 
@@ -726,8 +733,10 @@ class Trainer:
         return summary
 
 
-def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict:
-    """Trains ``cfg`` into ``run_dir``; returns the summary.
+def train(cfg: Config, run_dir: str | Path, resume: bool = False,
+          stop_after: int | None = None) -> dict:
+    """Trains ``cfg`` into ``run_dir``; returns the summary (``stop_after``:
+    see :meth:`Trainer.run`).
 
     Under ``torchrun`` with several processes, joins the process group
     (``cfg.distributed``) and trains with DistributedDataParallel; every rank
@@ -737,10 +746,12 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict:
     d = cfg.distributed
     ctx = init_distributed(d.backend, d.timeout_s, cfg.device)
     if not ctx.enabled:
-        return Trainer(cfg, run_dir, resume=resume).run()
+        return Trainer(cfg, run_dir, resume=resume).run(stop_after)
     try:
-        summary = Trainer(cfg, run_dir, resume=resume, dist=ctx).run()
-    except torch.distributed.DistError as e:
+        summary = Trainer(cfg, run_dir, resume=resume, dist=ctx).run(stop_after)
+    except RuntimeError as e:
+        if isinstance(e, DistributedError) or not is_collective_failure(e):
+            raise
         raise DistributedError(
             f"rank {ctx.rank}/{ctx.world_size}: a collective failed or waited "
             f"longer than distributed.timeout_s={d.timeout_s:g} s ({e}). Another "
