@@ -73,9 +73,11 @@ class LossConfig:
 @dataclass
 class GraphConfig:
     k: int = 64
-    backend: str = "auto"          # auto | exact | faiss | torch_cluster
+    backend: str = "auto"          # auto | exact | faiss | faiss_ivf | torch_cluster
     density: str = "mean_sim"      # mean_sim | count
     density_threshold: float = 0.5
+    ivf_nlist: int | None = None   # faiss_ivf cells (null: about 4 sqrt(N))
+    ivf_nprobe: int = 16           # faiss_ivf cells scanned per query
 
 
 @dataclass
@@ -147,7 +149,7 @@ CHOICES = {
     "data.name": ("digits", "cifar10", "cifar100", "imagefolder"),
     "model.backbone": ("cnn13", "resnet18", "mlp", "cnn"),
     "optim.schedule": ("step", "cosine", "constant"),
-    "graph.backend": ("auto", "exact", "faiss", "torch_cluster"),
+    "graph.backend": ("auto", "exact", "faiss", "faiss_ivf", "torch_cluster"),
     "graph.density": ("mean_sim", "count"),
     "dna.aggregator": ("dna", "dna_no_density", "gat", "none"),
     "dna.sampler": ("knn", "neighbor"),
@@ -260,6 +262,7 @@ def _check(cfg: Config) -> None:
     positive = {"graph.k": cfg.graph.k, "dna.k": cfg.dna.k,
                 "optim.epochs": cfg.optim.epochs,
                 "optim.batch_size": cfg.optim.batch_size,
+                "graph.ivf_nprobe": cfg.graph.ivf_nprobe,
                 "eval.batch_size": cfg.eval.batch_size, "eval.every": cfg.eval.every}
     for key, value in positive.items():
         if value < 1:

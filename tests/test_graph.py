@@ -129,3 +129,67 @@ def test_bad_input(x, k, kw, match):
 def test_knn_search_bad_width():
     with pytest.raises(ValueError, match="same encoder"):
         knn_search(torch.randn(3, 4), torch.randn(10, 5), 2)
+
+
+needs_faiss = pytest.mark.skipif(not has_faiss(), reason="needs faiss")
+
+
+def _clustered(n: int, d: int, centres: int, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    c = torch.randn(centres, d, generator=gen) * 3
+    return c[torch.randint(centres, (n,), generator=gen)] + torch.randn(
+        n, d, generator=gen)
+
+
+@needs_faiss
+def test_ivf_scanning_every_cell_is_exact():
+    x = _clustered(600, 16, 12, 0)
+    g = build_density_graph(x, 20, backend="faiss_ivf", ivf_nlist=8, ivf_nprobe=8)
+    exact = build_density_graph(x, 20, backend="exact")
+    _, _, dens, _ = brute_force_graph(x, 20)
+    assert g.backend == "faiss_ivf"
+    # The same lists as the exact engine (float32 near-ties included).
+    assert torch.equal(g.edge_index, exact.edge_index)
+    assert torch.allclose(g.sim, exact.sim, atol=1e-6)
+    assert torch.allclose(g.density.double(), dens, atol=1e-5)
+
+
+@needs_faiss
+def test_ivf_partial_scan_is_approximate_but_well_formed():
+    x = _clustered(2000, 16, 20, 1)
+    k = 10
+    exact = build_density_graph(x, k, backend="exact").edge_index[0].view(-1, k)
+    approx = build_density_graph(x, k, backend="faiss_ivf", ivf_nlist=40,
+                                 ivf_nprobe=2)
+    nb = approx.edge_index[0].view(-1, k)
+    recall = sum(len(set(a) & set(b)) for a, b in zip(nb.tolist(), exact.tolist(),
+                                                      strict=True)) / exact.numel()
+    assert 0.8 < recall < 1.0  # close, and not secretly exact
+    assert bool((nb >= 0).all())
+    assert not bool((nb == torch.arange(2000).unsqueeze(1)).any())
+    s = approx.sim.view(-1, k)
+    assert bool((s[:, :-1] >= s[:, 1:]).all())
+
+
+@needs_faiss
+def test_ivf_rows_with_too_few_candidates_are_solved_exactly():
+    # 10 cells of ~40 points, one probed, k=60: cells run out of points, so
+    # faiss returns -1 slots; those rows must fall back to exact search.
+    x = _clustered(400, 8, 10, 2)
+    g = build_density_graph(x, 60, backend="faiss_ivf", ivf_nlist=10, ivf_nprobe=1)
+    exact = build_density_graph(x, 60, backend="exact")
+    nb, ref = g.edge_index[0].view(-1, 60), exact.edge_index[0].view(-1, 60)
+    assert bool((nb >= 0).all())
+    # Every row got 60 distinct neighbours although each cell holds ~40.
+    assert all(len(set(row)) == 60 for row in nb.tolist())
+    same = sum(torch.equal(a, b) for a, b in zip(nb, ref, strict=True))
+    assert same >= 200  # rows whose cell ran out are solved exactly
+
+
+def test_ivf_bad_settings():
+    if not has_faiss():
+        with pytest.raises(ValueError, match="faiss"):
+            knn_search(torch.randn(50, 4), None, 5, backend="faiss_ivf")
+        return
+    with pytest.raises(ValueError, match="ivf_nprobe"):
+        knn_search(torch.randn(50, 4), None, 5, backend="faiss_ivf", ivf_nprobe=0)

@@ -12,7 +12,8 @@ from dag_pyg.graph.knn import knn_search, normalize_rows, resolve_backend
 def build_density_graph(x: Tensor, k: int = 64, *, backend: str = "auto",
                         density: str = "mean_sim",
                         density_threshold: float = 0.5,
-                        chunk_size: int | None = None) -> Data:
+                        chunk_size: int | None = None,
+                        ivf_nlist: int | None = None, ivf_nprobe: int = 16) -> Data:
     r"""Builds the density-aware kNN graph of Sec. 4.1.
 
     Every node :math:`u` is joined to its :math:`k` most cosine-similar nodes
@@ -24,12 +25,16 @@ def build_density_graph(x: Tensor, k: int = 64, *, backend: str = "auto",
             L2-normalised internally.
         k (int): Neighbours per node (the paper uses 64).
         backend (str): kNN engine: ``"auto"`` (fastest for ``x.device``),
-            ``"exact"`` (blocked matmul + top-k), ``"faiss"`` (``IndexFlatIP``)
-            or ``"torch_cluster"``.
+            ``"exact"`` (blocked matmul + top-k), ``"faiss"`` (``IndexFlatIP``),
+            ``"faiss_ivf"`` (approximate, for large ``N``) or
+            ``"torch_cluster"``.
         density (str): ``"mean_sim"`` (Eq. 3) or ``"count"``.
         density_threshold (float): Similarity threshold of the ``count``
             density.
         chunk_size (int, optional): Rows per block of the ``exact`` backend.
+        ivf_nlist (int, optional): ``faiss_ivf`` cells (default about
+            :math:`4\sqrt{N}`).
+        ivf_nprobe (int): ``faiss_ivf`` cells scanned per query.
 
     Returns:
         :class:`torch_geometric.data.Data` with ``edge_index [2, N*k]``
@@ -50,7 +55,8 @@ def build_density_graph(x: Tensor, k: int = 64, *, backend: str = "auto",
                          f"each node needs k other nodes. Use k <= {n - 1}.")
     engine = resolve_backend(backend, xn.device)
     nbr, sim = knn_search(xn, None, k, backend=engine, chunk_size=chunk_size,
-                          normalized=True)
+                          normalized=True, ivf_nlist=ivf_nlist,
+                          ivf_nprobe=ivf_nprobe)
     centre = torch.arange(n, device=xn.device).repeat_interleave(k)
     edge_index = torch.stack([nbr.reshape(-1), centre], dim=0)
     return Data(edge_index=edge_index, sim=sim.reshape(-1),

@@ -1,10 +1,15 @@
-"""Exact k-nearest-neighbour search by cosine similarity, with several engines.
+"""k-nearest-neighbour search by cosine similarity, with several engines.
 
-Every backend returns the same answer on tie-free data: candidates found by the
-engine are re-scored with one formula (a row-wise dot product of L2-normalised
-features) and ordered by descending similarity, ties by the smaller index. Rows
-whose k-th and (k+1)-th candidates tie are re-solved by a full stable sort, so
-the tie rule holds on every backend.
+Every exact backend returns the same answer on tie-free data: candidates found
+by the engine are re-scored with one formula (a row-wise dot product of
+L2-normalised features) and ordered by descending similarity, ties by the
+smaller index. Rows whose k-th and (k+1)-th candidates tie are re-solved by a
+full stable sort, so the tie rule holds on every backend.
+
+``faiss_ivf`` is approximate (an inverted-file index: each query scans the
+``nprobe`` nearest of ``nlist`` k-means cells), for Feature Banks too large
+for exact search; ``benchmarks/bench_knn_ivf.py`` measures its recall against
+exact search. Its candidates get the same re-scoring and ordering.
 """
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ import math
 import torch
 from torch import Tensor
 
-BACKENDS = ("auto", "exact", "faiss", "torch_cluster")
+BACKENDS = ("auto", "exact", "faiss", "faiss_ivf", "torch_cluster")
 # Candidates fetched past k to settle near-ties at the k-th place.
 EXTRA = 2
 
@@ -44,8 +49,8 @@ def resolve_backend(backend: str, device: torch.device) -> str:
         raise ValueError(
             f"Unknown kNN backend '{backend}'. Choose one of {list(BACKENDS)}.")
     if backend != "auto":
-        if backend == "faiss" and not has_faiss():
-            raise ValueError("kNN backend 'faiss' needs the faiss package: "
+        if backend in ("faiss", "faiss_ivf") and not has_faiss():
+            raise ValueError(f"kNN backend '{backend}' needs the faiss package: "
                              "`pip install faiss-cpu` (or faiss-gpu), or pick "
                              "backend='exact'.")
         if backend == "torch_cluster" and not has_torch_cluster():
@@ -121,6 +126,33 @@ def _candidates_faiss(q: Tensor, b: Tensor, kk: int) -> tuple[Tensor, Tensor]:
     return torch.from_numpy(idx).to(q.device), torch.from_numpy(sim).to(q.device)
 
 
+def default_nlist(num_base: int) -> int:
+    """IVF cells: about 4 sqrt(N), with >= 39 training points per cell (what
+    faiss' k-means asks for)."""
+    return max(1, min(int(4 * math.sqrt(num_base)), num_base // 39))
+
+
+def _candidates_faiss_ivf(q: Tensor, b: Tensor, kk: int, nlist: int | None,
+                          nprobe: int) -> tuple[Tensor, Tensor]:
+    import faiss
+    import numpy as np
+
+    base = np.ascontiguousarray(b.detach().cpu().numpy())
+    nlist = nlist or default_nlist(base.shape[0])
+    quantizer = faiss.IndexFlatIP(base.shape[1])
+    index = faiss.IndexIVFFlat(quantizer, base.shape[1], nlist,
+                               faiss.METRIC_INNER_PRODUCT)
+    if q.is_cuda and hasattr(faiss, "StandardGpuResources"):
+        res = faiss.StandardGpuResources()
+        index = faiss.index_cpu_to_gpu(res, q.device.index or 0, index)
+    index.train(base)  # k-means with faiss' fixed seed: deterministic
+    index.add(base)
+    index.nprobe = min(nprobe, nlist)
+    sim, idx = index.search(np.ascontiguousarray(q.detach().cpu().numpy()), kk)
+    idx, sim = torch.from_numpy(idx).to(q.device), torch.from_numpy(sim).to(q.device)
+    return idx, sim.masked_fill(idx < 0, -math.inf)  # -1: cells ran out
+
+
 def _candidates_torch_cluster(q: Tensor, b: Tensor,
                               kk: int) -> tuple[Tensor, Tensor]:
     import torch_cluster
@@ -192,7 +224,8 @@ def _refine_rows(q: Tensor, b: Tensor, rows: Tensor, k: int, exclude_self: bool,
 
 def knn_search(query: Tensor, base: Tensor | None = None, k: int = 64, *,
                backend: str = "auto", chunk_size: int | None = None,
-               normalized: bool = False) -> tuple[Tensor, Tensor]:
+               normalized: bool = False, ivf_nlist: int | None = None,
+               ivf_nprobe: int = 16) -> tuple[Tensor, Tensor]:
     r"""Finds the ``k`` most cosine-similar rows of ``base`` for every query row.
 
     With ``base=None`` the query set is searched against itself and each row's
@@ -202,12 +235,16 @@ def knn_search(query: Tensor, base: Tensor | None = None, k: int = 64, *,
         query (torch.Tensor): Query features :math:`[M, d]`.
         base (torch.Tensor, optional): Base features :math:`[N, d]`.
         k (int): Number of neighbours.
-        backend (str): ``"auto"``, ``"exact"``, ``"faiss"`` or
-            ``"torch_cluster"``.
+        backend (str): ``"auto"``, ``"exact"``, ``"faiss"``,
+            ``"faiss_ivf"`` (approximate) or ``"torch_cluster"``.
         chunk_size (int, optional): Query rows per similarity block of the
             ``exact`` backend (bounds its memory at ``chunk_size * N`` floats).
         normalized (bool): Skip the validation and normalisation (features are
             already unit rows).
+        ivf_nlist (int, optional): ``faiss_ivf`` cells (default
+            :func:`default_nlist`).
+        ivf_nprobe (int): ``faiss_ivf`` cells scanned per query: more is
+            slower and closer to exact. (default: :obj:`16`)
 
     Returns:
         ``(index [M, k], sim [M, k])``, each row ordered by descending
@@ -238,8 +275,16 @@ def knn_search(query: Tensor, base: Tensor | None = None, k: int = 64, *,
     if name == "exact":
         cand, sim = _candidates_exact(q32, b32, kk, self_search, chunk_size)
     else:
-        engine = _candidates_faiss if name == "faiss" else _candidates_torch_cluster
-        cand, sim = engine(q32, b32, kk + int(self_search))
+        if name == "faiss_ivf":
+            if ivf_nprobe < 1 or (ivf_nlist is not None and ivf_nlist < 1):
+                raise ValueError(f"faiss_ivf needs ivf_nlist >= 1 and ivf_nprobe "
+                                 f">= 1 (got {ivf_nlist}, {ivf_nprobe}).")
+            cand, sim = _candidates_faiss_ivf(q32, b32, kk + int(self_search),
+                                              ivf_nlist, ivf_nprobe)
+        else:
+            engine = (_candidates_faiss if name == "faiss"
+                      else _candidates_torch_cluster)
+            cand, sim = engine(q32, b32, kk + int(self_search))
         if self_search:
             cand, sim = _drop_self(cand, sim, kk)
     sim = sim.to(query.dtype)
@@ -262,6 +307,8 @@ def knn_search(query: Tensor, base: Tensor | None = None, k: int = 64, *,
     # the list, the list may miss tied points: solve those rows exactly.
     unsettled = (sim[:, k - 1] - sim[:, -1] <= 2 * tol) if kk > k else \
         torch.zeros(cand.size(0), dtype=torch.bool, device=cand.device)
+    # An approximate index may find fewer than k points (its cells ran out).
+    unsettled |= (cand[:, :k] < 0).any(dim=1)
     cand, sim = cand[:, :k].contiguous(), sim[:, :k].contiguous()
     if bool(unsettled.any()):
         rows = unsettled.nonzero().view(-1)

@@ -338,6 +338,8 @@ def _query_knn(query_feats: Tensor, bank: Tensor, graph: Data, k_sub: int,
         empty = torch.empty(m, k_sub, device=bank.device)
         return empty.long(), empty
     engine = backend or graph.get("backend") or "auto"
+    if engine == "faiss_ivf":  # an index per query batch would retrain k-means
+        engine = "auto"
     return knn_search(query_feats.detach(), bank.detach(), k_sub, backend=engine)
 
 

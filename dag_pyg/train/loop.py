@@ -281,7 +281,9 @@ class Trainer:
         g = self.cfg.graph
         return build_density_graph(feats.to(self.device), g.k, backend=g.backend,
                                    density=g.density,
-                                   density_threshold=g.density_threshold).cpu()
+                                   density_threshold=g.density_threshold,
+                                   ivf_nlist=g.ivf_nlist,
+                                   ivf_nprobe=g.ivf_nprobe).cpu()
 
     def _resolve_sigma(self, graph: Data) -> float:
         sigma = self.cfg.dplp.sigma
