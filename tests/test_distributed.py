@@ -128,7 +128,8 @@ def _train(out: Path, procs: int, *extra: str) -> subprocess.CompletedProcess:
 
 
 def _records(run: Path) -> list[dict]:
-    return [{k: v for k, v in json.loads(line).items() if not k.startswith("time_")}
+    return [{k: v for k, v in json.loads(line).items()
+             if not k.startswith(("time_", "mem_"))}
             for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 

@@ -76,7 +76,7 @@ def test_resume_is_exact(tmp_path, monkeypatch):
     full = (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == len(full)
     strip = lambda r: {k: v for k, v in json.loads(r).items()  # noqa: E731
-                       if not k.startswith("time_")}
+                       if not k.startswith(("time_", "mem_"))}
     assert [strip(x) for x in lines] == [strip(x) for x in full]
 
 

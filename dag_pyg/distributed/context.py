@@ -265,4 +265,7 @@ def init_distributed(backend: str = "auto", timeout_s: float = 600.0,
 def shutdown(ctx: DistContext) -> None:
     """Leaves the process group (after a successful run)."""
     if ctx.enabled and dist.is_initialized():
+        # All ranks leave together: tearing gloo down while a peer still
+        # talks aborts the process ("terminate called ...").
+        dist.barrier()
         dist.destroy_process_group()

@@ -25,6 +25,7 @@ same order and with the same augmentation as one.
 """
 from __future__ import annotations
 
+import gc
 import math
 import os
 import random
@@ -87,6 +88,13 @@ def seed_everything(seed: int) -> None:
 def balanced_subset(targets: Tensor, count: int, seed: int) -> Tensor:
     """A class-balanced subset of ``count`` indices (CPU-scale runs)."""
     return make_split(targets, count, seed=seed).labelled.sort().values
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory (MiB; Linux reports KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 class TrainNet(nn.Module):
@@ -155,6 +163,7 @@ class Trainer:
         seed_everything(cfg.seed + self.dist.rank)
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.last_path_lengths: Tensor | None = None
+        self.last_gather_s = 0.0
         self._setup_data()
         self._setup_model()
 
@@ -272,7 +281,10 @@ class Trainer:
         """Backbone features of ``dataset[rows]`` in eval mode, no
         augmentation (each rank extracts its shard; all-gathered)."""
         local = self._extract_local(dataset, self.dist.shard(rows), log, desc)
-        return self.dist.all_gather_rows(local).cpu()
+        t = time.perf_counter()
+        out = self.dist.all_gather_rows(local).cpu()
+        self.last_gather_s = time.perf_counter() - t
+        return out
 
     def build_graph(self, feats: Tensor) -> Data:
         """The density-aware graph of a Feature Bank, built on the run's device
@@ -343,6 +355,9 @@ class Trainer:
         t = time.perf_counter()
         feats = self.extract(self.train_set, self.nodes, log, "feature bank")
         rec["time_bank"] = time.perf_counter() - t
+        rec["bank_mb"] = feats.numel() * feats.element_size() / 2**20
+        if self.dist.enabled:
+            rec["time_bank_gather"] = self.last_gather_s
 
         if self.dist.enabled and cfg.distributed.graph == "rank0":
             out = self.dist.on_main(lambda: self._graph_and_labels(feats),
@@ -664,6 +679,10 @@ class Trainer:
                     banks, graph, refreshed = self.refresh(log, epoch, evaluate)
                     rec.update(refreshed)
                 rec["time_epoch"] = time.perf_counter() - t0
+                rss = self.dist.all_gather_object(_peak_rss_mb())
+                rec["mem_rss_mb"] = max(rss)
+                if self.dist.enabled:
+                    rec["mem_rss_mb_ranks"] = rss
                 self._update_best(history, rec)
                 history["last"] = rec
                 log.metrics(rec)
@@ -750,7 +769,8 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False,
     if not ctx.enabled:
         return Trainer(cfg, run_dir, resume=resume).run(stop_after)
     try:
-        summary = Trainer(cfg, run_dir, resume=resume, dist=ctx).run(stop_after)
+        trainer = Trainer(cfg, run_dir, resume=resume, dist=ctx)
+        summary = trainer.run(stop_after)
     except RuntimeError as e:
         if isinstance(e, DistributedError) or not is_collective_failure(e):
             raise
@@ -758,6 +778,10 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False,
             f"rank {ctx.rank}/{ctx.world_size}: a collective failed or waited "
             f"longer than distributed.timeout_s={d.timeout_s:g} s ({e}). Another "
             "process probably stopped: its own error is in its output.") from e
+    # DDP's reducer must go before the process group it talks through; a
+    # reducer collected after destroy_process_group aborts the process.
+    del trainer
+    gc.collect()
     shutdown(ctx)
     return summary
 
