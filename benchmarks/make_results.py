@@ -72,20 +72,28 @@ def bench_section(name: str, results: Path = RESULTS) -> list[str]:
     if not path.exists():
         return []
     data = json.loads(path.read_text())
-    rows = data.get("rows", [])
-    if not rows:
+    tables = [(key, data[key]) for key in ("rows", "training", "collectives")
+              if data.get(key)]
+    if not tables:
         return []
-    keys = [k for k in rows[0] if not isinstance(rows[0][k], dict | list)]
-    lines = [f"### {name}", "", "| " + " | ".join(keys) + " |",
-             "|" + "---|" * len(keys)]
-    for r in rows:
-        cells = []
-        for k in keys:
-            v = r.get(k)
-            cells.append(f"{v:.4g}" if isinstance(v, float) else str(v))
-        lines.append("| " + " | ".join(cells) + " |")
+    lines = [f"### {name}", ""]
+    for key, rows in tables:
+        if key != "rows":
+            lines += [f"{key}:", ""]
+        cols = [k for k in rows[0] if not isinstance(rows[0][k], dict)]
+        lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        for r in rows:
+            cells = []
+            for k in cols:
+                v = r.get(k)
+                if isinstance(v, list):
+                    v = "[" + ", ".join(f"{x:.4g}" if isinstance(x, float) else str(x)
+                                        for x in v) + "]"
+                cells.append(f"{v:.4g}" if isinstance(v, float) else str(v))
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
     m = data.get("machine", {})
-    lines += ["", f"Machine: {m.get('processor') or m.get('platform')}, "
+    lines += [f"Machine: {m.get('processor') or m.get('platform')}, "
               f"{m.get('cpus')} CPUs, torch {m.get('torch')}. Command: "
               f"`python benchmarks/{name}.py`. "
               f"Source: `benchmarks/results/{name}.json`.",
@@ -111,7 +119,8 @@ def main(argv: list[str] | None = None) -> None:
     for grid_dir in sorted(d for d in args.results.iterdir() if d.is_dir()):
         out += grid_table(grid_dir)
     out += ["## Benchmarks", ""]
-    for name in ("bench_knn", "bench_conv", "bench_dplp", "bench_sampling"):
+    for name in ("bench_knn", "bench_knn_ivf", "bench_conv", "bench_dplp",
+                 "bench_sampling", "bench_distributed"):
         out += bench_section(name, args.results)
     for png in sorted(ROOT.glob("figures/*.png")):
         out.append(f"![{png.stem}](figures/{png.name})")

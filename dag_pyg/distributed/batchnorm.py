@@ -26,10 +26,11 @@ class DistributedBatchNorm(_BatchNorm):
         \mathbf{y}_i = \gamma \frac{\mathbf{x}_i - \mu}{\sqrt{\sigma^2 +
         \epsilon}} + \beta
 
-    with :math:`n = \sum_r |B_r|`, per channel (dimension 1). The two sums go
-    through a differentiable all-reduce, so gradients reach every rank's
-    samples as in one process; running statistics use the unbiased variance,
-    as :class:`torch.nn.BatchNorm2d` does. In eval mode, or in a single
+    with :math:`n = \sum_r |B_r|`, per channel (dimension 1), merged from
+    each rank's count, mean and variance (one differentiable all-gather per
+    direction), so gradients reach every rank's samples as in one process;
+    running statistics use the unbiased variance, as
+    :class:`torch.nn.BatchNorm2d` does. In eval mode, or in a single
     process, it is plain batch normalisation.
 
     Args:
@@ -59,13 +60,19 @@ class DistributedBatchNorm(_BatchNorm):
             return super().forward(input)
         dims = [0] + list(range(2, input.dim()))
         shape = [1, -1] + [1] * (input.dim() - 2)
-        count = torch.tensor([input.numel() / input.size(1)], dtype=input.dtype,
-                             device=input.device)
-        n = self.ctx.all_reduce_sum(count)
-        # Two passes (mean, then squared deviations): as stable as one process.
-        mean = self.ctx.all_reduce_sum_grad(input.sum(dims)) / n
-        centred = input - mean.view(shape)
-        var = self.ctx.all_reduce_sum_grad(centred.pow(2).sum(dims)) / n
+        c = input.size(1)
+        # One collective per direction: every rank's (count, mean, variance),
+        # merged by the parallel-variance formula (exact and stable).
+        count = input.new_full((1,), input.numel() / c)
+        mean_r = input.mean(dims)
+        var_r = input.var(dims, unbiased=False)
+        stats = self.ctx.all_gather_rows_grad(
+            torch.cat([count, mean_r, var_r]).unsqueeze(0),
+            sizes=[1] * self.ctx.world_size)
+        counts, means, vars_ = stats[:, :1], stats[:, 1:c + 1], stats[:, c + 1:]
+        n = counts.sum()
+        mean = (counts * means).sum(0) / n
+        var = (counts * (vars_ + (means - mean).pow(2))).sum(0) / n
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
@@ -74,7 +81,7 @@ class DistributedBatchNorm(_BatchNorm):
                 unbiased = var * (n / (n - 1).clamp_min(1))
                 self.running_mean.mul_(1 - m).add_(m * mean.detach())
                 self.running_var.mul_(1 - m).add_(m * unbiased.detach())
-        out = centred * torch.rsqrt(var + self.eps).view(shape)
+        out = (input - mean.view(shape)) * torch.rsqrt(var + self.eps).view(shape)
         if self.affine:
             out = out * self.weight.view(shape) + self.bias.view(shape)
         return out

@@ -65,20 +65,27 @@ class DistContext:
         return rows.tensor_split(self.world_size)[self.rank]
 
     # ---------------------------------------------------------- collectives
-    def all_gather_rows(self, x: Tensor) -> Tensor:
+    def shard_sizes(self, n: int) -> list[int]:
+        """Rows of each rank's :meth:`shard` of ``n`` rows."""
+        return [n // self.world_size + (1 if r < n % self.world_size else 0)
+                for r in range(self.world_size)]
+
+    def all_gather_rows(self, x: Tensor, sizes: list[int] | None = None) -> Tensor:
         """Concatenates every rank's ``x`` (same trailing shape, any number of
-        rows) in rank order: the inverse of :meth:`shard`."""
+        rows) in rank order: the inverse of :meth:`shard`. Passing every
+        rank's row count as ``sizes`` saves a collective."""
         if not self.enabled:
             return x
-        return _gather_rows(x, self.world_size, None)[0]
+        return _gather_rows(x, self.world_size, None, sizes)[0]
 
-    def all_gather_rows_grad(self, x: Tensor) -> Tensor:
+    def all_gather_rows_grad(self, x: Tensor, sizes: list[int] | None = None
+                             ) -> Tensor:
         """:meth:`all_gather_rows` that gradients flow through: each rank's
         rows receive the sum of all ranks' gradients for them (what DDP's
         averaging needs when every rank's loss reads every rank's rows)."""
         if not self.enabled:
             return x
-        return _AllGatherRows.apply(x, self)
+        return _AllGatherRows.apply(x, self, sizes)
 
     def all_reduce_sum(self, x: Tensor) -> Tensor:
         """Sum over ranks (no gradient)."""
@@ -141,11 +148,13 @@ class DistContext:
         return self.broadcast_object(result) if share else result
 
 
-def _gather_rows(x: Tensor, world: int, group: Any) -> tuple[Tensor, list[int]]:
-    n = torch.tensor([x.size(0)], dtype=torch.long, device=x.device)
-    sizes_t = [torch.empty_like(n) for _ in range(world)]
-    dist.all_gather(sizes_t, n, group=group)
-    sizes = [int(s) for s in sizes_t]
+def _gather_rows(x: Tensor, world: int, group: Any,
+                 sizes: list[int] | None = None) -> tuple[Tensor, list[int]]:
+    if sizes is None:
+        n = torch.tensor([x.size(0)], dtype=torch.long, device=x.device)
+        sizes_t = [torch.empty_like(n) for _ in range(world)]
+        dist.all_gather(sizes_t, n, group=group)
+        sizes = [int(s) for s in sizes_t]
     # Collectives need equal shapes: pad to the largest shard.
     pad = x.new_zeros((max(sizes),) + tuple(x.shape[1:]))
     pad[: x.size(0)] = x
@@ -171,8 +180,9 @@ class _AllReduceSum(torch.autograd.Function):
 
 class _AllGatherRows(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, dc: DistContext) -> Tensor:
-        out, sizes = _gather_rows(x, dc.world_size, dc.grad_group)
+    def forward(ctx, x: Tensor, dc: DistContext,
+                sizes: list[int] | None) -> Tensor:
+        out, sizes = _gather_rows(x, dc.world_size, dc.grad_group, sizes)
         ctx.dc, ctx.start = dc, sum(sizes[: dc.rank])
         ctx.size = x.size(0)
         return out
@@ -181,7 +191,7 @@ class _AllGatherRows(torch.autograd.Function):
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
         grad = grad.contiguous().clone()
         dist.all_reduce(grad, group=ctx.dc.grad_group)
-        return grad[ctx.start: ctx.start + ctx.size], None
+        return grad[ctx.start: ctx.start + ctx.size], None, None
 
 
 def _picklable(e: Exception) -> Exception:

@@ -119,7 +119,9 @@ class TrainNet(nn.Module):
                 self_only: bool = False, keep: Tensor | None = None) -> Tensor:
         feats = self.backbone.features(x)
         if batch is not None:
-            feats = self.dist.all_gather_rows_grad(feats)
+            feats = self.dist.all_gather_rows_grad(
+                feats, self.dist.shard_sizes(batch.batch_size)
+                if self.dist.enabled else None)
             logits = self.head.forward_batch(feats, bank, batch, density)
             return logits if keep is None else logits[keep.to(logits.device)]
         if self_only:  # a graph head before the first graph: self term only
