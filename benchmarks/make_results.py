@@ -67,6 +67,41 @@ def grid_table(grid_dir: Path) -> list[str]:
     return lines
 
 
+PL_KEYS = ["pl_coverage", "pl_acc", "model_acc_on_covered", "pl_acc_all", "model_acc",
+           "path_len_q10", "path_len_q50", "path_len_q90"]
+
+
+def pseudo_label_table(grid_dir: Path) -> list[str]:
+    """Per-epoch pseudo-label quality of the rows whose labels come from DPLP
+    (mean over seeds): coverage, accuracy on the covered nodes against the
+    model's own accuracy on them, and path-length quantiles."""
+    rows: dict[str, list[dict]] = {}
+    for path in sorted(grid_dir.glob("*__seed*.json")):
+        r = json.loads(path.read_text())
+        cfg = r["summary"]["config"]
+        if cfg["pseudo_label"]["source"] == "dplp":
+            rows.setdefault(r["row"], []).append(r)
+    if not rows:
+        return []
+    lines = [f"#### {grid_dir.name}: DPLP pseudo labels per epoch (mean over seeds)",
+             "", "| row | epoch | seeds | " + " | ".join(PL_KEYS) + " |",
+             "|---|---|---|" + "---|" * len(PL_KEYS)]
+    for row, runs in rows.items():
+        epochs = sorted({m["epoch"] for r in runs for m in r["metrics"]
+                         if m.get("pl_coverage") is not None})
+        for e in epochs:
+            recs = [m for r in runs for m in r["metrics"] if m["epoch"] == e]
+            cells = []
+            for key in PL_KEYS:
+                vals = [m[key] for m in recs if m.get(key) is not None]
+                cells.append(f"{statistics.fmean(vals):.3f}" if vals else "–")
+            lines.append(f"| {row} | {e} | {len(recs)} | " + " | ".join(cells) + " |")
+    lines += ["", "pl_acc: DPLP label accuracy on the unlabelled nodes it covers; "
+              "model_acc_on_covered: the Label Bank's (the model's) accuracy on "
+              "the same nodes; *_all: on every unlabelled node.", ""]
+    return lines
+
+
 def bench_section(name: str, results: Path = RESULTS) -> list[str]:
     path = results / f"{name}.json"
     if not path.exists():
@@ -118,6 +153,7 @@ def main(argv: list[str] | None = None) -> None:
            "## Experiment grids", ""]
     for grid_dir in sorted(d for d in args.results.iterdir() if d.is_dir()):
         out += grid_table(grid_dir)
+        out += pseudo_label_table(grid_dir)
     out += ["## Benchmarks", ""]
     for name in ("bench_knn", "bench_knn_ivf", "bench_conv", "bench_dplp",
                  "bench_sampling", "bench_distributed"):
