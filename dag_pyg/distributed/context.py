@@ -48,6 +48,7 @@ class DistContext:
     # Collectives inside autograd run on their own group, so their order can
     # never interleave with DDP's gradient all-reduce on the default one.
     grad_group: Any = None
+    owns_group: bool = False       # we initialised it, so we tear it down
 
     @property
     def enabled(self) -> bool:
@@ -258,7 +259,8 @@ def init_distributed(backend: str = "auto", timeout_s: float = 600.0,
                 f"{torch.cuda.device_count()} GPUs: start at most that many "
                 "processes per node (--nproc_per_node).")
         torch.cuda.set_device(local)
-    if not dist.is_initialized():
+    owns = not dist.is_initialized()  # else: the caller's group, kept as is
+    if owns:
         try:
             dist.init_process_group(
                 backend, timeout=datetime.timedelta(seconds=timeout_s),
@@ -269,12 +271,13 @@ def init_distributed(backend: str = "auto", timeout_s: float = 600.0,
                 f"({type(e).__name__}: {e}). Check that all {world} processes "
                 "were started and reach MASTER_ADDR:MASTER_PORT.") from e
     return DistContext(rank=rank, world_size=world, local_rank=local,
-                       backend=backend, grad_group=dist.new_group())
+                       backend=backend, grad_group=dist.new_group(),
+                       owns_group=owns)
 
 
 def shutdown(ctx: DistContext) -> None:
     """Leaves the process group (after a successful run)."""
-    if ctx.enabled and dist.is_initialized():
+    if ctx.enabled and ctx.owns_group and dist.is_initialized():
         # All ranks leave together: tearing gloo down while a peer still
         # talks aborts the process ("terminate called ...").
         dist.barrier()
