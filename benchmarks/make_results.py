@@ -45,17 +45,23 @@ def grid_table(grid_dir: Path) -> list[str]:
                            if kv[0] in order else len(order)))
     lines = [f"### {grid_dir.name}", "",
              "| row | seeds | test error % (last) | test error % at best val | "
+             "Δ vs baseline (paired by seed) | "
              "DPLP coverage | DPLP acc. on covered | model acc. on covered | "
              "s / epoch | wall s / run |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    base = {r["seed"]: r["summary"]["test_error_last"]
+            for r in rows.get("baseline", [])}
     for row, runs in rows.items():
         s = [r["summary"] for r in runs]
         best = [(x.get("best_by_val") or {}).get("test_error") for x in s]
         per_epoch = [statistics.fmean([m["time_epoch"] for m in r["metrics"]
                                        if m.get("phase") == "train"]) for r in runs]
+        diffs = [r["summary"]["test_error_last"] - base[r["seed"]] for r in runs
+                 if r["seed"] in base] if row != "baseline" else []
         lines.append(
             f"| {row} | {len(runs)} | {fmt([x['test_error_last'] for x in s])} | "
-            f"{fmt(best)} | {fmt([x.get('pl_coverage_last') for x in s], 3)} | "
+            f"{fmt(best)} | {fmt(diffs)} | "
+            f"{fmt([x.get('pl_coverage_last') for x in s], 3)} | "
             f"{fmt([x.get('pl_acc_last') for x in s], 3)} | "
             f"{fmt([x.get('model_acc_on_covered_last') for x in s], 3)} | "
             f"{fmt(per_epoch, 3)} | {fmt([r['wall_time_s'] for r in runs], 1)} |")
@@ -150,13 +156,18 @@ def main(argv: list[str] | None = None) -> None:
            + ", ".join(f"{k} {v:.2f}" for k, v in PAPER.items())
            + ". The CPU-scale runs below are not comparable to them in absolute "
            "terms (subsets, few epochs, narrow backbones); they compare rows.", "",
-           "## Experiment grids", ""]
+           "## Experiment grids", "",
+           "Machine: 2-core x86-64 CPU, no GPU, torch 2.14.1 (CPU use). Grid runs "
+           "use 1 thread each and ran two at a time beside other jobs, some "
+           "paused while benchmarks ran: their seconds per epoch and wall times "
+           "are not comparable across rows. Per-epoch cost of the rows measured "
+           "back to back on a quiet machine is in `bench_epoch` below.", ""]
     for grid_dir in sorted(d for d in args.results.iterdir() if d.is_dir()):
         out += grid_table(grid_dir)
         out += pseudo_label_table(grid_dir)
     out += ["## Benchmarks", ""]
-    for name in ("bench_knn", "bench_knn_ivf", "bench_conv", "bench_dplp",
-                 "bench_sampling", "bench_distributed"):
+    for name in ("bench_epoch", "bench_knn", "bench_knn_ivf", "bench_conv",
+                 "bench_dplp", "bench_sampling", "bench_distributed"):
         out += bench_section(name, args.results)
     for png in sorted(ROOT.glob("figures/*.png")):
         out.append(f"![{png.stem}](figures/{png.name})")
