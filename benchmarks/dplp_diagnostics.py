@@ -60,7 +60,7 @@ def diagnose(run_dir: Path, ks: list[int], sigmas: list[str],
                 cov = (res.phase > 0) & unl
                 n_cov = int(cov.sum())
                 rows.append({
-                    "run": f"{run_dir.parent.parent.name}/{run_dir.parent.name}",
+                    "run": "/".join(run_dir.parts[-3:]),
                     "epoch": state["epoch"],
                     "k": k, "sigma": sigma, "mode": mode,
                     "coverage": n_cov / max(int(unl.sum()), 1),
