@@ -104,8 +104,10 @@ def _convert(module: nn.Module, ctx: DistContext) -> nn.Module:
         out = DistributedBatchNorm(module.num_features, ctx, module.eps,
                                    module.momentum, module.affine,
                                    module.track_running_stats)
-        out.load_state_dict(module.state_dict())
-        out.to(next(iter(module.state_dict().values())).device)
+        state = module.state_dict()
+        out.load_state_dict(state)
+        if state:
+            out.to(next(iter(state.values())).device)
         out.train(module.training)
     for name, child in module.named_children():
         out.add_module(name, _convert(child, ctx))

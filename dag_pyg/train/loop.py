@@ -284,7 +284,8 @@ class Trainer:
         augmentation (each rank extracts its shard; all-gathered)."""
         local = self._extract_local(dataset, self.dist.shard(rows), log, desc)
         t = time.perf_counter()
-        out = self.dist.all_gather_rows(local).cpu()
+        sizes = self.dist.shard_sizes(rows.numel())
+        out = self.dist.all_gather_rows(local, sizes).cpu()
         self.last_gather_s = time.perf_counter() - t
         return out
 
@@ -333,7 +334,8 @@ class Trainer:
         else:
             with torch.no_grad():
                 logits = self.head(q)
-        pred = self.dist.all_gather_rows(logits.argmax(1)).cpu()
+        pred = self.dist.all_gather_rows(logits.argmax(1),
+                                         self.dist.shard_sizes(rows.numel())).cpu()
         return 100.0 * float((pred != truth).float().mean())
 
     # ---------------------------------------------------------------- refresh
