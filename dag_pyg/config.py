@@ -275,6 +275,9 @@ def _check(cfg: Config) -> None:
     if not 0 <= cfg.optim.labelled_batch_size <= cfg.optim.batch_size:
         raise ConfigError("Config key 'optim.labelled_batch_size' must be between 0 "
                           f"and optim.batch_size={cfg.optim.batch_size}.")
+    if cfg.graph.ivf_nlist is not None and cfg.graph.ivf_nlist < 1:
+        raise ConfigError("Config key 'graph.ivf_nlist' must be >= 1, or null for "
+                          f"about 4 sqrt(N) (got {cfg.graph.ivf_nlist}).")
     if cfg.distributed.timeout_s <= 0:
         raise ConfigError("Config key 'distributed.timeout_s' must be > 0 (got "
                           f"{cfg.distributed.timeout_s}).")

@@ -69,6 +69,10 @@ def test_unknown_key_names_closest_and_valid_keys(tmp_path):
     ("dna.k=100", "cannot exceed graph.k"),
     ("dna.hops=-1", "'dna.hops' must be >= 0"),
     ("optim.labelled_batch_size=1000", "labelled_batch_size"),
+    ("graph.ivf_nlist=0", "'graph.ivf_nlist' must be >= 1"),
+    ("graph.ivf_nprobe=0", "'graph.ivf_nprobe' must be >= 1"),
+    ("distributed.timeout_s=0", "'distributed.timeout_s' must be > 0"),
+    ("distributed.graph=rank1", "Did you mean 'rank0'"),
 ])
 def test_bad_values_name_the_key(override, match):
     with pytest.raises(ConfigError, match=match):
