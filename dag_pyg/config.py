@@ -92,6 +92,10 @@ class DNAConfig:
 @dataclass
 class PseudoLabelConfig:
     source: str = "dplp"           # dplp | model | none
+    # Per-sample weight of a pseudo label's cross-entropy: "certainty" is
+    # 1 - H(p)/log C of the Label Bank's prediction (Iscen et al., 2019).
+    weighting: str = "none"        # none | certainty
+    weight: float = 1.0            # scale of every pseudo label's weight
 
 
 @dataclass
@@ -154,6 +158,7 @@ CHOICES = {
     "dna.aggregator": ("dna", "dna_no_density", "gat", "none"),
     "dna.sampler": ("knn", "neighbor"),
     "pseudo_label.source": ("dplp", "model", "none"),
+    "pseudo_label.weighting": ("none", "certainty"),
     "dplp.mode": ("L", "LU"),
     "distributed.graph": ("rank0", "replicate"),
 }
@@ -281,6 +286,9 @@ def _check(cfg: Config) -> None:
     if cfg.distributed.timeout_s <= 0:
         raise ConfigError("Config key 'distributed.timeout_s' must be > 0 (got "
                           f"{cfg.distributed.timeout_s}).")
+    if not 0.0 <= cfg.pseudo_label.weight < math.inf:
+        raise ConfigError("Config key 'pseudo_label.weight' must be a finite "
+                          f"number >= 0 (got {cfg.pseudo_label.weight}).")
     if cfg.optim.pretrain_epochs < 0:
         raise ConfigError("Config key 'optim.pretrain_epochs' must be >= 0.")
 

@@ -73,6 +73,9 @@ def test_unknown_key_names_closest_and_valid_keys(tmp_path):
     ("graph.ivf_nprobe=0", "'graph.ivf_nprobe' must be >= 1"),
     ("distributed.timeout_s=0", "'distributed.timeout_s' must be > 0"),
     ("distributed.graph=rank1", "Did you mean 'rank0'"),
+    ("pseudo_label.weighting=certain", "Did you mean 'certainty'"),
+    ("pseudo_label.weight=-0.5", "'pseudo_label.weight' must be a finite number >= 0"),
+    ("pseudo_label.weight=.inf", "'pseudo_label.weight' must be a finite number >= 0"),
 ])
 def test_bad_values_name_the_key(override, match):
     with pytest.raises(ConfigError, match=match):

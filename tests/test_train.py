@@ -127,6 +127,44 @@ def test_switches_change_what_they_should(tmp_path):
     assert t.head.hops == 2 and t.head.aggregator == "gat"
 
 
+def test_pseudo_label_weights(tmp_path):
+    import math
+
+    t = Trainer(tiny("pseudo_label.weighting=certainty", "pseudo_label.weight=0.5"),
+                tmp_path / "w")
+    n, c = t.labelled_mask.numel(), t.num_classes
+    logits = torch.zeros(n, c)                 # uniform: entropy log C, weight 0
+    logits[1] = torch.tensor([math.log(9.0)] + [0.0] * (c - 1))  # p = 1/2, 1/18...
+    logits[2, 3] = 1e4                         # one-hot: weight 1 (times 0.5)
+    w = t._target_weights(logits, torch.zeros(n, dtype=torch.long))
+    p = [0.5] + [0.5 / (c - 1)] * (c - 1)
+    h = -sum(q * math.log(q) for q in p)
+    expect = torch.zeros(n, dtype=torch.float64)
+    expect[1], expect[2] = 0.5 * (1 - h / math.log(c)), 0.5
+    expect[t.labelled_mask] = 1.0             # labels always count fully
+    assert torch.allclose(w.double(), expect, atol=1e-6)
+    assert Trainer(tiny(), tmp_path / "d")._target_weights(logits, w.long()) is None
+
+    # A pseudo-label weight of zero is exactly training without pseudo labels.
+    short = ("optim.epochs=2", "optim.pretrain_epochs=1")
+    train(tiny(*short, "pseudo_label.weight=0"), tmp_path / "zero")
+    train(tiny(*short, "pseudo_label.source=none"), tmp_path / "none")
+    same(weights(tmp_path / "zero")[0], weights(tmp_path / "none")[0])
+    read = lambda d: [json.loads(x) for x in  # noqa: E731
+                      (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in read("zero")] == [r["loss"] for r in read("none")]
+
+    # Certainty weights are recorded and kept in the checkpoint's banks.
+    train(tiny(*short, "pseudo_label.weighting=certainty"), tmp_path / "cert")
+    last = read("cert")[-1]
+    assert 0.0 < last["pl_weight_mean"] < 1.0
+    banks = weights(tmp_path / "cert")[2]
+    assert torch.all(banks["weights"][t.labelled_mask] == 1.0)  # same split
+    assert torch.all((banks["weights"] >= 0) & (banks["weights"] <= 1))
+    train(tiny(*short, "pseudo_label.weighting=certainty"), tmp_path / "cert2")
+    assert read("cert2")[-1]["loss"] == last["loss"]  # deterministic
+
+
 def test_cli_train_and_config_errors(tmp_path, capsys):
     rc = main(["train", "configs/digits.yaml", "--out", str(tmp_path / "c"),
                *[a for o in TINY + ["optim.epochs=1", "optim.pretrain_epochs=1"]

@@ -136,6 +136,7 @@ class Banks:
     features: Tensor          # Feature Bank [N, d]
     prior: Tensor             # Label Bank: the model's predictions [N]
     targets: Tensor           # training target per node [N] (-1: none)
+    weights: Tensor | None = None  # weight of each target [N] (None: all 1)
 
 
 class Trainer:
@@ -382,7 +383,8 @@ class Trainer:
         rec["time_graph"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        prior = self._head_logits(feats, graph).argmax(1)
+        logits = self._head_logits(feats, graph)
+        prior = logits.argmax(1)
         prior[self.labelled_mask] = self.true_y[self.labelled_mask]
         rec["time_label_bank"] = time.perf_counter() - t
 
@@ -406,8 +408,34 @@ class Trainer:
 
         lengths = path_lengths(parents).float()
         rec.update(self._label_stats(targets, prior, covered, unl, lengths, sigma))
+        weights = self._target_weights(logits, targets)
+        if weights is not None:
+            has = unl & (targets >= 0)
+            rec["pl_weight_mean"] = float(weights[has].mean()) if has.any() else 0.0
         self.last_path_lengths = lengths
-        return graph, Banks(feats, prior, targets), rec
+        return graph, Banks(feats, prior, targets, weights), rec
+
+    @property
+    def weights_targets(self) -> bool:
+        """Whether pseudo labels carry per-sample weights other than one."""
+        pl = self.cfg.pseudo_label
+        return pl.source != "none" and (pl.weighting != "none" or pl.weight != 1.0)
+
+    def _target_weights(self, logits: Tensor, targets: Tensor) -> Tensor | None:
+        r"""Weight of each node's target: one for labelled nodes,
+        ``pseudo_label.weight`` times (with ``weighting: certainty``)
+        :math:`1 - H(\mathbf{p}_i) / \log C` of the Label Bank's prediction
+        for pseudo-labelled ones, so uncertain pseudo labels count less."""
+        if not self.weights_targets:
+            return None
+        pl = self.cfg.pseudo_label
+        w = torch.full(targets.shape, float(pl.weight), dtype=torch.float64)
+        if pl.weighting == "certainty":
+            logp = torch.log_softmax(logits.double(), dim=1)
+            entropy = -(logp.exp() * logp).sum(1)
+            w = w * (1.0 - entropy / math.log(logits.size(1))).clamp(0.0, 1.0)
+        w[self.labelled_mask] = 1.0
+        return w.float()
 
     def _broadcast_labels(self, out: tuple[Data, Banks, dict] | None,
                           feats: Tensor) -> tuple[Data, Banks, dict]:
@@ -419,10 +447,14 @@ class Trainer:
             n = feats.size(0)
             banks = Banks(feats, torch.empty(n, dtype=torch.long),
                           torch.empty(n, dtype=torch.long))
+            if self.weights_targets:
+                banks.weights = torch.empty(n)
         else:
             banks = out[1]
         self.dist.broadcast_(banks.prior)
         self.dist.broadcast_(banks.targets)
+        if banks.weights is not None:
+            self.dist.broadcast_(banks.weights)
         stats["time_broadcast"] = time.perf_counter() - t
         return graph, banks, stats
 
@@ -545,6 +577,8 @@ class Trainer:
             # weights each component's cross-entropy by its share (see losses).
             onehot = torch.nn.functional.one_hot(y.clamp(min=0), self.num_classes)
             onehot = onehot.float() * (y >= 0).float().unsqueeze(1)
+            if not pretrain and banks.weights is not None:
+                onehot = onehot * banks.weights[seeds].unsqueeze(1)
             # Every rank augments and mixes the whole global batch with the
             # shared generator (mixup pairs cross the ranks' slices), then
             # keeps its own slice.
@@ -590,7 +624,7 @@ class Trainer:
                 "rng_ranks": rng_ranks,
                 "banks": None if banks is None else {
                     "features": banks.features, "prior": banks.prior,
-                    "targets": banks.targets},
+                    "targets": banks.targets, "weights": banks.weights},
                 "history": history, "split": {"labelled": self.split.labelled,
                                               "unlabelled": self.split.unlabelled,
                                               "val": self.split.val}}
@@ -636,7 +670,8 @@ class Trainer:
                          "continue exactly; dropout masks differ from an "
                          "uninterrupted run.")
         b = state["banks"]
-        banks = None if b is None else Banks(b["features"], b["prior"], b["targets"])
+        banks = None if b is None else Banks(b["features"], b["prior"], b["targets"],
+                                        b.get("weights"))
         return state["epoch"], banks, state["history"], notes
 
     def run(self, stop_after: int | None = None) -> dict:

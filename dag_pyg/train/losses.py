@@ -34,7 +34,7 @@ def soft_cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
     less than one, normalised by the total target mass.
 
     A row :math:`w_a \lambda \mathbf{y}_a + w_b (1 - \lambda) \mathbf{y}_b`
-    (mixup of two one-hot targets with weights :math:`w \in \{0, 1\}`, zero
+    (mixup of two one-hot targets with weights :math:`w \in [0, 1]`, zero
     for samples without a target) gives exactly
     :math:`\lambda w_a \mathrm{CE}_a + (1 - \lambda) w_b \mathrm{CE}_b`.
     """
