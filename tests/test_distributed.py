@@ -153,11 +153,16 @@ def _assert_same_run(a: Path, b: Path) -> None:
                                            atol=1e-4, msg=f"{part}.{key}")
     torch.testing.assert_close(sb["banks"]["features"], sa["banks"]["features"],
                                rtol=1e-3, atol=1e-3)
+    if sa["banks"].get("weights") is not None:
+        torch.testing.assert_close(sb["banks"]["weights"], sa["banks"]["weights"],
+                                   rtol=1e-3, atol=1e-3)
 
 
 def test_two_processes_equal_one(tmp_path):
-    _train(tmp_path / "one", 1)
-    res = _train(tmp_path / "two", WORLD)
+    # Certainty-weighted pseudo labels: the weights travel with the labels.
+    cert = ["--set", "pseudo_label.weighting=certainty"]
+    _train(tmp_path / "one", 1, *cert)
+    res = _train(tmp_path / "two", WORLD, *cert)
     assert "2 processes (gloo)" in (tmp_path / "two" / "train.log").read_text()
     assert res.stdout.count("final test error") == 1  # rank 0 speaks for all
     _assert_same_run(tmp_path / "one", tmp_path / "two")
