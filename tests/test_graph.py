@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from dag_pyg import build_density_graph, knn_search
-from dag_pyg.graph import neighbour_table, resolve_backend
+from dag_pyg.graph import bank_drift, neighbour_table, resolve_backend
 from dag_pyg.graph.knn import has_faiss, has_torch_cluster
 
 
@@ -193,3 +193,29 @@ def test_ivf_bad_settings():
         return
     with pytest.raises(ValueError, match="ivf_nprobe"):
         knn_search(torch.randn(50, 4), None, 5, backend="faiss_ivf", ivf_nprobe=0)
+
+
+def test_bank_drift_against_hand_computed():
+    def bank(degrees):
+        a = torch.tensor(degrees, dtype=torch.float64) * math.pi / 180
+        return torch.stack([a.cos(), a.sin()], 1).float()
+
+    old = bank([0, 10, 90, 100])  # 1-NN pairs: (0, 1), (2, 3)
+    same_ = bank_drift(old, old, build_density_graph(old, 1, backend="exact"), 1)
+    assert same_ == pytest.approx({"bank_cos_prev": 1.0, "knn_kept": 1.0})
+    # Negated features: every cosine -1, every neighbourhood kept.
+    neg = bank_drift(old, -old, build_density_graph(-old, 1, backend="exact"), 1)
+    assert neg == pytest.approx({"bank_cos_prev": -1.0, "knn_kept": 1.0})
+    # Nodes 1 and 3 swap sides: pairs become (0, 3), (1, 2), none kept;
+    # cosines 1, cos 85, 1, cos 95 average to 1/2.
+    new = bank([0, 95, 90, 5])
+    out = bank_drift(old, new, build_density_graph(new, 1, backend="exact"), 1)
+    assert out == pytest.approx({"bank_cos_prev": 0.5, "knn_kept": 0.0}, abs=1e-6)
+    # Two of four 2-NN lists: hand count on k=2 (k capped at the graph's k).
+    g2 = build_density_graph(new, 2, backend="exact")
+    prev = {0: {1, 2}, 1: {0, 2}, 2: {3, 1}, 3: {2, 1}}  # old 2-NN by angle
+    now = {u: set(g2.edge_index[0].view(4, 2)[u].tolist()) for u in range(4)}
+    expect = sum(len(prev[u] & now[u]) for u in range(4)) / 8
+    assert bank_drift(old, new, g2, 5)["knn_kept"] == pytest.approx(expect)
+    with pytest.raises(ValueError, match="cannot be compared"):
+        bank_drift(old, old[:3], g2, 2)

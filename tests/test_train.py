@@ -27,7 +27,10 @@ def weights(run_dir):
 def same(a, b):
     assert a.keys() == b.keys()
     for k in a:
-        assert torch.equal(a[k], b[k]), k
+        if a[k] is None or b[k] is None:
+            assert a[k] is b[k], k
+        else:
+            assert torch.equal(a[k], b[k]), k
 
 
 def test_run_writes_every_artefact(tmp_path):
@@ -41,8 +44,8 @@ def test_run_writes_every_artefact(tmp_path):
     last = records[-1]
     for key in ["loss", "loss_ce", "loss_entropy", "loss_balance", "test_error",
                 "val_error", "pl_acc", "pl_coverage", "model_acc_on_covered",
-                "path_len_mean", "time_train", "time_bank", "time_graph",
-                "time_dplp", "time_eval"]:
+                "path_len_mean", "bank_cos_prev", "knn_kept", "time_train",
+                "time_bank", "time_graph", "time_dplp", "time_eval"]:
         assert key in last, key
     assert 0 <= last["test_error"] <= 100
     assert summary["test_error_last"] == last["test_error"]

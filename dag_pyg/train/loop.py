@@ -50,7 +50,7 @@ from dag_pyg.distributed import (
     is_collective_failure,
     shutdown,
 )
-from dag_pyg.graph import build_density_graph
+from dag_pyg.graph import bank_drift, build_density_graph
 from dag_pyg.models import build_backbone
 from dag_pyg.nn.dna_head import DNAHead, predict_queries
 from dag_pyg.propagation import dplp, parent_step_distances, path_lengths
@@ -715,8 +715,14 @@ class Trainer:
                     main_epoch = epoch - cfg.optim.pretrain_epochs + 1
                     evaluate = epoch == total - 1 or (
                         main_epoch >= 0 and main_epoch % cfg.eval.every == 0)
+                    old = banks
                     banks, graph, refreshed = self.refresh(log, epoch, evaluate)
                     rec.update(refreshed)
+                    if (graph is not None and old is not None
+                            and old.features.numel()):
+                        # Staleness: how far the bank the epoch read has moved.
+                        rec.update(bank_drift(old.features.to(self.device),
+                                              banks.features, graph, cfg.dna.k))
                 rec["time_epoch"] = time.perf_counter() - t0
                 rss = self.dist.all_gather_object(_peak_rss_mb())
                 rec["mem_rss_mb"] = max(rss)
