@@ -32,44 +32,98 @@ def fmt(values: list[float], digits: int = 2) -> str:
     return f"{mean:.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
-def grid_table(grid_dir: Path) -> list[str]:
+def _load_rows(grid_dir: Path, grids: Path
+               ) -> tuple[dict[str, list[dict]], dict[str, str]]:
+    """Result records by row, in the grid file's order (baseline first), with
+    the rows the grid borrows from another grid (``borrow: {row: grid/row}``:
+    the same configuration, run there) filling the seeds not run here."""
     rows: dict[str, list[dict]] = {}
     for path in sorted(grid_dir.glob("*__seed*.json")):
         r = json.loads(path.read_text())
         rows.setdefault(r["row"], []).append(r)
-    # The grid file's row order (baseline first), where the grid is known.
-    grid_file = ROOT / "grids" / f"{grid_dir.name}.yaml"
-    if grid_file.exists():
-        order = list(yaml.safe_load(grid_file.read_text())["rows"])
+    grid_file = grids / f"{grid_dir.name}.yaml"
+    grid = yaml.safe_load(grid_file.read_text()) if grid_file.exists() else {}
+    borrowed: dict[str, str] = {}
+    for row, source in (grid.get("borrow") or {}).items():
+        own = {r["seed"] for r in rows.get(row, [])}
+        extra = [json.loads(p.read_text()) for p in sorted(
+            (grid_dir.parent / source).parent.glob(f"{Path(source).name}__seed*.json"))]
+        extra = [r for r in extra if r["seed"] not in own]
+        if extra:
+            rows.setdefault(row, []).extend(extra)
+            borrowed[row] = source
+    if grid.get("borrow"):  # sweeps (h0 h1 h2, k2 k4 k8 k16): numeric order
+        def key(name: str) -> tuple:
+            digits = "".join(c for c in name if c.isdigit() or c == ".")
+            return (name != "baseline", name.rstrip("0123456789."),
+                    float(digits) if digits.strip(".") else 0.0)
+        rows = dict(sorted(rows.items(), key=lambda kv: key(kv[0])))
+    elif grid:
+        order = ["baseline", *grid["rows"]]
         rows = dict(sorted(rows.items(), key=lambda kv: order.index(kv[0])
                            if kv[0] in order else len(order)))
-    lines = [f"### {grid_dir.name}", "",
-             "| row | seeds | test error % (last) | test error % at best val | "
-             "Δ vs baseline (paired by seed) | "
-             "DPLP coverage | DPLP acc. on covered | model acc. on covered | "
-             "s / epoch | wall s / run |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    base = {r["seed"]: r["summary"]["test_error_last"]
-            for r in rows.get("baseline", [])}
+    return rows, borrowed
+
+
+def _last(run: dict, key: str) -> float | None:
+    """The last epoch's value of a per-epoch metric."""
+    vals = [m[key] for m in run["metrics"] if m.get(key) is not None]
+    return vals[-1] if vals else None
+
+
+def _paired(runs: list[dict], base: dict[int, float], key) -> list[float]:
+    return [key(r) - base[r["seed"]] for r in runs
+            if r["seed"] in base and key(r) is not None]
+
+
+def grid_table(grid_dir: Path, grids: Path = ROOT / "grids") -> list[str]:
+    rows, borrowed = _load_rows(grid_dir, grids)
+    runs_all = [r for runs in rows.values() for r in runs]
+    has_val = any(_last(r, "val_error") is not None for r in runs_all)
+    has_drift = any(_last(r, "knn_kept") is not None for r in runs_all)
+    head = ["row", "seeds", "test error % (last)", "test error % at best val",
+            "Δ vs baseline (paired by seed)"]
+    if has_val:
+        head += ["val error % (last)", "Δ val vs baseline (paired)"]
+    head += ["DPLP coverage", "DPLP acc. on covered", "model acc. on covered"]
+    if has_drift:
+        head += ["bank cos to previous (last)", "kNN kept (last)"]
+    head += ["s / epoch", "wall s / run"]
+    lines = [f"### {grid_dir.name}", "", "| " + " | ".join(head) + " |",
+             "|" + "---|" * len(head)]
+    base_runs = rows.get("baseline", [])
+    base = {r["seed"]: r["summary"]["test_error_last"] for r in base_runs}
+    base_val = {r["seed"]: _last(r, "val_error") for r in base_runs
+                if _last(r, "val_error") is not None}
     for row, runs in rows.items():
         s = [r["summary"] for r in runs]
         best = [(x.get("best_by_val") or {}).get("test_error") for x in s]
         per_epoch = [statistics.fmean([m["time_epoch"] for m in r["metrics"]
                                        if m.get("phase") == "train"]) for r in runs]
-        diffs = [r["summary"]["test_error_last"] - base[r["seed"]] for r in runs
-                 if r["seed"] in base] if row != "baseline" else []
-        lines.append(
-            f"| {row} | {len(runs)} | {fmt([x['test_error_last'] for x in s])} | "
-            f"{fmt(best)} | {fmt(diffs)} | "
-            f"{fmt([x.get('pl_coverage_last') for x in s], 3)} | "
-            f"{fmt([x.get('pl_acc_last') for x in s], 3)} | "
-            f"{fmt([x.get('model_acc_on_covered_last') for x in s], 3)} | "
-            f"{fmt(per_epoch, 3)} | {fmt([r['wall_time_s'] for r in runs], 1)} |")
+        is_base = row == "baseline"
+        name = f"{row} (= {borrowed[row]})" if row in borrowed else row
+        cells = [name, str(len(runs)), fmt([x["test_error_last"] for x in s]),
+                 fmt(best), fmt([] if is_base else _paired(
+                     runs, base, lambda r: r["summary"]["test_error_last"]))]
+        if has_val:
+            cells += [fmt([_last(r, "val_error") for r in runs]),
+                      fmt([] if is_base else _paired(
+                          runs, base_val, lambda r: _last(r, "val_error")))]
+        cells += [fmt([x.get("pl_coverage_last") for x in s], 3),
+                  fmt([x.get("pl_acc_last") for x in s], 3),
+                  fmt([x.get("model_acc_on_covered_last") for x in s], 3)]
+        if has_drift:
+            cells += [fmt([_last(r, "bank_cos_prev") for r in runs], 3),
+                      fmt([_last(r, "knn_kept") for r in runs], 3)]
+        cells += [fmt(per_epoch, 3), fmt([r["wall_time_s"] for r in runs], 1)]
+        lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Commands (seed 0 of each row):", ""]
     for row, runs in rows.items():
         first = min(runs, key=lambda r: r["seed"])
         lines.append(f"- `{row}`: `{first['command']}`")
-    lines.append(f"\nSource: `benchmarks/results/{grid_dir.name}/*.json`.\n")
+    sources = "".join(f", `benchmarks/results/{b}__seed*.json`"
+                      for b in sorted(set(borrowed.values())))
+    lines.append(f"\nSource: `benchmarks/results/{grid_dir.name}/*.json`{sources}.\n")
     return lines
 
 

@@ -42,3 +42,46 @@ def test_grid_runs_skips_and_tabulates(tmp_path, capsys):
     text = out.read_text()
     err = result["summary"]["test_error_last"]
     assert "| dag | 1 |" in text and f"{err:.2f}" in text
+
+
+def _record(row, seed, test, val=None, kept=None):
+    metric = {"epoch": 1, "phase": "train", "time_epoch": 1.0, "test_error": test}
+    if val is not None:
+        metric["val_error"] = val
+    if kept is not None:
+        metric.update(knn_kept=kept, bank_cos_prev=0.9)
+    return {"row": row, "seed": seed, "command": f"cmd {row} {seed}",
+            "wall_time_s": 2.0, "metrics": [metric],
+            "summary": {"test_error_last": test, "best_by_val": None}}
+
+
+def test_grid_table_borrows_rows_and_pairs_seeds(tmp_path):
+    make_results = load("make_results")
+    res, grids = tmp_path / "res", tmp_path / "grids"
+    for d in (res / "main", res / "sweep", grids):
+        d.mkdir(parents=True)
+    records = {"main": [_record("baseline", 0, 50.0, 40.0),
+                        _record("baseline", 1, 52.0, 42.0),
+                        _record("dag", 0, 53.0), _record("dag", 1, 52.0)],
+               "sweep": [_record("h2", 0, 55.0, 41.0, 0.5),
+                         _record("h2", 1, 56.0, 45.0, 0.7),
+                         _record("h1", 0, 60.0)]}  # its own seed 0 wins
+    for grid, recs in records.items():
+        for r in recs:
+            (res / grid / f"{r['row']}__seed{r['seed']}.json").write_text(
+                json.dumps(r))
+    (grids / "sweep.yaml").write_text(yaml.safe_dump({
+        "name": "sweep", "config": "c.yaml", "rows": {"h2": []},
+        "borrow": {"baseline": "main/baseline", "h1": "main/dag"}}))
+    lines = make_results.grid_table(res / "sweep", grids)
+    table = [line[2:-2].split(" | ") for line in lines if line.startswith("| ")]
+    assert table[0][5] == "val error % (last)"
+    rows = table[1:]
+    assert [r[0] for r in rows] == ["baseline (= main/baseline)",
+                                    "h1 (= main/dag)", "h2"]
+    assert rows[0][2] == "51.00 ± 1.41"
+    assert rows[1][2] == "56.00 ± 5.66" and rows[1][4] == "5.00 ± 7.07"
+    assert rows[2][4] == "4.50 ± 0.71"          # paired: 55-50, 56-52
+    assert rows[2][6] == "2.00 ± 1.41"          # val: 41-40, 45-42
+    assert rows[2][11] == "0.600 ± 0.141"       # kNN kept
+    assert any("main/dag__seed*.json" in line for line in lines)
