@@ -78,6 +78,9 @@ class GraphConfig:
     density_threshold: float = 0.5
     ivf_nlist: int | None = None   # faiss_ivf cells (null: about 4 sqrt(N))
     ivf_nprobe: int = 16           # faiss_ivf cells scanned per query
+    # Feature Bank + graph + pseudo-label refreshes per main epoch: >1 also
+    # refreshes them mid-epoch, so DNA reads a less stale bank.
+    refresh_per_epoch: int = 1
 
 
 @dataclass
@@ -268,6 +271,7 @@ def _check(cfg: Config) -> None:
                 "optim.epochs": cfg.optim.epochs,
                 "optim.batch_size": cfg.optim.batch_size,
                 "graph.ivf_nprobe": cfg.graph.ivf_nprobe,
+                "graph.refresh_per_epoch": cfg.graph.refresh_per_epoch,
                 "eval.batch_size": cfg.eval.batch_size, "eval.every": cfg.eval.every}
     for key, value in positive.items():
         if value < 1:

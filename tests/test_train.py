@@ -168,6 +168,33 @@ def test_pseudo_label_weights(tmp_path):
     assert read("cert2")[-1]["loss"] == last["loss"]  # deterministic
 
 
+def test_refreshes_within_an_epoch(tmp_path, monkeypatch):
+    calls = []
+    real = Trainer.refresh
+
+    def counting(self, log, epoch, evaluate):
+        calls.append((epoch, evaluate, self.backbone.training))
+        return real(self, log, epoch, evaluate)
+
+    monkeypatch.setattr(Trainer, "refresh", counting)
+    short = ("optim.epochs=2", "optim.pretrain_epochs=1")
+    train(tiny(*short, "graph.refresh_per_epoch=3"), tmp_path / "r3")
+    # End of pre-training, then per main epoch two mid-epoch refreshes (in
+    # training mode, no evaluation) and the evaluated one at its end.
+    assert [(e, ev) for e, ev, _ in calls] == [
+        (0, True), (1, False), (1, False), (1, True), (2, False), (2, False),
+        (2, True)]
+    assert all(training for _, ev, training in calls if not ev)
+    monkeypatch.setattr(Trainer, "refresh", real)
+    rec = [json.loads(x) for x in (tmp_path / "r3" / "metrics.jsonl").open()]
+    assert all(r["time_mid_refresh"] > 0 for r in rec if r["phase"] == "train")
+    train(tiny(*short), tmp_path / "r1")
+    r1 = [json.loads(x) for x in (tmp_path / "r1" / "metrics.jsonl").open()]
+    assert "time_mid_refresh" not in r1[-1]
+    assert r1[0]["loss"] == rec[0]["loss"]  # pre-training is untouched
+    assert r1[-1]["loss"] != rec[-1]["loss"]  # fresher banks change training
+
+
 def test_cli_train_and_config_errors(tmp_path, capsys):
     rc = main(["train", "configs/digits.yaml", "--out", str(tmp_path / "c"),
                *[a for o in TINY + ["optim.epochs=1", "optim.pretrain_epochs=1"]

@@ -30,6 +30,7 @@ import math
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -167,6 +168,7 @@ class Trainer:
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.last_path_lengths: Tensor | None = None
         self.last_gather_s = 0.0
+        self.last_mid_refresh_s = 0.0
         self._setup_data()
         self._setup_model()
 
@@ -551,17 +553,25 @@ class Trainer:
         return out
 
     def train_epoch(self, banks: Banks, graph: Data | None, pretrain: bool,
-                    log: RunLogger, epoch: int) -> dict:
+                    log: RunLogger, epoch: int,
+                    refresh: Callable[[], tuple[Banks, Data | None]] | None = None
+                    ) -> dict:
+        """One epoch over the batches; with ``graph.refresh_per_epoch`` > 1,
+        ``refresh()`` renews banks and graph at evenly spaced steps."""
         cfg = self.cfg
-        self.backbone.train()
-        self.head.train()
         use_graph = self.uses_graph_head and not pretrain
-        loader = None
-        if use_graph:
+
+        def start(banks: Banks, graph: Data | None):
+            self.backbone.train()
+            self.head.train()
+            if not use_graph:
+                return None, None, None
             loader = make_loader(graph, cfg.dna.k, cfg.dna.hops,
                                  sampler=cfg.dna.sampler)
-            bank = banks.features.to(self.device)
-            density = graph.density.to(self.device)
+            return (loader, banks.features.to(self.device),
+                    graph.density.to(self.device))
+
+        loader, bank, density = start(banks, graph)
         sums: dict[str, float] = {}
         batches = self._batches(pretrain)
         world = self.dist.world_size
@@ -570,8 +580,17 @@ class Trainer:
                         f"{world} processes are skipped; lower the number of "
                         "processes or raise optim.batch_size.")
             batches = [b for b in batches if b.numel() >= world]
+        parts = 1 if refresh is None or pretrain else cfg.graph.refresh_per_epoch
+        mid = {round(i * len(batches) / parts) for i in range(1, parts)}
+        self.last_mid_refresh_s = 0.0
         desc = f"{'pretrain' if pretrain else 'train'} {epoch}"
-        for seeds in log.progress(batches, desc=desc, total=len(batches)):
+        for step, seeds in enumerate(log.progress(batches, desc=desc,
+                                                  total=len(batches))):
+            if step in mid:
+                t = time.perf_counter()
+                banks, graph = refresh()
+                loader, bank, density = start(banks, graph)
+                self.last_mid_refresh_s += time.perf_counter() - t
             y = banks.targets[seeds] if not pretrain else self.true_y[seeds]
             # Samples without a target get an all-zero target row: mixing then
             # weights each component's cross-entropy by its share (see losses).
@@ -704,12 +723,17 @@ class Trainer:
                 t0 = time.perf_counter()
                 if banks is None and not pretrain:  # no pre-training: seed banks
                     banks, graph, _ = self.refresh(log, epoch, evaluate=False)
-                losses = self.train_epoch(banks, graph, pretrain, log, epoch)
+                losses = self.train_epoch(
+                    banks, graph, pretrain, log, epoch,
+                    refresh=(lambda e=epoch: self.refresh(log, e, False)[:2])
+                    if self.needs_banks else None)
                 t_train = time.perf_counter() - t0
                 self.scheduler.step()
                 rec = {"epoch": epoch, "phase": "pretrain" if pretrain else "train",
                        "lr": self.optimizer.param_groups[0]["lr"], **losses,
                        "time_train": t_train}
+                if self.last_mid_refresh_s:
+                    rec["time_mid_refresh"] = self.last_mid_refresh_s
                 # The last pre-training epoch builds epoch 0's banks.
                 if not pretrain or epoch == cfg.optim.pretrain_epochs - 1:
                     main_epoch = epoch - cfg.optim.pretrain_epochs + 1
