@@ -2,12 +2,17 @@
 
     python benchmarks/figures.py tsne RUN_DIR [--max-points 1500]
     python benchmarks/figures.py path-lengths RUN_DIR
+    python benchmarks/figures.py drift RUN_DIR [RUN_DIR ...] [--name NAME]
 
 ``tsne`` (Fig. 3): a 2-D t-SNE (scikit-learn) of the test set's backbone
 features beside the same queries after the DNA head's aggregation layers
 (the classifier's input), coloured by class. ``path-lengths`` (Fig. 5): the
-histogram of DPLP path lengths over the run's last Feature Bank. Both write
-PNGs into ``benchmarks/figures/`` and print their path.
+histogram of DPLP path lengths over the run's last Feature Bank. ``drift``:
+per epoch, the fraction of each node's ``dna.k`` nearest neighbours kept from
+one Feature Bank to the next and the mean cosine of a node's old and new
+feature (``metrics.jsonl``'s ``knn_kept``, ``bank_cos_prev``), one line per
+run: how stale the bank DNA reads is. All write PNGs into
+``benchmarks/figures/`` and print their path.
 """
 from __future__ import annotations
 
@@ -98,6 +103,38 @@ def lengths(run_dir: Path) -> Path:
     return out
 
 
+def drift(run_dirs: list[Path], name: str, out_dir: Path = FIGURES) -> Path:
+    import json
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for run in run_dirs:
+        recs = [json.loads(x) for x in (run / "metrics.jsonl").open()]
+        recs = [r for r in recs if r.get("knn_kept") is not None]
+        if not recs:
+            raise SystemExit(f"{run}: metrics.jsonl has no 'knn_kept' (a run "
+                             "from before bank drift was recorded?)")
+        epochs = [r["epoch"] for r in recs]
+        label = "/".join(run.parts[-3:])
+        axes[0].plot(epochs, [r["knn_kept"] for r in recs], marker=".", label=label)
+        axes[1].plot(epochs, [r["bank_cos_prev"] for r in recs], marker=".",
+                     label=label)
+    axes[0].set(xlabel="epoch", ylabel="kNN kept from the previous bank",
+                ylim=(0, 1))
+    axes[1].set(xlabel="epoch", ylabel="cos(old, new feature), mean")
+    axes[0].legend(fontsize=7)
+    fig.suptitle("Feature Bank drift between refreshes")
+    fig.tight_layout()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = out_dir / f"drift_{name}.png"
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 class _Quiet:
     """A logger stand-in without progress bars."""
 
@@ -109,12 +146,19 @@ class _Quiet:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("figure", choices=["tsne", "path-lengths"])
-    p.add_argument("run_dir", type=Path)
+    p.add_argument("figure", choices=["tsne", "path-lengths", "drift"])
+    p.add_argument("run_dirs", type=Path, nargs="+")
     p.add_argument("--max-points", type=int, default=1500)
+    p.add_argument("--name", default="runs", help="drift: the PNG's name")
     args = p.parse_args()
-    out = tsne(args.run_dir, args.max_points) if args.figure == "tsne" else \
-        lengths(args.run_dir)
+    if args.figure == "drift":
+        out = drift(args.run_dirs, args.name)
+    elif len(args.run_dirs) > 1:
+        raise SystemExit(f"'{args.figure}' takes one run folder.")
+    elif args.figure == "tsne":
+        out = tsne(args.run_dirs[0], args.max_points)
+    else:
+        out = lengths(args.run_dirs[0])
     print(f"wrote {out}")
 
 

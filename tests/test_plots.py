@@ -1,7 +1,9 @@
 import importlib
+import importlib.util
 import math
 import struct
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -72,3 +74,26 @@ def test_import_is_lazy(monkeypatch):
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     importlib.reload(plots)
+
+
+def test_drift_figure_from_metrics(tmp_path):
+    import json
+
+    spec = importlib.util.spec_from_file_location(
+        "figures", Path(__file__).resolve().parent.parent / "benchmarks" / "figures.py")
+    figures = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(figures)
+    runs = []
+    for i in range(2):
+        run = tmp_path / "g" / f"row{i}" / "seed0"
+        run.mkdir(parents=True)
+        recs = [{"epoch": 0, "phase": "pretrain"}] + [
+            {"epoch": e, "knn_kept": 0.2 + 0.1 * e, "bank_cos_prev": 0.9}
+            for e in range(1, 5)]
+        (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in recs))
+        runs.append(run)
+    out = figures.drift(runs, "t", tmp_path / "fig")
+    assert out.name == "drift_t.png" and _png_size(out)[0] > 500
+    (runs[0] / "metrics.jsonl").write_text(json.dumps({"epoch": 0}))
+    with pytest.raises(SystemExit, match="knn_kept"):
+        figures.drift(runs, "t", tmp_path / "fig")
