@@ -188,6 +188,8 @@ def test_refreshes_within_an_epoch(tmp_path, monkeypatch):
     monkeypatch.setattr(Trainer, "refresh", real)
     rec = [json.loads(x) for x in (tmp_path / "r3" / "metrics.jsonl").open()]
     assert all(r["time_mid_refresh"] > 0 for r in rec if r["phase"] == "train")
+    assert all(0 <= r["knn_kept_mid"] <= 1 and -1 <= r["bank_cos_prev_mid"] <= 1
+               for r in rec if r["phase"] == "train")
     train(tiny(*short), tmp_path / "r1")
     r1 = [json.loads(x) for x in (tmp_path / "r1" / "metrics.jsonl").open()]
     assert "time_mid_refresh" not in r1[-1]

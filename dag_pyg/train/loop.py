@@ -169,6 +169,7 @@ class Trainer:
         self.last_path_lengths: Tensor | None = None
         self.last_gather_s = 0.0
         self.last_mid_refresh_s = 0.0
+        self.last_mid_drift: dict[str, float] = {}
         self._setup_data()
         self._setup_model()
 
@@ -582,15 +583,19 @@ class Trainer:
             batches = [b for b in batches if b.numel() >= world]
         parts = 1 if refresh is None or pretrain else cfg.graph.refresh_per_epoch
         mid = {round(i * len(batches) / parts) for i in range(1, parts)}
-        self.last_mid_refresh_s = 0.0
+        self.last_mid_refresh_s, drift = 0.0, []
         desc = f"{'pretrain' if pretrain else 'train'} {epoch}"
         for step, seeds in enumerate(log.progress(batches, desc=desc,
                                                   total=len(batches))):
             if step in mid:
                 t = time.perf_counter()
+                old = banks
                 banks, graph = refresh()
                 loader, bank, density = start(banks, graph)
                 self.last_mid_refresh_s += time.perf_counter() - t
+                if graph is not None and old.features.numel():
+                    drift.append(bank_drift(old.features.to(self.device),
+                                            banks.features, graph, cfg.dna.k))
             y = banks.targets[seeds] if not pretrain else self.true_y[seeds]
             # Samples without a target get an all-zero target row: mixing then
             # weights each component's cross-entropy by its share (see losses).
@@ -624,6 +629,9 @@ class Trainer:
             self.optimizer.step()
             for key, value in terms.items():
                 sums[key] = sums.get(key, 0.0) + float(value.detach())
+        # Drift between consecutive mid-epoch banks (the staleness DNA saw).
+        self.last_mid_drift = {f"{k}_mid": sum(d[k] for d in drift) / len(drift)
+                               for k in (drift[0] if drift else {})}
         n = max(len(batches), 1)
         if self.dist.enabled and sums:  # the whole batch's value: mean over ranks
             keys = sorted(sums)
@@ -734,6 +742,7 @@ class Trainer:
                        "time_train": t_train}
                 if self.last_mid_refresh_s:
                     rec["time_mid_refresh"] = self.last_mid_refresh_s
+                    rec.update(self.last_mid_drift)
                 # The last pre-training epoch builds epoch 0's banks.
                 if not pretrain or epoch == cfg.optim.pretrain_epochs - 1:
                     main_epoch = epoch - cfg.optim.pretrain_epochs + 1
