@@ -33,7 +33,7 @@ def fmt(values: list[float], digits: int = 2) -> str:
 
 
 def _load_rows(grid_dir: Path, grids: Path
-               ) -> tuple[dict[str, list[dict]], dict[str, str]]:
+               ) -> tuple[dict[str, list[dict]], dict[str, str], dict[str, str]]:
     """Result records by row, in the grid file's order (baseline first), with
     the rows the grid borrows from another grid (``borrow: {row: grid/row}``:
     the same configuration, run there) filling the seeds not run here."""
@@ -62,7 +62,9 @@ def _load_rows(grid_dir: Path, grids: Path
         order = ["baseline", *grid["rows"]]
         rows = dict(sorted(rows.items(), key=lambda kv: order.index(kv[0])
                            if kv[0] in order else len(order)))
-    return rows, borrowed
+    # A row's Δ columns compare with "baseline" unless the grid pairs it with
+    # another row (``pair_with: {dag_e24: baseline_e24}``: same schedule).
+    return rows, borrowed, dict(grid.get("pair_with") or {})
 
 
 def _last(run: dict, key: str) -> float | None:
@@ -77,7 +79,7 @@ def _paired(runs: list[dict], base: dict[int, float], key) -> list[float]:
 
 
 def grid_table(grid_dir: Path, grids: Path = ROOT / "grids") -> list[str]:
-    rows, borrowed = _load_rows(grid_dir, grids)
+    rows, borrowed, pair_with = _load_rows(grid_dir, grids)
     runs_all = [r for runs in rows.values() for r in runs]
     has_val = any(_last(r, "val_error") is not None for r in runs_all)
     has_drift = any(_last(r, "knn_kept") is not None for r in runs_all)
@@ -91,17 +93,22 @@ def grid_table(grid_dir: Path, grids: Path = ROOT / "grids") -> list[str]:
     head += ["s / epoch", "wall s / run"]
     lines = [f"### {grid_dir.name}", "", "| " + " | ".join(head) + " |",
              "|" + "---|" * len(head)]
-    base_runs = rows.get("baseline", [])
-    base = {r["seed"]: r["summary"]["test_error_last"] for r in base_runs}
-    base_val = {r["seed"]: _last(r, "val_error") for r in base_runs
-                if _last(r, "val_error") is not None}
+    def reference(row: str) -> tuple[dict, dict]:
+        ref = rows.get(pair_with.get(row, "baseline"), [])
+        return ({r["seed"]: r["summary"]["test_error_last"] for r in ref},
+                {r["seed"]: _last(r, "val_error") for r in ref
+                 if _last(r, "val_error") is not None})
+
     for row, runs in rows.items():
+        base, base_val = reference(row)
         s = [r["summary"] for r in runs]
         best = [(x.get("best_by_val") or {}).get("test_error") for x in s]
         per_epoch = [statistics.fmean([m["time_epoch"] for m in r["metrics"]
                                        if m.get("phase") == "train"]) for r in runs]
-        is_base = row == "baseline"
+        is_base = row == "baseline" or row in pair_with.values()
         name = f"{row} (= {borrowed[row]})" if row in borrowed else row
+        if row in pair_with:
+            name += f" (Δ vs {pair_with[row]})"
         cells = [name, str(len(runs)), fmt([x["test_error_last"] for x in s]),
                  fmt(best), fmt([] if is_base else _paired(
                      runs, base, lambda r: r["summary"]["test_error_last"]))]

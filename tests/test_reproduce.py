@@ -65,23 +65,30 @@ def test_grid_table_borrows_rows_and_pairs_seeds(tmp_path):
                         _record("dag", 0, 53.0), _record("dag", 1, 52.0)],
                "sweep": [_record("h2", 0, 55.0, 41.0, 0.5),
                          _record("h2", 1, 56.0, 45.0, 0.7),
-                         _record("h1", 0, 60.0)]}  # its own seed 0 wins
+                         _record("h1", 0, 60.0),  # its own seed 0 wins
+                         _record("long", 0, 45.0), _record("dag_long", 0, 44.0)]}
     for grid, recs in records.items():
         for r in recs:
             (res / grid / f"{r['row']}__seed{r['seed']}.json").write_text(
                 json.dumps(r))
     (grids / "sweep.yaml").write_text(yaml.safe_dump({
         "name": "sweep", "config": "c.yaml", "rows": {"h2": []},
-        "borrow": {"baseline": "main/baseline", "h1": "main/dag"}}))
+        "borrow": {"baseline": "main/baseline", "h1": "main/dag"},
+        "pair_with": {"dag_long": "long"}}))
     lines = make_results.grid_table(res / "sweep", grids)
     table = [line[2:-2].split(" | ") for line in lines if line.startswith("| ")]
     assert table[0][5] == "val error % (last)"
     rows = table[1:]
     assert [r[0] for r in rows] == ["baseline (= main/baseline)",
-                                    "h1 (= main/dag)", "h2"]
-    assert rows[0][2] == "51.00 ± 1.41"
-    assert rows[1][2] == "56.00 ± 5.66" and rows[1][4] == "5.00 ± 7.07"
-    assert rows[2][4] == "4.50 ± 0.71"          # paired: 55-50, 56-52
-    assert rows[2][6] == "2.00 ± 1.41"          # val: 41-40, 45-42
-    assert rows[2][11] == "0.600 ± 0.141"       # kNN kept
+                                    "dag_long (Δ vs long)", "h1 (= main/dag)",
+                                    "h2", "long"]
+    by = {r[0]: r for r in rows}
+    assert by["baseline (= main/baseline)"][2] == "51.00 ± 1.41"
+    h1 = by["h1 (= main/dag)"]
+    assert h1[2] == "56.00 ± 5.66" and h1[4] == "5.00 ± 7.07"
+    assert by["h2"][4] == "4.50 ± 0.71"          # paired: 55-50, 56-52
+    assert by["h2"][6] == "2.00 ± 1.41"          # val: 41-40, 45-42
+    assert by["h2"][11] == "0.600 ± 0.141"       # kNN kept
     assert any("main/dag__seed*.json" in line for line in lines)
+    assert by["long"][4] == "–"                       # a reference row
+    assert by["dag_long (Δ vs long)"][4] == "-1.00"   # 44 - 45, not - 50
