@@ -440,6 +440,14 @@ class Trainer:
         w[self.labelled_mask] = 1.0
         return w.float()
 
+    def _drift(self, old: Banks | None, new: Banks, graph: Data | None) -> dict:
+        """Staleness: how far the Feature Bank moved since ``old`` was read
+        (``{}`` where there is no previous bank or no graph)."""
+        if graph is None or old is None or not old.features.numel():
+            return {}
+        return bank_drift(old.features.to(self.device), new.features, graph,
+                          self.cfg.dna.k)
+
     def _broadcast_labels(self, out: tuple[Data, Banks, dict] | None,
                           feats: Tensor) -> tuple[Data, Banks, dict]:
         """Rank 0's graph, labels and statistics on every rank."""
@@ -593,9 +601,8 @@ class Trainer:
                 banks, graph = refresh()
                 loader, bank, density = start(banks, graph)
                 self.last_mid_refresh_s += time.perf_counter() - t
-                if graph is not None and old.features.numel():
-                    drift.append(bank_drift(old.features.to(self.device),
-                                            banks.features, graph, cfg.dna.k))
+                if step_drift := self._drift(old, banks, graph):
+                    drift.append(step_drift)
             y = banks.targets[seeds] if not pretrain else self.true_y[seeds]
             # Samples without a target get an all-zero target row: mixing then
             # weights each component's cross-entropy by its share (see losses).
@@ -751,11 +758,7 @@ class Trainer:
                     old = banks
                     banks, graph, refreshed = self.refresh(log, epoch, evaluate)
                     rec.update(refreshed)
-                    if (graph is not None and old is not None
-                            and old.features.numel()):
-                        # Staleness: how far the bank the epoch read has moved.
-                        rec.update(bank_drift(old.features.to(self.device),
-                                              banks.features, graph, cfg.dna.k))
+                    rec.update(self._drift(old, banks, graph))
                 rec["time_epoch"] = time.perf_counter() - t0
                 rss = self.dist.all_gather_object(_peak_rss_mb())
                 rec["mem_rss_mb"] = max(rss)
