@@ -36,6 +36,9 @@ def _parser() -> argparse.ArgumentParser:
                    "continue later with --resume")
     e = sub.add_parser("eval", help="evaluate a run folder's last checkpoint")
     e.add_argument("run_dir")
+    e.add_argument("--num-test", metavar="N|all",
+                   help="evaluate on another test set than the run's own: 'all' "
+                   "(the whole test set) or a class-balanced subset of N samples")
     return p
 
 
@@ -56,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             from dag_pyg.train import evaluate_run
 
-            result = evaluate_run(args.run_dir)
+            result = evaluate_run(args.run_dir, num_test=args.num_test)
             print(json.dumps(result, indent=2))
     except (ConfigError, FileExistsError, FileNotFoundError, CheckpointError,
             DistributedError) as e:

@@ -55,6 +55,26 @@ def test_run_writes_every_artefact(tmp_path):
     assert ev["test_error"] == pytest.approx(last["test_error"])
 
 
+def test_evaluate_on_another_test_set(tmp_path, capsys):
+    full = train(tiny(), tmp_path / "full")  # digits' whole test set
+    sub = train(tiny("data.num_test=100"), tmp_path / "sub")
+    # The test set plays no part in training: identical weights, so each run
+    # evaluated on the other's test set gives the other's error.
+    for a, b in zip(weights(tmp_path / "full")[:2], weights(tmp_path / "sub")[:2],
+                    strict=True):
+        same(a, b)
+    ev = evaluate_run(tmp_path / "sub", num_test="all")
+    assert ev["test_error"] == pytest.approx(full["test_error_last"])
+    assert ev["num_test"] > 100
+    assert (tmp_path / "sub" / "eval_test-all.json").is_file()
+    ev = evaluate_run(tmp_path / "full", num_test=100)
+    assert ev["num_test"] == 100
+    assert ev["test_error"] == pytest.approx(sub["test_error_last"])
+    assert evaluate_run(tmp_path / "sub")["num_test"] == 100  # the run's own
+    assert main(["eval", str(tmp_path / "sub"), "--num-test", "0"]) == 2
+    assert "give a positive number of test samples or 'all'" in capsys.readouterr().err
+
+
 def test_resume_is_exact(tmp_path, monkeypatch):
     cfg = tiny()
     train(cfg, tmp_path / "full")

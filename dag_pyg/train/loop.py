@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch_geometric.data import Data
 
-from dag_pyg.config import Config, save_config
+from dag_pyg.config import Config, ConfigError, save_config
 from dag_pyg.data import ArrayDataset, BatchTransform, Split, load_dataset, make_split
 from dag_pyg.data.transforms import mixup
 from dag_pyg.distributed import (
@@ -867,10 +867,26 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False,
     return summary
 
 
-def load_run(run_dir: str | Path, progress: bool | None = None
-             ) -> tuple[Trainer, dict]:
+def _num_test(value: int | str | None, run_value: int | None) -> int | None:
+    """``data.num_test`` for a re-evaluation: the run's own (``None``), the
+    whole test set (``"all"``) or a class-balanced subset of ``value``."""
+    if value is None:
+        return run_value
+    if value == "all":
+        return None
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"num_test={value!r}: give a positive number of test "
+                         "samples or 'all' for the whole test set.")
+    return value
+
+
+def load_run(run_dir: str | Path, progress: bool | None = None,
+             num_test: int | str | None = None) -> tuple[Trainer, dict]:
     """A run folder's trainer (same config, data and split) with the weights
-    of its last checkpoint, and the checkpoint's state."""
+    of its last checkpoint, and the checkpoint's state. ``num_test`` swaps
+    the test set (see :func:`evaluate_run`); training data are untouched."""
     from dag_pyg.config import load_config
 
     run_dir = Path(run_dir)
@@ -878,6 +894,7 @@ def load_run(run_dir: str | Path, progress: bool | None = None
         raise FileNotFoundError(f"'{run_dir}' is not a run folder (no config.yaml).")
     cfg = load_config(run_dir / "config.yaml")
     cfg.data.split_file = str(run_dir / "split.json")
+    cfg.data.num_test = _num_test(num_test, cfg.data.num_test)
     if progress is not None:
         cfg.log.progress = progress
     trainer = Trainer(cfg, run_dir, resume=True)
@@ -887,12 +904,18 @@ def load_run(run_dir: str | Path, progress: bool | None = None
     return trainer, state
 
 
-def evaluate_run(run_dir: str | Path) -> dict:
+def evaluate_run(run_dir: str | Path, num_test: int | str | None = None) -> dict:
     """Re-evaluates a run folder's last checkpoint: rebuilds the graph from
     the stored Feature Bank and classifies the test (and validation) set by
-    retrieval. Writes ``eval.json`` into the run folder."""
+    retrieval. Writes ``eval.json`` into the run folder.
+
+    ``num_test`` evaluates on another test set than the run's own: ``"all"``
+    (the whole test set, e.g. all 10,000 CIFAR-10 test images for a run
+    trained with ``data.num_test=1000``) or a class-balanced subset of that
+    size; the result then goes to ``eval_test-<num_test>.json``.
+    """
     run_dir = Path(run_dir)
-    trainer, state = load_run(run_dir)
+    trainer, state = load_run(run_dir, num_test=num_test)
     cfg = trainer.cfg
     if state["banks"] is None:
         raise CheckpointError(f"The checkpoint in '{run_dir}' is from pre-training "
@@ -903,6 +926,8 @@ def evaluate_run(run_dir: str | Path) -> dict:
     with RunLogger(run_dir, tensorboard=False, progress=cfg.log.progress,
                    resume_epoch=None) as log:
         out = {"run_dir": str(run_dir), "epoch": state["epoch"],
+               "num_test": len(trainer.test_set),
                **trainer._evaluate_all(feats, graph, log)}
-    write_json_atomic(run_dir / "eval.json", out)
+    name = "eval.json" if num_test is None else f"eval_test-{num_test}.json"
+    write_json_atomic(run_dir / name, out)
     return out
