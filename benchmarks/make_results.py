@@ -73,6 +73,11 @@ def _last(run: dict, key: str) -> float | None:
     return vals[-1] if vals else None
 
 
+def _full(run: dict) -> float | None:
+    """Test error of the run's last checkpoint on the whole test set."""
+    return (run.get("full_test") or {}).get("test_error")
+
+
 def _paired(runs: list[dict], base: dict[int, float], key) -> list[float]:
     return [key(r) - base[r["seed"]] for r in runs
             if r["seed"] in base and key(r) is not None]
@@ -83,8 +88,12 @@ def grid_table(grid_dir: Path, grids: Path = ROOT / "grids") -> list[str]:
     runs_all = [r for runs in rows.values() for r in runs]
     has_val = any(_last(r, "val_error") is not None for r in runs_all)
     has_drift = any(_last(r, "knn_kept") is not None for r in runs_all)
+    full = sorted({r["full_test"]["num_test"] for r in runs_all if "full_test" in r})
     head = ["row", "seeds", "test error % (last)", "test error % at best val",
             "Δ vs baseline (paired by seed)"]
+    if full:  # benchmarks/eval_full_test.py: the same checkpoints, every test image
+        n = "/".join(f"{v:,}" for v in full)
+        head += [f"test error % on all {n} (seeds)", f"Δ on all {n} (paired)"]
     if has_val:
         head += ["val error % (last)", "Δ val vs baseline (paired)"]
     head += ["DPLP coverage", "DPLP acc. on covered", "model acc. on covered"]
@@ -93,14 +102,15 @@ def grid_table(grid_dir: Path, grids: Path = ROOT / "grids") -> list[str]:
     head += ["s / epoch", "wall s / run"]
     lines = [f"### {grid_dir.name}", "", "| " + " | ".join(head) + " |",
              "|" + "---|" * len(head)]
-    def reference(row: str) -> tuple[dict, dict]:
+    def reference(row: str) -> tuple[dict, dict, dict]:
         ref = rows.get(pair_with.get(row, "baseline"), [])
         return ({r["seed"]: r["summary"]["test_error_last"] for r in ref},
                 {r["seed"]: _last(r, "val_error") for r in ref
-                 if _last(r, "val_error") is not None})
+                 if _last(r, "val_error") is not None},
+                {r["seed"]: _full(r) for r in ref if _full(r) is not None})
 
     for row, runs in rows.items():
-        base, base_val = reference(row)
+        base, base_val, base_full = reference(row)
         s = [r["summary"] for r in runs]
         best = [(x.get("best_by_val") or {}).get("test_error") for x in s]
         per_epoch = [statistics.fmean([m["time_epoch"] for m in r["metrics"]
@@ -112,6 +122,10 @@ def grid_table(grid_dir: Path, grids: Path = ROOT / "grids") -> list[str]:
         cells = [name, str(len(runs)), fmt([x["test_error_last"] for x in s]),
                  fmt(best), fmt([] if is_base else _paired(
                      runs, base, lambda r: r["summary"]["test_error_last"]))]
+        if full:
+            have = [r for r in runs if _full(r) is not None]
+            cells += [fmt([_full(r) for r in have]) + f" ({len(have)})",
+                      fmt([] if is_base else _paired(have, base_full, _full))]
         if has_val:
             cells += [fmt([_last(r, "val_error") for r in runs]),
                       fmt([] if is_base else _paired(

@@ -37,22 +37,40 @@ def test_grid_runs_skips_and_tabulates(tmp_path, capsys):
     capsys.readouterr()
     reproduce.main(args)  # second time: nothing to run
     assert capsys.readouterr().out.count("[skip]") == 2
+    # Re-evaluation on the whole test set: digits' runs already use all of
+    # it, so the last checkpoint must give the run's own last test error.
+    full_test = load("eval_full_test")
+    eargs = ["tiny", "--results", str(tmp_path / "res"),
+             "--runs", str(tmp_path / "runs")]
+    full_test.main(eargs)
+    rec = json.loads(files[1].read_text())
+    assert rec["full_test"]["test_error"] == result["summary"]["test_error_last"]
+    assert rec["full_test"]["epoch"] == result["summary"]["last_epoch"]
+    assert rec["metrics"] == result["metrics"]  # the record is otherwise kept
+    capsys.readouterr()
+    full_test.main(eargs)
+    assert capsys.readouterr().out.count("(done)") == 2
     out = tmp_path / "RESULTS.md"
     make_results.main(["--results", str(tmp_path / "res"), "--out", str(out)])
     text = out.read_text()
     err = result["summary"]["test_error_last"]
     assert "| dag | 1 |" in text and f"{err:.2f}" in text
+    n = rec["full_test"]["num_test"]
+    assert f"test error % on all {n:,} (seeds)" in text
 
 
-def _record(row, seed, test, val=None, kept=None):
+def _record(row, seed, test, val=None, kept=None, full=None):
     metric = {"epoch": 1, "phase": "train", "time_epoch": 1.0, "test_error": test}
     if val is not None:
         metric["val_error"] = val
     if kept is not None:
         metric.update(knn_kept=kept, bank_cos_prev=0.9)
-    return {"row": row, "seed": seed, "command": f"cmd {row} {seed}",
-            "wall_time_s": 2.0, "metrics": [metric],
-            "summary": {"test_error_last": test, "best_by_val": None}}
+    rec = {"row": row, "seed": seed, "command": f"cmd {row} {seed}",
+           "wall_time_s": 2.0, "metrics": [metric],
+           "summary": {"test_error_last": test, "best_by_val": None}}
+    if full is not None:
+        rec["full_test"] = {"num_test": 10000, "test_error": full}
+    return rec
 
 
 def test_grid_table_borrows_rows_and_pairs_seeds(tmp_path):
@@ -92,3 +110,23 @@ def test_grid_table_borrows_rows_and_pairs_seeds(tmp_path):
     assert any("main/dag__seed*.json" in line for line in lines)
     assert by["long"][4] == "–"                       # a reference row
     assert by["dag_long (Δ vs long)"][4] == "-1.00"   # 44 - 45, not - 50
+
+
+def test_grid_table_full_test_columns(tmp_path):
+    make_results = load("make_results")
+    res = tmp_path / "res" / "g"
+    res.mkdir(parents=True)
+    for r in [_record("baseline", 0, 50.0, full=49.0),
+              _record("baseline", 1, 52.0, full=51.5),
+              _record("dag", 0, 53.0, full=47.0), _record("dag", 1, 52.0, full=50.0),
+              _record("dag", 2, 51.0)]:  # seed 2 not re-evaluated yet
+        (res / f"{r['row']}__seed{r['seed']}.json").write_text(json.dumps(r))
+    lines = make_results.grid_table(res, tmp_path)
+    table = [line[2:-2].split(" | ") for line in lines if line.startswith("| ")]
+    assert table[0][5:7] == ["test error % on all 10,000 (seeds)",
+                             "Δ on all 10,000 (paired)"]
+    by = {r[0]: r for r in table[1:]}
+    assert by["baseline"][5] == "50.25 ± 1.77 (2)" and by["baseline"][6] == "–"
+    assert by["dag"][5] == "48.50 ± 2.12 (2)"
+    assert by["dag"][6] == "-1.75 ± 0.35"      # paired: 47-49, 50-51.5
+    assert by["dag"][4] == "1.50 ± 2.12"  # subset: 53-50, 52-52; seed 2 unpaired
