@@ -3,6 +3,7 @@
     python benchmarks/figures.py tsne RUN_DIR [--max-points 1500]
     python benchmarks/figures.py path-lengths RUN_DIR
     python benchmarks/figures.py drift RUN_DIR [RUN_DIR ...] [--name NAME]
+    python benchmarks/figures.py schedule GRID [GRID ...] [--name NAME]
 
 ``tsne`` (Fig. 3): a 2-D t-SNE (scikit-learn) of the test set's backbone
 features beside the same queries after the DNA head's aggregation layers
@@ -11,7 +12,11 @@ histogram of DPLP path lengths over the run's last Feature Bank. ``drift``:
 per epoch, the fraction of each node's ``dna.k`` nearest neighbours kept from
 one Feature Bank to the next and the mean cosine of a node's old and new
 feature (``metrics.jsonl``'s ``knn_kept``, ``bank_cos_prev``), one line per
-run: how stale the bank DNA reads is. All write PNGs into
+run: how stale the bank DNA reads is. ``schedule``: the ``baseline`` and
+``dag`` rows of grids that differ in ``optim.epochs`` (their result JSONs),
+test error and the seed-paired difference against the number of main
+epochs, on the whole test set where ``eval_full_test.py`` measured it. All
+write PNGs into
 ``benchmarks/figures/`` and print their path.
 """
 from __future__ import annotations
@@ -32,6 +37,7 @@ from dag_pyg.train.loop import Trainer, load_run  # noqa: E402
 from dag_pyg.train.plots import plot_path_lengths  # noqa: E402
 
 FIGURES = ROOT / "benchmarks" / "figures"
+RESULTS = ROOT / "benchmarks" / "results"
 
 
 def _trainer(run_dir: Path) -> tuple[Trainer, dict]:
@@ -135,6 +141,65 @@ def drift(run_dirs: list[Path], name: str, out_dir: Path = FIGURES) -> Path:
     return out
 
 
+def schedule_points(grids: list[str], results: Path = RESULTS
+                    ) -> tuple[dict[str, dict[int, dict[int, float]]], int | None]:
+    """``{row: {epochs: {seed: test error}}}`` for the ``baseline`` and
+    ``dag`` rows of ``grids``, on the whole test set (``full_test``, its size
+    returned beside) when every record has it, else on the run's own test
+    set (size ``None``)."""
+    import json
+
+    recs = [json.loads(p.read_text()) for g in grids
+            for row in ("baseline", "dag")
+            for p in sorted((results / g).glob(f"{row}__seed*.json"))]
+    if not recs:
+        raise SystemExit(f"no baseline/dag results in {', '.join(grids)}")
+    full = all("full_test" in r for r in recs)
+    out: dict[str, dict[int, dict[int, float]]] = {}
+    for r in recs:
+        epochs = r["summary"]["config"]["optim"]["epochs"]
+        err = r["full_test"]["test_error"] if full else r["summary"]["test_error_last"]
+        out.setdefault(r["row"], {}).setdefault(epochs, {})[r["seed"]] = err
+    return out, (recs[0]["full_test"]["num_test"] if full else None)
+
+
+def schedule(grids: list[str], name: str, out_dir: Path = FIGURES,
+             results: Path = RESULTS) -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts, n_test = schedule_points(grids, results)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for row, by_epochs in pts.items():
+        xs = sorted(by_epochs)
+        mean = [np.mean(list(by_epochs[x].values())) for x in xs]
+        std = [np.std(list(by_epochs[x].values()), ddof=1)
+               if len(by_epochs[x]) > 1 else 0.0 for x in xs]
+        axes[0].errorbar(xs, mean, yerr=std, marker="o", capsize=3, label=row)
+    base, dag = pts.get("baseline", {}), pts.get("dag", {})
+    xs = sorted(set(base) & set(dag))
+    diffs = [[dag[x][s] - base[x][s] for s in dag[x] if s in base[x]] for x in xs]
+    for x, d in zip(xs, diffs, strict=True):
+        axes[1].scatter([x] * len(d), d, color="grey", s=12)
+    axes[1].errorbar(xs, [np.mean(d) for d in diffs],
+                     yerr=[np.std(d, ddof=1) if len(d) > 1 else 0.0 for d in diffs],
+                     marker="o", capsize=3, color="C1", label="mean ± std over seeds")
+    axes[1].axhline(0.0, color="black", lw=0.8)
+    where = f"all {n_test:,} test images" if n_test else "the runs' test set"
+    axes[0].set(xlabel="main epochs", ylabel=f"test error % ({where})")
+    axes[1].set(xlabel="main epochs", ylabel="DAG − baseline, paired by seed (points)")
+    axes[0].legend()
+    axes[1].legend(fontsize=8)
+    fig.suptitle(f"Schedule length: {', '.join(grids)}")
+    fig.tight_layout()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = out_dir / f"schedule_{name}.png"
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 class _Quiet:
     """A logger stand-in without progress bars."""
 
@@ -146,12 +211,15 @@ class _Quiet:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("figure", choices=["tsne", "path-lengths", "drift"])
-    p.add_argument("run_dirs", type=Path, nargs="+")
+    p.add_argument("figure", choices=["tsne", "path-lengths", "drift", "schedule"])
+    p.add_argument("run_dirs", type=Path, nargs="+",
+                   help="run folders (schedule: grid names)")
     p.add_argument("--max-points", type=int, default=1500)
-    p.add_argument("--name", default="runs", help="drift: the PNG's name")
+    p.add_argument("--name", default="runs", help="drift, schedule: the PNG's name")
     args = p.parse_args()
-    if args.figure == "drift":
+    if args.figure == "schedule":
+        out = schedule([str(g) for g in args.run_dirs], args.name)
+    elif args.figure == "drift":
         out = drift(args.run_dirs, args.name)
     elif len(args.run_dirs) > 1:
         raise SystemExit(f"'{args.figure}' takes one run folder.")

@@ -97,3 +97,39 @@ def test_drift_figure_from_metrics(tmp_path):
     (runs[0] / "metrics.jsonl").write_text(json.dumps({"epoch": 0}))
     with pytest.raises(SystemExit, match="knn_kept"):
         figures.drift(runs, "t", tmp_path / "fig")
+
+
+def test_schedule_figure_from_results(tmp_path):
+    import json
+
+    spec = importlib.util.spec_from_file_location(
+        "figures", Path(__file__).resolve().parent.parent / "benchmarks" / "figures.py")
+    figures = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(figures)
+    res = tmp_path / "res"
+
+    def write(grid, row, seed, epochs, own, full=None):
+        rec = {"row": row, "seed": seed, "summary": {
+            "test_error_last": own, "config": {"optim": {"epochs": epochs}}}}
+        if full is not None:
+            rec["full_test"] = {"num_test": 10000, "test_error": full}
+        (res / grid).mkdir(parents=True, exist_ok=True)
+        (res / grid / f"{row}__seed{seed}.json").write_text(json.dumps(rec))
+
+    write("short", "baseline", 0, 8, 50.0, 49.0)
+    write("short", "dag", 0, 8, 52.0, 51.0)
+    write("short", "dna", 0, 8, 40.0, 40.0)  # other rows are not read
+    write("long", "baseline", 0, 24, 47.0, 46.5)
+    write("long", "dag", 0, 24, 46.0, 45.0)
+    write("long", "dag", 1, 24, 48.0, 47.0)
+    pts, n = figures.schedule_points(["short", "long"], res)
+    assert n == 10000
+    assert pts == {"baseline": {8: {0: 49.0}, 24: {0: 46.5}},
+                   "dag": {8: {0: 51.0}, 24: {0: 45.0, 1: 47.0}}}
+    write("long", "dag", 1, 24, 48.0)  # not re-evaluated: every row falls back
+    pts, n = figures.schedule_points(["short", "long"], res)
+    assert n is None and pts["dag"][24] == {0: 46.0, 1: 48.0}
+    out = figures.schedule(["short", "long"], "t", tmp_path / "fig", res)
+    assert out.name == "schedule_t.png" and _png_size(out)[0] > 500
+    with pytest.raises(SystemExit, match="no baseline/dag results"):
+        figures.schedule_points(["missing"], res)
