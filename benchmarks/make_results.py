@@ -236,7 +236,14 @@ def main(argv: list[str] | None = None) -> None:
            "use 1 thread each and ran two at a time beside other jobs, some "
            "paused while benchmarks ran: their seconds per epoch and wall times "
            "are not comparable across rows. Per-epoch cost of the rows measured "
-           "back to back on a quiet machine is in `bench_epoch` below.", ""]
+           "back to back on a quiet machine is in `bench_epoch` below.", "",
+           "CIFAR-10 CPU runs train and report on a 1,000-image test subset "
+           "(about ±1.6 points of sampling noise per run at 50 % error). The "
+           "columns 'on all 10,000' classify every CIFAR-10 test image with the "
+           "same final checkpoints (`python benchmarks/eval_full_test.py GRID`, "
+           "i.e. `dag-pyg eval RUN --num-test all`; the number of seeds "
+           "re-evaluated in brackets): the paired differences there are the "
+           "ones to read.", ""]
     for grid_dir in sorted(d for d in args.results.iterdir() if d.is_dir()):
         out += grid_table(grid_dir)
         out += pseudo_label_table(grid_dir)
