@@ -109,6 +109,17 @@ def lengths(run_dir: Path) -> Path:
     return out
 
 
+def _save(fig, out: Path) -> Path:
+    """Writes a finished figure as PNG and closes it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def drift(run_dirs: list[Path], name: str, out_dir: Path = FIGURES) -> Path:
     import json
 
@@ -133,12 +144,7 @@ def drift(run_dirs: list[Path], name: str, out_dir: Path = FIGURES) -> Path:
     axes[1].set(xlabel="epoch", ylabel="cos(old, new feature), mean")
     axes[0].legend(fontsize=7)
     fig.suptitle("Feature Bank drift between refreshes")
-    fig.tight_layout()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    out = out_dir / f"drift_{name}.png"
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, out_dir / f"drift_{name}.png")
 
 
 def schedule_points(grids: list[str], results: Path = RESULTS
@@ -192,12 +198,7 @@ def schedule(grids: list[str], name: str, out_dir: Path = FIGURES,
     axes[0].legend()
     axes[1].legend(fontsize=8)
     fig.suptitle(f"Schedule length: {', '.join(grids)}")
-    fig.tight_layout()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    out = out_dir / f"schedule_{name}.png"
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, out_dir / f"schedule_{name}.png")
 
 
 class _Quiet:
