@@ -248,7 +248,8 @@ def main(argv: list[str] | None = None) -> None:
         out += grid_table(grid_dir)
         out += pseudo_label_table(grid_dir)
     out += ["## Benchmarks", ""]
-    for name in ("bench_epoch", "dplp_diagnostics", "bench_knn", "bench_knn_ivf",
+    for name in ("bench_epoch", "dplp_diagnostics", "neighbour_purity", "bench_knn",
+                 "bench_knn_ivf",
                  "bench_conv", "bench_dplp", "bench_sampling", "bench_distributed"):
         out += bench_section(name, args.results)
     for png in sorted(ROOT.glob("figures/*.png")):

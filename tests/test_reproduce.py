@@ -130,3 +130,27 @@ def test_grid_table_full_test_columns(tmp_path):
     assert by["dag"][5] == "48.50 ± 2.12 (2)"
     assert by["dag"][6] == "-1.75 ± 0.35"      # paired: 47-49, 50-51.5
     assert by["dag"][4] == "1.50 ± 2.12"  # subset: 53-50, 52-52; seed 2 unpaired
+
+
+def test_neighbour_purity_hand_computed(monkeypatch):
+    import math
+
+    import torch
+    from torch_geometric.data import Data
+
+    monkeypatch.syspath_prepend(str(BENCH))  # the script imports _common
+    purity = load("neighbour_purity").neighbour_purity
+    # Edges v -> u, two per centre: 0 <- {1, 2}, 1 <- {0, 2}, 2 <- {0, 1}.
+    g = Data(edge_index=torch.tensor([[1, 2, 0, 2, 0, 1], [0, 0, 1, 1, 2, 2]]),
+             sim=torch.tensor([0.9, 0.5, 0.9, 0.2, 0.5, 0.2]),
+             density=torch.tensor([0.7, 0.55, 0.35]), num_nodes=3)
+    out = purity(g, torch.tensor([0, 0, 1]), num_classes=2)
+    sig = lambda t: 1 / (1 + math.exp(-t))  # noqa: E731
+    # alpha of the same-class neighbour: softmax of (sim + density of v).
+    expected = [sig((0.9 + 0.55) - (0.5 + 0.35)), sig((0.9 + 0.7) - (0.2 + 0.35)), 0.0]
+    torch.testing.assert_close(out["alpha_purity"], torch.tensor(expected,
+                                                                 dtype=torch.float64))
+    torch.testing.assert_close(out["purity"], torch.tensor([0.5, 0.5, 0.0],
+                                                           dtype=torch.float64))
+    # Ties in the vote go to the smaller class (0 for nodes 0, 1).
+    assert out["vote"].tolist() == [1.0, 1.0, 0.0]
