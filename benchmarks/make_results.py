@@ -249,8 +249,8 @@ def main(argv: list[str] | None = None) -> None:
         out += pseudo_label_table(grid_dir)
     out += ["## Benchmarks", ""]
     for name in ("bench_epoch", "dplp_diagnostics", "neighbour_purity", "bench_knn",
-                 "bench_knn_ivf",
-                 "bench_conv", "bench_dplp", "bench_sampling", "bench_distributed"):
+                 "bench_knn_ivf", "bench_conv", "bench_dplp", "bench_sampling",
+                 "bench_distributed"):
         out += bench_section(name, args.results)
     for png in sorted(ROOT.glob("figures/*.png")):
         out.append(f"![{png.stem}](figures/{png.name})")
