@@ -12,7 +12,9 @@ often than the model is right. For every unlabelled node of the bank this
 reports, against the Label Bank's (the model's) accuracy on the same nodes:
 
 - ``purity``: the fraction of the ``k`` neighbours of the node's class;
-- ``alpha_purity``: the attention mass :math:`\\sum_v a_{uv} [y_v = y_u]`;
+- ``alpha_purity``: the attention mass :math:`\\sum_v a_{uv} [y_v = y_u]`
+  (for runs with ``dna.aggregator=gat``: its first layer's learned
+  attention), and ``alpha_max``, the largest weight (``1/k`` if uniform);
 - ``vote_acc``: how often the neighbours' majority class is the node's.
 
 Uses the training labels of the unlabelled nodes (ground truth the run never
@@ -38,20 +40,26 @@ from dag_pyg.sampler.knn_sampler import knn_subgraph  # noqa: E402
 from dag_pyg.train.loop import load_run  # noqa: E402
 
 
-def neighbour_purity(graph, y: Tensor, num_classes: int) -> dict[str, Tensor]:
+def neighbour_purity(graph, y: Tensor, num_classes: int,
+                     alpha: Tensor | None = None) -> dict[str, Tensor]:
     """Per centre node of ``graph`` (edges ``v -> u`` with ``sim`` and
-    ``density``): ``purity``, ``alpha_purity`` and ``vote`` (1 where the
-    neighbours' majority class, ties to the smaller class, is ``y_u``)."""
+    ``density``): ``purity``, ``alpha_purity``, ``alpha_max`` (the largest
+    attention weight: ``1/k`` when uniform) and ``vote`` (1 where the
+    neighbours' majority class, ties to the smaller class, is ``y_u``).
+    ``alpha`` (per edge) replaces DNA's attention, e.g. a trained GAT's."""
     src, dst = graph.edge_index
     n = graph.num_nodes
     same = (y[src] == y[dst]).double()
-    alpha = softmax(graph.sim.double() + graph.density.double()[src], dst,
-                    num_nodes=n)
+    if alpha is None:
+        alpha = softmax(graph.sim.double() + graph.density.double()[src], dst,
+                        num_nodes=n)
+    alpha = alpha.double().view(-1)
     counts = scatter(torch.nn.functional.one_hot(y[src], num_classes).double(),
                      dst, dim=0, dim_size=n, reduce="sum")
     return {"purity": scatter(same, dst, dim=0, dim_size=n, reduce="mean"),
             "alpha_purity": scatter(alpha * same, dst, dim=0, dim_size=n,
                                     reduce="sum"),
+            "alpha_max": scatter(alpha, dst, dim=0, dim_size=n, reduce="max"),
             "vote": (counts.argmax(1) == y).double()}
 
 
@@ -69,9 +77,18 @@ def diagnose(run_dir: Path, ks: list[int] | None = None) -> list[dict]:
                                 density=cfg.graph.density)
     rows = []
     for k in ks:
-        stats = neighbour_purity(knn_subgraph(graph, k), truth, trainer.num_classes)
+        sub = knn_subgraph(graph, k)
+        alpha = None
+        if cfg.dna.aggregator == "gat":  # its first layer's learned attention
+            trainer.head.eval()
+            with torch.no_grad():
+                _, (ei, alpha) = trainer.head.convs[0].gat(
+                    feats, sub.edge_index, return_attention_weights=True)
+            if not torch.equal(ei, sub.edge_index):
+                raise RuntimeError("GATConv returned another edge order")
+        stats = neighbour_purity(sub, truth, trainer.num_classes, alpha)
         rows.append({"run": "/".join(run_dir.parts[-3:]), "epoch": state["epoch"],
-                     "k": k,
+                     "attention": cfg.dna.aggregator, "k": k,
                      "model_acc": float((prior[unl] == truth[unl]).double().mean()),
                      **{key: float(v[unl].mean()) for key, v in stats.items()}})
         rows[-1]["vote_acc"] = rows[-1].pop("vote")
@@ -89,8 +106,9 @@ def main() -> None:
     p.add_argument("--name", default="neighbour_purity")
     args = p.parse_args()
     rows = [r for run in args.runs for r in diagnose(run, args.k)]
-    print_table(rows, ["run", "epoch", "k", "model_acc", "purity", "alpha_purity",
-                       "vote_acc", "alpha_purity_minus_model"])
+    print_table(rows, ["run", "epoch", "attention", "k", "model_acc", "purity",
+                       "alpha_purity", "alpha_max", "vote_acc",
+                       "alpha_purity_minus_model"])
     write_json(args.name, {"args": {**vars(args), "runs": [str(r) for r in args.runs]},
                            "rows": rows})
 

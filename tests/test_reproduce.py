@@ -152,5 +152,12 @@ def test_neighbour_purity_hand_computed(monkeypatch):
                                                                  dtype=torch.float64))
     torch.testing.assert_close(out["purity"], torch.tensor([0.5, 0.5, 0.0],
                                                            dtype=torch.float64))
+    torch.testing.assert_close(out["alpha_max"], torch.tensor(
+        [*expected[:2], sig((0.5 + 0.7) - (0.2 + 0.55))], dtype=torch.float64))
     # Ties in the vote go to the smaller class (0 for nodes 0, 1).
     assert out["vote"].tolist() == [1.0, 1.0, 0.0]
+    # Another attention (e.g. a trained GAT's) replaces DNA's.
+    out = purity(g, torch.tensor([0, 0, 1]), 2,
+                 alpha=torch.tensor([0.1, 0.9, 1.0, 0.0, 0.5, 0.5]))
+    torch.testing.assert_close(out["alpha_purity"], torch.tensor(
+        [0.1, 1.0, 0.0], dtype=torch.float64))
