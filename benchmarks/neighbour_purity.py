@@ -13,8 +13,9 @@ reports, against the Label Bank's (the model's) accuracy on the same nodes:
 
 - ``purity``: the fraction of the ``k`` neighbours of the node's class;
 - ``alpha_purity``: the attention mass :math:`\\sum_v a_{uv} [y_v = y_u]`
-  (for runs with ``dna.aggregator=gat``: its first layer's learned
-  attention), and ``alpha_max``, the largest weight (``1/k`` if uniform);
+  of the run's first aggregation layer (DNA's; without density for
+  ``dna_no_density``; learned for ``gat``), and ``alpha_max``, the largest
+  weight (``1/k`` if uniform);
 - ``vote_acc``: how often the neighbours' majority class is the node's.
 
 Uses the training labels of the unlabelled nodes (ground truth the run never
@@ -36,6 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from dag_pyg import build_density_graph  # noqa: E402
+from dag_pyg.nn.dna_head import DNAHead, GATRootConv  # noqa: E402
 from dag_pyg.sampler.knn_sampler import knn_subgraph  # noqa: E402
 from dag_pyg.train.loop import load_run  # noqa: E402
 
@@ -63,6 +65,26 @@ def neighbour_purity(graph, y: Tensor, num_classes: int,
             "vote": (counts.argmax(1) == y).double()}
 
 
+def first_layer_attention(head: DNAHead, feats: Tensor, graph) -> Tensor | None:
+    """The attention of the head's first aggregation layer over ``graph``'s
+    edges (DNA's Eqs. 4-7, the same without density, or a trained GAT's);
+    ``None`` for a head without aggregation layers."""
+    if not len(head.convs):
+        return None
+    conv = head.eval().convs[0]
+    with torch.no_grad():
+        if isinstance(conv, GATRootConv):
+            _, (ei, alpha) = conv.gat(feats, graph.edge_index,
+                                      return_attention_weights=True)
+        else:
+            _, (ei, alpha) = conv(feats, graph.edge_index,
+                                  density=graph.density if conv.use_density else None,
+                                  return_attention_weights=True)
+    if not torch.equal(ei, graph.edge_index):
+        raise RuntimeError(f"{type(conv).__name__} returned another edge order")
+    return alpha
+
+
 def diagnose(run_dir: Path, ks: list[int] | None = None) -> list[dict]:
     trainer, state = load_run(run_dir, progress=False)
     feats, prior = state["banks"]["features"], state["banks"]["prior"]
@@ -78,15 +100,8 @@ def diagnose(run_dir: Path, ks: list[int] | None = None) -> list[dict]:
     rows = []
     for k in ks:
         sub = knn_subgraph(graph, k)
-        alpha = None
-        if cfg.dna.aggregator == "gat":  # its first layer's learned attention
-            trainer.head.eval()
-            with torch.no_grad():
-                _, (ei, alpha) = trainer.head.convs[0].gat(
-                    feats, sub.edge_index, return_attention_weights=True)
-            if not torch.equal(ei, sub.edge_index):
-                raise RuntimeError("GATConv returned another edge order")
-        stats = neighbour_purity(sub, truth, trainer.num_classes, alpha)
+        stats = neighbour_purity(sub, truth, trainer.num_classes,
+                                 first_layer_attention(trainer.head, feats, sub))
         rows.append({"run": "/".join(run_dir.parts[-3:]), "epoch": state["epoch"],
                      "attention": cfg.dna.aggregator, "k": k,
                      "model_acc": float((prior[unl] == truth[unl]).double().mean()),

@@ -161,3 +161,28 @@ def test_neighbour_purity_hand_computed(monkeypatch):
                  alpha=torch.tensor([0.1, 0.9, 1.0, 0.0, 0.5, 0.5]))
     torch.testing.assert_close(out["alpha_purity"], torch.tensor(
         [0.1, 1.0, 0.0], dtype=torch.float64))
+
+
+def test_neighbour_purity_reads_the_heads_attention(monkeypatch):
+    import torch
+    from torch_geometric.utils import softmax
+
+    from dag_pyg import build_density_graph
+    from dag_pyg.nn.dna_head import DNAHead
+
+    monkeypatch.syspath_prepend(str(BENCH))
+    attention = load("neighbour_purity").first_layer_attention
+    torch.manual_seed(0)
+    x = torch.randn(30, 6)
+    g = build_density_graph(x, 4, backend="exact")
+    src, dst = g.edge_index
+    # DNA's layer gives Eqs. 4-7 (softmax of cos + density of the source);
+    # without density, softmax of cos; no aggregation layers, nothing.
+    torch.testing.assert_close(attention(DNAHead(6, 3), x, g),
+                               softmax(g.sim + g.density[src], dst, num_nodes=30))
+    torch.testing.assert_close(attention(DNAHead(6, 3, aggregator="dna_no_density"),
+                                         x, g), softmax(g.sim, dst, num_nodes=30))
+    assert attention(DNAHead(6, 3, aggregator="none"), x, g) is None
+    alpha = attention(DNAHead(6, 3, aggregator="gat"), x, g).view(-1)
+    torch.testing.assert_close(torch.zeros(30).scatter_add(0, dst, alpha),
+                               torch.ones(30))  # a softmax per centre node
