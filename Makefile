@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.dag_pyg-installed
 LOG    := $(VENV)/install.log
 
-.PHONY: setup test run lint bench clean-venv
+.PHONY: setup test quick run lint bench clean-venv
 
 setup: $(STAMP)
 
@@ -21,6 +21,10 @@ $(STAMP): pyproject.toml Makefile .ci/setup_env.sh
 
 test: $(STAMP)
 	@$(PY) -m pytest -q tests
+
+# The fast tier for the edit-test loop: everything but whole training runs.
+quick: $(STAMP)
+	@$(PY) -m pytest -q -m "not slow" tests
 
 lint: $(STAMP)
 	@$(VENV)/bin/ruff check dag_pyg tests benchmarks
@@ -40,7 +44,7 @@ run: $(STAMP)
 	fi
 
 bench: $(STAMP)
-	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	@for b in benchmarks/speed/bench_*.py; do m=benchmarks.speed.$$(basename $$b .py); echo "== $$m"; $(PY) -m $$m || exit 1; done
 
 clean-venv:
 	rm -rf $(VENV)

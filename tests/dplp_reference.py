@@ -1,6 +1,6 @@
 """Plain sequential DPLP (Alg. 1), written loop by loop from the semantics of
 issue 3. It is the reference that ``dag_pyg.propagation.dplp`` is tested
-against and timed against in ``benchmarks/bench_dplp.py``."""
+against and timed against in ``benchmarks/speed/bench_dplp.py``."""
 from __future__ import annotations
 
 import math

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from dag_pyg.config import ConfigError, load_config, valid_keys
+from dag_pyg.config import Config, ConfigError, choices, load_config, valid_keys
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -101,7 +101,36 @@ def test_file_errors(tmp_path):
 
 def test_ablation_switches_are_keys():
     keys = set(valid_keys())
-    for key in ["dna.enabled", "dna.aggregator", "dna.hops", "dna.k",
+    for key in ["dna.aggregator", "dna.hops", "dna.k",
                 "pseudo_label.source", "dplp.mode", "dplp.sigma", "graph.k",
                 "graph.backend"]:
         assert key in keys
+
+
+def test_allowed_values_come_from_their_modules():
+    from dag_pyg.data import DATASETS
+    from dag_pyg.nn import AGGREGATORS
+    from dag_pyg.propagation import MODES, SOURCES
+    from dag_pyg.train.optim import SCHEDULES
+
+    allowed = choices()
+    assert allowed["dna.aggregator"] is AGGREGATORS
+    assert allowed["pseudo_label.source"] is SOURCES
+    assert allowed["dplp.mode"] is MODES
+    assert allowed["optim.schedule"] is SCHEDULES
+    assert allowed["data.name"] == tuple(DATASETS)
+
+
+def test_one_set_of_defaults():
+    # The experiment files say only what differs from the dataclasses.
+    assert Config().optim.pretrain_epochs == 20 and Config().eval.batch_size == 500
+    assert not (CONFIGS / "base.yaml").exists()
+
+
+def test_dna_enabled_of_earlier_releases_is_translated(tmp_path):
+    with pytest.warns(FutureWarning, match="dna.aggregator: none"):
+        cfg = load_config(CONFIGS / "digits.yaml", ["dna.enabled=false"])
+    assert cfg.dna.aggregator == "none" and "enabled" not in cfg.to_dict()["dna"]
+    old = write(tmp_path, "old.yaml", "dna:\n  enabled: true\n  aggregator: gat\n")
+    with pytest.warns(FutureWarning):
+        assert load_config(old).dna.aggregator == "gat"

@@ -95,6 +95,7 @@ def _units(rank: int, store: str) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.slow  # spawns processes
 def test_collectives_batchnorm_and_loss_match_one_process(tmp_path):
     mp.spawn(_units, args=(str(tmp_path / "store"),), nprocs=WORLD, join=True)
 
@@ -158,6 +159,7 @@ def _assert_same_run(a: Path, b: Path) -> None:
                                    rtol=1e-3, atol=1e-3)
 
 
+@pytest.mark.slow  # spawns processes
 def test_two_processes_equal_one(tmp_path):
     # Certainty-weighted pseudo labels: the weights travel with the labels.
     cert = ["--set", "pseudo_label.weighting=certainty"]
@@ -171,6 +173,7 @@ def test_two_processes_equal_one(tmp_path):
         p.name for p in (tmp_path / "one").iterdir())
 
 
+@pytest.mark.slow  # spawns processes
 def test_resume_across_world_sizes(tmp_path):
     _train(tmp_path / "ref", 1, *THREE)
     # Two processes stop after epoch 1; one process finishes the run...
@@ -202,6 +205,7 @@ def _rank(out: Path, rank: int, port: int, *extra: str) -> subprocess.Popen:
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow  # spawns processes
 def test_a_dying_rank_ends_the_others_with_a_clear_error(tmp_path):
     port = _free_port()
     procs = [_rank(tmp_path / "run", r, port) for r in range(WORLD)]
@@ -220,6 +224,7 @@ def test_a_dying_rank_ends_the_others_with_a_clear_error(tmp_path):
     assert "Traceback" not in err
 
 
+@pytest.mark.slow  # spawns processes
 def test_missing_ranks_time_out_with_a_clear_error(tmp_path):
     proc = _rank(tmp_path / "run", 0, _free_port(), "--set", "distributed.timeout_s=3")
     _, err = proc.communicate(timeout=120)

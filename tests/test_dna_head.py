@@ -6,8 +6,14 @@ import pytest
 import torch
 
 from dag_pyg.graph import build_density_graph
-from dag_pyg.nn import DNAHead, assemble_input, predict_queries, query_subgraph
-from dag_pyg.sampler import has_neighbor_backend, knn_subgraph, make_loader
+from dag_pyg.nn import DNAHead, assemble_input
+from dag_pyg.sampler import (
+    has_neighbor_backend,
+    knn_subgraph,
+    make_loader,
+    predict_queries,
+    query_subgraph,
+)
 
 N, D, K, C = 48, 8, 6, 3
 SAMPLERS = ["knn", "knn_tree",

@@ -1,9 +1,7 @@
 import importlib
-import importlib.util
 import math
 import struct
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -79,10 +77,7 @@ def test_import_is_lazy(monkeypatch):
 def test_drift_figure_from_metrics(tmp_path):
     import json
 
-    spec = importlib.util.spec_from_file_location(
-        "figures", Path(__file__).resolve().parent.parent / "benchmarks" / "figures.py")
-    figures = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(figures)
+    figures = importlib.import_module("benchmarks.analysis.figures")
     runs = []
     for i in range(2):
         run = tmp_path / "g" / f"row{i}" / "seed0"
@@ -102,10 +97,7 @@ def test_drift_figure_from_metrics(tmp_path):
 def test_schedule_figure_from_results(tmp_path):
     import json
 
-    spec = importlib.util.spec_from_file_location(
-        "figures", Path(__file__).resolve().parent.parent / "benchmarks" / "figures.py")
-    figures = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(figures)
+    figures = importlib.import_module("benchmarks.analysis.figures")
     res = tmp_path / "res"
 
     def write(grid, row, seed, epochs, own, full=None):

@@ -1,34 +1,42 @@
-"""The experiment-grid runner and the RESULTS.md generator, on a tiny grid."""
-import importlib.util
-import json
-import sys
-from pathlib import Path
+"""The experiment-grid runner and the RESULTS.md generator, on a tiny grid.
 
+The scripts are modules of the ``benchmarks`` package: run the tests from the
+repository root (``python -m pytest``), as ``make test`` does."""
+import importlib
+import json
+
+import pytest
 import yaml
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+TINY = {"name": "tiny", "config": "configs/digits.yaml", "seeds": [0],
+        "set": ["optim.epochs=1", "optim.pretrain_epochs=1", "log.progress=false",
+                "log.tensorboard=false", "log.plots=false"],
+        "rows": {"baseline": ["dna.aggregator=none", "pseudo_label.source=none"],
+                 "dag": []}}
 
 
 def load(name):
-    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    """A benchmark script: ``reproduce`` and ``make_results`` from
+    ``benchmarks.experiments``, the others from ``benchmarks.analysis``."""
+    kind = "experiments" if name in ("reproduce", "make_results") else "analysis"
+    return importlib.import_module(f"benchmarks.{kind}.{name}")
 
 
+@pytest.mark.slow  # whole (tiny) training runs
 def test_grid_runs_skips_and_tabulates(tmp_path, capsys):
     reproduce, make_results = load("reproduce"), load("make_results")
     grid = tmp_path / "g.yaml"
-    grid.write_text(yaml.safe_dump({
-        "name": "tiny", "config": "configs/digits.yaml", "seeds": [0],
-        "set": ["optim.epochs=1", "optim.pretrain_epochs=1", "log.progress=false",
-                "log.tensorboard=false", "log.plots=false"],
-        "rows": {"baseline": ["dna.enabled=false", "pseudo_label.source=none"],
-                 "dag": []}}))
+    grid.write_text(yaml.safe_dump(TINY))
     args = [str(grid), "--results", str(tmp_path / "res"), "--runs",
             str(tmp_path / "runs")]
+    # A run that died before its first checkpoint: cleared, run again.
+    stale = tmp_path / "runs" / "tiny" / "baseline" / "seed0"
+    stale.mkdir(parents=True)
+    (stale / "metrics.jsonl").write_text('{"epoch": 0, "phase": "stale"}\n')
     reproduce.main(args)
+    assert all(m["phase"] != "stale" for m in
+               json.loads((tmp_path / "res" / "tiny" / "baseline__seed0.json")
+                          .read_text())["metrics"])
     files = sorted((tmp_path / "res" / "tiny").glob("*.json"))
     assert [f.name for f in files] == ["baseline__seed0.json", "dag__seed0.json"]
     result = json.loads(files[1].read_text())
@@ -56,7 +64,66 @@ def test_grid_runs_skips_and_tabulates(tmp_path, capsys):
     err = result["summary"]["test_error_last"]
     assert "| dag | 1 |" in text and f"{err:.2f}" in text
     n = rec["full_test"]["num_test"]
-    assert f"test error % on all {n:,} (seeds)" in text
+    detail = (tmp_path / "details" / "tiny.md").read_text()
+    assert f"test error % on all {n:,} (seeds)" in detail
+    # The headline stays one page and points to the grid's detail page, which
+    # holds the per-epoch tables and the command of each row.
+    assert len(text.splitlines()) <= make_results.MAX_LINES == 150
+    assert "](details/tiny.md)" in text
+    assert f"on all {n:,} test images" in text  # full_test is the headline's
+    assert "DPLP pseudo labels per epoch" in detail
+    assert "DPLP pseudo labels per epoch" not in text
+    assert f"- `dag`: `{result['command']}`" in detail
+    assert "`tiny/dag__seed0.json`" in detail
+    assert "(../RESULTS.md)" in detail
+
+
+def _comparable(records):
+    return [{k: v for k, v in m.items() if not k.startswith(("time_", "mem_"))}
+            for m in records]
+
+
+@pytest.mark.slow  # whole (tiny) training runs
+def test_interrupted_run_resumes(tmp_path, monkeypatch, capsys):
+    import dag_pyg.train.loop as loop
+
+    reproduce = load("reproduce")
+    grid = tmp_path / "g.yaml"
+    grid.write_text(yaml.safe_dump({**TINY, "set": [*TINY["set"], "optim.epochs=2"]}))
+
+    def run(name):
+        reproduce.main([str(grid), "--rows", "dag", "--results",
+                        str(tmp_path / name / "res"), "--runs",
+                        str(tmp_path / name / "runs")])
+        return json.loads((tmp_path / name / "res" / "tiny" / "dag__seed0.json")
+                          .read_text())
+
+    whole = run("whole")
+    saves = []
+    save = loop.save_checkpoint
+
+    def save_then_stop(*a, **kw):  # Ctrl-C right after epoch 0's checkpoint
+        save(*a, **kw)
+        saves.append(1)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        run("cut")
+    monkeypatch.undo()
+    run_dir = tmp_path / "cut" / "runs" / "tiny" / "dag" / "seed0"
+    assert saves == [1] and (run_dir / "checkpoint.pt").is_file()
+    assert not (tmp_path / "cut" / "res" / "tiny" / "dag__seed0.json").exists()
+    capsys.readouterr()
+    resumed = run("cut")
+    assert "[resume]" in capsys.readouterr().out
+    assert resumed["resumed"] is True and "resumed" not in whole
+    assert resumed["command"].replace("/cut/", "/whole/") == whole["command"]
+    assert len(whole["metrics"]) == 3  # epoch 0 (pre-training), 1-2 (main)
+    assert _comparable(resumed["metrics"]) == _comparable(whole["metrics"])
+    for key in ("last_epoch", "test_error_last", "pl_acc_last", "pl_coverage_last",
+                "model_acc_on_covered_last", "best_by_val"):
+        assert resumed["summary"][key] == whole["summary"][key]
 
 
 def _record(row, seed, test, val=None, kept=None, full=None):
@@ -132,13 +199,39 @@ def test_grid_table_full_test_columns(tmp_path):
     assert by["dag"][4] == "1.50 ± 2.12"  # subset: 53-50, 52-52; seed 2 unpaired
 
 
-def test_neighbour_purity_hand_computed(monkeypatch):
+def test_headline_table(tmp_path):
+    make_results = load("make_results")
+    res = tmp_path / "res" / "g"
+    res.mkdir(parents=True)
+    recs = [_record("baseline", 0, 50.0, full=49.0), _record("baseline", 1, 52.0),
+            _record("dag", 0, 47.0, full=46.0), _record("dag", 1, 51.0, full=50.0)]
+    for r in recs:  # the paper's setting: configs/cifar10_4000.yaml
+        r["command"] = f"dag-pyg train configs/cifar10_4000.yaml --set seed={r['seed']}"
+        (res / f"{r['row']}__seed{r['seed']}.json").write_text(json.dumps(r))
+    lines = make_results.headline_table(res, tmp_path, "details/g.md")
+    assert lines[0] == "### g" and "(details/g.md)" in lines[1]
+    # One record lacks full_test: the whole grid reads its own test set.
+    assert "own test set" in lines[1] and "3 of 4 records have `full_test`" in lines[1]
+    table = [line[2:-2].split(" | ") for line in lines if line.startswith("| ")]
+    assert table == [["row", "seeds", "test error %", "Δ vs baseline (paired)",
+                      "paper (400 epochs)"],
+                     ["baseline", "2", "51.00 ± 1.41", "–", ""],
+                     ["dag", "2", "49.00 ± 2.83", "-2.00 ± 1.41", "6.13"]]
+    (res / "baseline__seed1.json").unlink()  # now all have it: whole test set
+    (res / "baseline__seed0.json").unlink()
+    lines = make_results.headline_table(res, tmp_path)
+    assert "on all 10,000 test images" in lines[1] and "no baseline row" in lines[1]
+    table = [line[2:-2].split(" | ") for line in lines if line.startswith("| ")]
+    assert table == [["row", "seeds", "test error %", "paper (400 epochs)"],
+                     ["dag", "2", "48.00 ± 2.83", "6.13"]]
+
+
+def test_neighbour_purity_hand_computed():
     import math
 
     import torch
     from torch_geometric.data import Data
 
-    monkeypatch.syspath_prepend(str(BENCH))  # the script imports _common
     purity = load("neighbour_purity").neighbour_purity
     # Edges v -> u, two per centre: 0 <- {1, 2}, 1 <- {0, 2}, 2 <- {0, 1}.
     g = Data(edge_index=torch.tensor([[1, 2, 0, 2, 0, 1], [0, 0, 1, 1, 2, 2]]),
@@ -163,14 +256,13 @@ def test_neighbour_purity_hand_computed(monkeypatch):
         [0.1, 1.0, 0.0], dtype=torch.float64))
 
 
-def test_neighbour_purity_reads_the_heads_attention(monkeypatch):
+def test_neighbour_purity_reads_the_heads_attention():
     import torch
     from torch_geometric.utils import softmax
 
     from dag_pyg import build_density_graph
-    from dag_pyg.nn.dna_head import DNAHead
+    from dag_pyg.nn import DNAHead
 
-    monkeypatch.syspath_prepend(str(BENCH))
     attention = load("neighbour_purity").first_layer_attention
     torch.manual_seed(0)
     x = torch.randn(30, 6)

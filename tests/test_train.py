@@ -1,4 +1,5 @@
-"""End to end on scikit-learn's digits with tiny epochs."""
+"""End to end on scikit-learn's digits with tiny epochs (whole runs: the
+slow tier; the steps themselves are tested in test_refresh.py)."""
 import json
 
 import pytest
@@ -6,9 +7,11 @@ import torch
 
 from dag_pyg.cli import main
 from dag_pyg.config import load_config
-from dag_pyg.train import Trainer, evaluate_run, train
+from dag_pyg.train import evaluate_run, train
 from dag_pyg.train import loop as loop_module
 from dag_pyg.train.checkpoint import CheckpointError, load_checkpoint
+
+pytestmark = pytest.mark.slow
 
 TINY = ["optim.epochs=3", "optim.pretrain_epochs=2", "optim.batch_size=128",
         "optim.labelled_batch_size=32", "log.progress=false", "log.tensorboard=false",
@@ -91,7 +94,7 @@ def test_resume_is_exact(tmp_path, monkeypatch):
         train(cfg, tmp_path / "cut")
     monkeypatch.setattr(loop_module, "save_checkpoint", real_save)
     with pytest.raises(FileExistsError, match="--resume"):
-        Trainer(cfg, tmp_path / "cut")
+        train(cfg, tmp_path / "cut")
     train(cfg, tmp_path / "cut", resume=True)
     for a, b in zip(weights(tmp_path / "full"), weights(tmp_path / "cut"), strict=True):
         same(a, b)
@@ -138,36 +141,14 @@ def test_switches_change_what_they_should(tmp_path):
     assert tight["pl_coverage"] <= dplp["pl_coverage"]
     assert tight["path_len_max"] == 1.0
     # The plain baseline reads no bank: no refresh, no graph, still evaluated.
-    base = last("dna.enabled=false", "pseudo_label.source=none")
+    base = last("dna.aggregator=none", "pseudo_label.source=none")
     assert "time_bank" not in base and "time_graph" not in base
     assert 0 <= base["test_error"] <= 100
-    assert evaluate_run(tmp_path / "dna.enabled-false_pseudo_label.source-none")[
+    assert evaluate_run(tmp_path / "dna.aggregator-none_pseudo_label.source-none")[
         "test_error"] == pytest.approx(base["test_error"])
-    # The DNA switch changes the head: no graph layers without it.
-    t = Trainer(tiny("dna.enabled=false"), tmp_path / "nodna")
-    assert t.head.hops == 0 and not t.uses_graph_head
-    t = Trainer(tiny("dna.aggregator=gat", "dna.hops=2"), tmp_path / "gat")
-    assert t.head.hops == 2 and t.head.aggregator == "gat"
 
 
 def test_pseudo_label_weights(tmp_path):
-    import math
-
-    t = Trainer(tiny("pseudo_label.weighting=certainty", "pseudo_label.weight=0.5"),
-                tmp_path / "w")
-    n, c = t.labelled_mask.numel(), t.num_classes
-    logits = torch.zeros(n, c)                 # uniform: entropy log C, weight 0
-    logits[1] = torch.tensor([math.log(9.0)] + [0.0] * (c - 1))  # p = 1/2, 1/18...
-    logits[2, 3] = 1e4                         # one-hot: weight 1 (times 0.5)
-    w = t._target_weights(logits, torch.zeros(n, dtype=torch.long))
-    p = [0.5] + [0.5 / (c - 1)] * (c - 1)
-    h = -sum(q * math.log(q) for q in p)
-    expect = torch.zeros(n, dtype=torch.float64)
-    expect[1], expect[2] = 0.5 * (1 - h / math.log(c)), 0.5
-    expect[t.labelled_mask] = 1.0             # labels always count fully
-    assert torch.allclose(w.double(), expect, atol=1e-6)
-    assert Trainer(tiny(), tmp_path / "d")._target_weights(logits, w.long()) is None
-
     # A pseudo-label weight of zero is exactly training without pseudo labels.
     short = ("optim.epochs=2", "optim.pretrain_epochs=1")
     train(tiny(*short, "pseudo_label.weight=0"), tmp_path / "zero")
@@ -182,30 +163,40 @@ def test_pseudo_label_weights(tmp_path):
     last = read("cert")[-1]
     assert 0.0 < last["pl_weight_mean"] < 1.0
     banks = weights(tmp_path / "cert")[2]
-    assert torch.all(banks["weights"][t.labelled_mask] == 1.0)  # same split
+    num_labelled = len(json.loads((tmp_path / "cert" / "split.json").read_text())[
+        "labelled"])
+    assert torch.all(banks["weights"][:num_labelled] == 1.0)  # labelled first
     assert torch.all((banks["weights"] >= 0) & (banks["weights"] <= 1))
-    train(tiny(*short, "pseudo_label.weighting=certainty"), tmp_path / "cert2")
-    assert read("cert2")[-1]["loss"] == last["loss"]  # deterministic
 
 
 def test_refreshes_within_an_epoch(tmp_path, monkeypatch):
-    calls = []
-    real = Trainer.refresh
+    events = []
+    real_steps, real_refresh = loop_module.train_steps, loop_module.refresh
 
-    def counting(self, log, epoch, evaluate):
-        calls.append((epoch, evaluate, self.backbone.training))
-        return real(self, log, epoch, evaluate)
+    def steps(*args, **kwargs):
+        events.append(("steps", len(args[4])))  # the batches trained on
+        return real_steps(*args, **kwargs)
 
-    monkeypatch.setattr(Trainer, "refresh", counting)
+    def refresh(*args, **kwargs):
+        events.append(("refresh", args[1].backbone.training))
+        return real_refresh(*args, **kwargs)
+
+    monkeypatch.setattr(loop_module, "train_steps", steps)
+    monkeypatch.setattr(loop_module, "refresh", refresh)
     short = ("optim.epochs=2", "optim.pretrain_epochs=1")
     train(tiny(*short, "graph.refresh_per_epoch=3"), tmp_path / "r3")
-    # End of pre-training, then per main epoch two mid-epoch refreshes (in
-    # training mode, no evaluation) and the evaluated one at its end.
-    assert [(e, ev) for e, ev, _ in calls] == [
-        (0, True), (1, False), (1, False), (1, True), (2, False), (2, False),
-        (2, True)]
-    assert all(training for _, ev, training in calls if not ev)
-    monkeypatch.setattr(Trainer, "refresh", real)
+    # Pre-training, the refresh that seeds epoch 1's banks, then per main
+    # epoch three runs of steps with a refresh (in training mode) after each.
+    kinds = [kind for kind, _ in events]
+    assert kinds == ["steps", "refresh"] + ["steps", "refresh"] * 6
+    assert all(training for kind, training in events if kind == "refresh")
+    # TINY's batches hold 128 - 32 unlabelled seeds, each seed once an epoch;
+    # the epoch's steps go in three runs of (nearly) equal length.
+    n_unl = len(json.loads((tmp_path / "r3" / "split.json").read_text())[
+        "unlabelled"])
+    runs = [n for kind, n in events[2:] if kind == "steps"]
+    assert sum(runs[:3]) == -(-n_unl // 96) and max(runs[:3]) - min(runs[:3]) <= 1
+    monkeypatch.undo()
     rec = [json.loads(x) for x in (tmp_path / "r3" / "metrics.jsonl").open()]
     assert all(r["time_mid_refresh"] > 0 for r in rec if r["phase"] == "train")
     assert all(0 <= r["knn_kept_mid"] <= 1 and -1 <= r["bank_cos_prev_mid"] <= 1

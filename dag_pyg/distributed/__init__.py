@@ -1,5 +1,6 @@
 """Multi-process training on ``torch.distributed`` (launched by ``torchrun``)."""
 from dag_pyg.distributed.batchnorm import DistributedBatchNorm, convert_sync_batchnorm
+from dag_pyg.distributed.broadcast import broadcast_data
 from dag_pyg.distributed.context import (
     DistContext,
     DistributedError,
@@ -9,7 +10,7 @@ from dag_pyg.distributed.context import (
     shutdown,
 )
 
-__all__ = ["DistContext", "DistributedError", "DistributedBatchNorm",
+__all__ = ["DistContext", "broadcast_data", "DistributedError", "DistributedBatchNorm",
            "convert_sync_batchnorm", "init_distributed", "is_collective_failure",
            "launched_by_torchrun",
            "shutdown"]

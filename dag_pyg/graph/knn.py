@@ -8,7 +8,7 @@ full stable sort, so the tie rule holds on every backend.
 
 ``faiss_ivf`` is approximate (an inverted-file index: each query scans the
 ``nprobe`` nearest of ``nlist`` k-means cells), for Feature Banks too large
-for exact search; ``benchmarks/bench_knn_ivf.py`` measures its recall against
+for exact search; ``benchmarks/speed/bench_knn_ivf.py`` measures its recall against
 exact search. Its candidates get the same re-scoring and ordering.
 """
 from __future__ import annotations
@@ -39,7 +39,7 @@ def has_torch_cluster() -> bool:
 def resolve_backend(backend: str, device: torch.device) -> str:
     r"""Maps ``backend`` (possibly ``"auto"``) to a concrete engine name.
 
-    ``auto`` follows ``benchmarks/bench_knn.py``: on the CPU faiss' flat
+    ``auto`` follows ``benchmarks/speed/bench_knn.py``: on the CPU faiss' flat
     inner-product index is the fastest exact engine (the blocked matmul comes
     next, ``torch_cluster`` is an order of magnitude slower); on CUDA the
     blocked cuBLAS matmul avoids a host round trip and is used unless

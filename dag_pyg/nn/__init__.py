@@ -1,17 +1,10 @@
-from dag_pyg.nn.conv import DensityAwareConv
-from dag_pyg.nn.dna_head import (
-    DNAHead,
-    GATRootConv,
-    assemble_input,
-    predict_queries,
-    query_subgraph,
-)
+from dag_pyg.nn.conv import DensityAwareConv, GATRootConv
+from dag_pyg.nn.dna_head import AGGREGATORS, DNAHead, assemble_input
 
 __all__ = [
+    "AGGREGATORS",
     "DensityAwareConv",
-    "DNAHead",
     "GATRootConv",
+    "DNAHead",
     "assemble_input",
-    "predict_queries",
-    "query_subgraph",
 ]

@@ -10,51 +10,13 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import Module, ModuleList
 from torch_geometric.data import Data
-from torch_geometric.nn import GATConv
 from torch_geometric.nn.dense.linear import Linear
 from torch_geometric.nn.resolver import activation_resolver
 from torch_geometric.utils import trim_to_layer
 
-from dag_pyg.graph import knn_search, neighbour_table
-from dag_pyg.nn.conv import DensityAwareConv
-from dag_pyg.sampler.knn_sampler import _graph_degree, check_hop_args, hop_expand
+from dag_pyg.nn.conv import DensityAwareConv, GATRootConv
 
 AGGREGATORS = ("dna", "dna_no_density", "gat", "none")
-
-
-class GATRootConv(Module):
-    r"""PyG's :class:`~torch_geometric.nn.conv.GATConv` (one head, no self
-    loops) with the explicit root term of :class:`DensityAwareConv`, sharing
-    its projection :math:`\mathbf{\Theta}`:
-
-    .. math::
-        \mathbf{x}^{\prime}_i = \mathbf{\Theta} \mathbf{x}_i +
-        \sum_{j \in \mathcal{N}(i)} \alpha_{i,j} \mathbf{\Theta} \mathbf{x}_j
-        + \mathbf{b}, \qquad
-        \alpha_{i,j} = \mathrm{softmax}_j\big(\mathrm{LeakyReLU}(
-        \mathbf{a}^{\top} [\mathbf{\Theta}\mathbf{x}_i \,\|\,
-        \mathbf{\Theta}\mathbf{x}_j])\big)
-
-    This is the DNA layer with GAT's learned attention in place of
-    cosine similarity plus density, so the ``gat`` peer differs from ``dna``
-    in the attention only (same parameters plus GAT's two attention
-    vectors). A self loop inside the softmax (GAT's default) would instead
-    let the attention shrink the node's own term.
-    """
-    def __init__(self, in_channels: int, out_channels: int, bias: bool = True):
-        super().__init__()
-        self.in_channels, self.out_channels = in_channels, out_channels
-        self.gat = GATConv(in_channels, out_channels, heads=1,
-                           add_self_loops=False, bias=bias)
-
-    def reset_parameters(self):
-        self.gat.reset_parameters()
-
-    def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:
-        return self.gat(x, edge_index) + self.gat.lin(x)
-
-    def __repr__(self) -> str:
-        return f"{self.__class__.__name__}({self.in_channels}, {self.out_channels})"
 
 
 class DNAHead(Module):
@@ -84,9 +46,10 @@ class DNAHead(Module):
             ``aggregator="none"``). (default: :obj:`1`)
         aggregator (str, optional): ``"dna"`` (:class:`DensityAwareConv`),
             ``"dna_no_density"`` (the same without density: "NA w/o
-            density"), ``"gat"`` (:class:`GATRootConv`, PyG's GAT attention
-            with the same root term) or ``"none"`` (classifier on the seed
-            feature; no graph). (default: :obj:`"dna"`)
+            density"), ``"gat"`` (:class:`~dag_pyg.nn.conv.GATRootConv`,
+            PyG's GAT attention with the same root term) or ``"none"``
+            (classifier on the seed feature; no graph). (default:
+            :obj:`"dna"`)
         hidden_channels (int, optional): Width of the layer outputs
             (default: :obj:`in_channels`).
         act (str, optional): Activation between layers. (default:
@@ -148,7 +111,19 @@ class DNAHead(Module):
                 density: Tensor | None = None, batch_size: int | None = None,
                 num_sampled_nodes_per_hop: list[int] | None = None,
                 num_sampled_edges_per_hop: list[int] | None = None) -> Tensor:
-        r"""Runs the head on a (sampled) graph.
+        r"""Logits of the head on a (sampled) graph: :meth:`embed`, dropout,
+        then the classifier (same arguments as :meth:`embed`)."""
+        x = self.embed(x, edge_index, density, batch_size,
+                       num_sampled_nodes_per_hop, num_sampled_edges_per_hop)
+        x = F.dropout(x, p=self.dropout, training=self.training)
+        return self.classifier(x)
+
+    def embed(self, x: Tensor, edge_index: Tensor | None = None,
+              density: Tensor | None = None, batch_size: int | None = None,
+              num_sampled_nodes_per_hop: list[int] | None = None,
+              num_sampled_edges_per_hop: list[int] | None = None) -> Tensor:
+        r"""The classifier's input: the aggregation layers on a (sampled)
+        graph (the seed features themselves for a head without layers).
 
         Args:
             x (torch.Tensor): Node features, seeds first.
@@ -196,26 +171,25 @@ class DNAHead(Module):
                                                  edge_index)
                 if density is not None and i > 0:
                     density = density.narrow(0, 0, x.size(0))
-            if isinstance(conv, GATRootConv):
-                x = conv(x, edge_index)
-            else:
-                x = conv(x, edge_index, density=density)
+            x = conv(x, edge_index, density=density)
             if i < len(self.convs) - 1 and self.act is not None:
                 x = self.act(x)
         if batch_size is not None:
             x = x[:batch_size]
-        x = F.dropout(x, p=self.dropout, training=self.training)
-        return self.classifier(x)
+        return x
 
     def forward_batch(self, seed_features: Tensor, bank: Tensor, batch: Data,
-                      density: Tensor | None = None) -> Tensor:
+                      density: Tensor | None = None, embed: bool = False
+                      ) -> Tensor:
         """Logits of a loader batch's seeds: :func:`assemble_input` followed by
-        :meth:`forward`."""
+        :meth:`forward` (by :meth:`embed` with ``embed=True``: the seeds'
+        classifier input)."""
         x, rho = assemble_input(seed_features, bank, batch,
                                 density if self.uses_density else None)
-        return self(x, batch.edge_index, rho, batch_size=batch.batch_size,
-                    num_sampled_nodes_per_hop=batch.get("num_sampled_nodes"),
-                    num_sampled_edges_per_hop=batch.get("num_sampled_edges"))
+        fn = self.embed if embed else self.forward
+        return fn(x, batch.edge_index, rho, batch_size=batch.batch_size,
+                  num_sampled_nodes_per_hop=batch.get("num_sampled_nodes"),
+                  num_sampled_edges_per_hop=batch.get("num_sampled_edges"))
 
     def __repr__(self) -> str:
         return (f"{self.__class__.__name__}({self.in_channels}, {self.num_classes}, "
@@ -239,7 +213,7 @@ def assemble_input(seed_features: Tensor, bank: Tensor, batch: Data,
             :math:`[B, d]`, in the order of the batch's seeds.
         bank (torch.Tensor): Feature Bank :math:`[N, d]` of the global graph.
         batch (torch_geometric.data.Data): A batch from the loader or from
-            :func:`query_subgraph`.
+            :func:`~dag_pyg.sampler.query_subgraph`.
         density (torch.Tensor, optional): Global node densities :math:`[N]`
             (``graph.density``); if omitted, ``batch.density`` is used when
             present.
@@ -269,120 +243,3 @@ def assemble_input(seed_features: Tensor, bank: Tensor, batch: Data,
     elif "density" in batch:
         rho = batch.density.to(seed_features.device)
     return x, rho
-
-
-def _query_batch(first: Tensor, first_sim: Tensor, graph: Data, k_sub: int,
-                 hops: int, mark: Tensor | None = None) -> Data:
-    k = _graph_degree(graph)
-    table = neighbour_table(graph)[:, :k_sub]
-    out = hop_expand(table, first, hops, k=k, seeds=None, dedup=True, mark=mark)
-    m = first.size(0)
-    n_id, e_id = out.node, out.edge
-    sim = graph.sim[e_id.clamp(min=0)]
-    if hops > 0:  # hop-1 edges join queries to the bank: not graph edges
-        sim[: first.numel()] = first_sim.reshape(-1).to(sim.dtype)
-    density = graph.density[n_id.clamp(min=0)].clone()
-    density[:m] = math.nan
-    return Data(edge_index=torch.stack([out.row, out.col]), n_id=n_id, e_id=e_id,
-                sim=sim, density=density, num_nodes=n_id.numel(), batch_size=m,
-                num_sampled_nodes=out.num_sampled_nodes,
-                num_sampled_edges=out.num_sampled_edges)
-
-
-def _check_query_args(query_feats: Tensor, bank: Tensor, graph: Data, k_sub: int,
-                      hops: int) -> None:
-    check_hop_args(k_sub, hops, _graph_degree(graph))
-    if query_feats.dim() != 2 or bank.dim() != 2 or \
-            query_feats.size(1) != bank.size(1):
-        raise ValueError(f"query features {tuple(query_feats.shape)} and bank "
-                         f"{tuple(bank.shape)} must be 2-D with the same width.")
-    if bank.size(0) != int(graph.num_nodes):
-        raise ValueError(f"The bank has {bank.size(0)} rows but the graph has "
-                         f"{int(graph.num_nodes)} nodes; build the graph from "
-                         "this bank.")
-
-
-def query_subgraph(query_feats: Tensor, bank: Tensor, graph: Data, k_sub: int,
-                   hops: int, backend: str | None = None) -> Data:
-    r"""The :math:`h`-hop sub-graph of test queries that are not in the graph.
-
-    Each query takes its :math:`k_{sub}` most cosine-similar Feature Bank
-    rows as hop 1 (:func:`~dag_pyg.graph.knn_search` with the graph's kNN
-    backend, so the same order and tie rule as the graph); deeper hops follow
-    the global graph's :math:`k_{sub}`-neighbour table, deduplicated like
-    :class:`~dag_pyg.sampler.KNNHopSampler`.
-
-    Args:
-        query_feats (torch.Tensor): Query features :math:`[M, d]`.
-        bank (torch.Tensor): Feature Bank :math:`[N, d]` the graph was built on.
-        graph (torch_geometric.data.Data): The global graph.
-        k_sub (int): Neighbours per node.
-        hops (int): Number of hops.
-        backend (str, optional): kNN engine (default: the graph's).
-
-    Returns:
-        A batch like the loader's: queries are nodes ``0..M-1`` with
-        ``n_id == -1``; ``edge_index``, ``n_id``, ``e_id`` (``-1`` for the
-        query edges), ``sim``, ``density`` (NaN for queries),
-        ``batch_size = M``, ``num_sampled_nodes``, ``num_sampled_edges``.
-    """
-    _check_query_args(query_feats, bank, graph, k_sub, hops)
-    first, first_sim = _query_knn(query_feats, bank, graph, k_sub, hops, backend)
-    return _query_batch(first, first_sim, graph, k_sub, hops)
-
-
-def _query_knn(query_feats: Tensor, bank: Tensor, graph: Data, k_sub: int,
-               hops: int, backend: str | None) -> tuple[Tensor, Tensor]:
-    m = query_feats.size(0)
-    if hops == 0 or m == 0:
-        empty = torch.empty(m, k_sub, device=bank.device)
-        return empty.long(), empty
-    engine = backend or graph.get("backend") or "auto"
-    if engine == "faiss_ivf":  # an index per query batch would retrain k-means
-        engine = "auto"
-    return knn_search(query_feats.detach(), bank.detach(), k_sub, backend=engine)
-
-
-@torch.no_grad()
-def predict_queries(head: DNAHead, query_feats: Tensor, bank: Tensor, graph: Data,
-                    k_sub: int, *, hops: int | None = None, batch_size: int = 256,
-                    backend: str | None = None) -> Tensor:
-    r"""Logits of test queries: :func:`query_subgraph` and ``head`` in batches
-    (the retrieval runs once for all queries). Set ``head.eval()`` first.
-
-    Args:
-        head (DNAHead): The trained head.
-        query_feats (torch.Tensor): Backbone features of the queries
-            :math:`[M, d]`.
-        bank (torch.Tensor): Feature Bank :math:`[N, d]`.
-        graph (torch_geometric.data.Data): The global graph over the bank.
-        k_sub (int): Neighbours per node (as in training).
-        hops (int, optional): Hops to sample (default: ``head.hops``).
-        batch_size (int): Queries per batch.
-        backend (str, optional): kNN engine (default: the graph's).
-
-    Returns:
-        Logits :math:`[M, C]`.
-    """
-    hops = head.hops if hops is None else hops
-    if query_feats.dim() == 2 and query_feats.size(1) != head.in_channels:
-        raise ValueError(f"The head expects features of width {head.in_channels} "
-                         f"but the queries have {query_feats.size(1)}.")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer (got {batch_size!r}).")
-    if head.hops == 0:
-        return head(query_feats)
-    _check_query_args(query_feats, bank, graph, k_sub, hops)
-    first, first_sim = _query_knn(query_feats, bank, graph, k_sub, hops, backend)
-    mark = torch.full((int(graph.num_nodes),), -1, dtype=torch.long,
-                      device=first.device)
-    out = []
-    for start in range(0, query_feats.size(0), batch_size):
-        end = min(start + batch_size, query_feats.size(0))
-        batch = _query_batch(first[start:end], first_sim[start:end], graph, k_sub,
-                             hops, mark)
-        out.append(head.forward_batch(query_feats[start:end], bank, batch,
-                                      graph.get("density")))
-    if not out:
-        return query_feats.new_empty(0, head.num_classes)
-    return torch.cat(out, dim=0)

@@ -38,7 +38,9 @@ def has_neighbor_backend() -> bool:
                 or torch_geometric.typing.WITH_TORCH_SPARSE)
 
 
-def _graph_degree(graph: Data) -> int:
+def graph_degree(graph: Data) -> int:
+    """The out-degree :math:`k` of a fixed-degree graph (one of
+    :func:`~dag_pyg.graph.build_density_graph`); a clear error otherwise."""
     n = int(graph.num_nodes)
     if n == 0 or graph.edge_index.size(1) % n != 0:
         raise ValueError("The graph must have the same number of neighbours for "
@@ -236,7 +238,7 @@ class KNNHopSampler(BaseSampler):
             (default: :obj:`True`)
     """
     def __init__(self, graph: Data, k_sub: int, hops: int, dedup: bool = True):
-        self.k = _graph_degree(graph)
+        self.k = graph_degree(graph)
         check_hop_args(k_sub, hops, self.k)
         self.num_nodes = int(graph.num_nodes)
         self.k_sub, self.hops, self.dedup = k_sub, hops, dedup
@@ -273,7 +275,7 @@ def knn_subgraph(graph: Data, k_sub: int) -> Data:
     """The global graph restricted to every node's ``k_sub`` most similar
     neighbours (``edge_index [2, N*k_sub]`` in the same order; ``sim``,
     ``density`` and the other attributes carried over, ``k = k_sub``)."""
-    k = _graph_degree(graph)
+    k = graph_degree(graph)
     check_hop_args(k_sub, 0, k)
     n = int(graph.num_nodes)
     out = graph.clone()
@@ -364,7 +366,7 @@ def make_loader(graph: Data, k_sub: int, hops: int, *,
     if sampler not in SAMPLERS:
         raise ValueError(f"Unknown sampler '{sampler}'. Choose one of "
                          f"{list(SAMPLERS)}.")
-    k = _graph_degree(graph)
+    k = graph_degree(graph)
     check_hop_args(k_sub, hops, k)
     n = int(graph.num_nodes)
     if input_nodes is not None:

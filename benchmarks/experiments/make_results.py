@@ -1,0 +1,516 @@
+"""Writes ``benchmarks/experiments/RESULTS.md`` (one page of headline tables)
+and its detail pages ``benchmarks/experiments/details/*.md`` from the JSON
+results.
+
+    python -m benchmarks.experiments.make_results
+
+RESULTS.md has, per grid, each row's test error (mean ± std over seeds) and
+its seed-paired difference to the grid's baseline row, on the whole test set
+where ``benchmarks/analysis/eval_full_test.py`` measured it; the detail page
+of a grid (``details/<grid>.md``) has every column, every seed, the DPLP
+pseudo-label quality per epoch and the command of each row. The speed
+benchmarks (``benchmarks/speed/results/``), the analyses
+(``benchmarks/analysis/results/``) and the figures get a detail page each.
+Every number comes from a result JSON named next to it, written by
+``reproduce.py``, ``eval_full_test.py``, a ``benchmarks/speed`` or a
+``benchmarks/analysis`` script; nothing is typed by hand except the paper's
+published numbers, marked as such.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import statistics
+from collections.abc import Callable
+from pathlib import Path
+
+import yaml
+
+from benchmarks.common import (
+    ANALYSIS_RESULTS,
+    EXPERIMENT_RESULTS,
+    FIGURES,
+    GRIDS,
+    ROOT,
+    SPEED_RESULTS,
+)
+
+HERE = Path(__file__).resolve().parent
+RESULTS = EXPERIMENT_RESULTS
+MAX_LINES = 150  # RESULTS.md stays one page of headline tables
+
+# Published test errors (%) of Li et al., CVPR 2020 (final results, 400 epochs),
+# by the config (configs/<key>.yaml) of the setting.
+PAPER = {"cifar10_4000": 6.13, "cifar100_10000": 32.50, "miniimagenet_4000": 55.97}
+
+SPEED = ("bench_epoch", "bench_knn", "bench_knn_ivf", "bench_conv", "bench_dplp",
+         "bench_sampling", "bench_distributed")
+ANALYSES = ("neighbour_purity", "dplp_diagnostics")
+
+
+def fmt(values: list[float], digits: int = 2) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "–"
+    mean = statistics.fmean(values)
+    if len(values) == 1:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def shown(path: Path) -> str:
+    """A path as the pages show it: from the repository root where inside."""
+    path = Path(path).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+def _load_rows(grid_dir: Path, grids: Path
+               ) -> tuple[dict[str, list[dict]], dict[str, str], dict[str, str]]:
+    """Result records by row, in the grid file's order (baseline first), with
+    the rows the grid borrows from another grid (``borrow: {row: grid/row}``:
+    the same configuration, run there) filling the seeds not run here."""
+    rows: dict[str, list[dict]] = {}
+    for path in sorted(grid_dir.glob("*__seed*.json")):
+        r = json.loads(path.read_text())
+        rows.setdefault(r["row"], []).append(r)
+    grid_file = grids / f"{grid_dir.name}.yaml"
+    grid = yaml.safe_load(grid_file.read_text()) if grid_file.exists() else {}
+    borrowed: dict[str, str] = {}
+    for row, source in (grid.get("borrow") or {}).items():
+        own = {r["seed"] for r in rows.get(row, [])}
+        extra = [json.loads(p.read_text()) for p in sorted(
+            (grid_dir.parent / source).parent.glob(f"{Path(source).name}__seed*.json"))]
+        extra = [r for r in extra if r["seed"] not in own]
+        if extra:
+            rows.setdefault(row, []).extend(extra)
+            borrowed[row] = source
+    if grid.get("borrow"):  # sweeps (h0 h1 h2, k2 k4 k8 k16): numeric order
+        def key(name: str) -> tuple:
+            digits = "".join(c for c in name if c.isdigit() or c == ".")
+            return (name != "baseline", name.rstrip("0123456789."),
+                    float(digits) if digits.strip(".") else 0.0)
+        rows = dict(sorted(rows.items(), key=lambda kv: key(kv[0])))
+    elif grid:
+        order = ["baseline", *grid["rows"]]
+        rows = dict(sorted(rows.items(), key=lambda kv: order.index(kv[0])
+                           if kv[0] in order else len(order)))
+    # A row's Δ columns compare with "baseline" unless the grid pairs it with
+    # another row (``pair_with: {dag_e24: baseline_e24}``: same schedule).
+    return rows, borrowed, dict(grid.get("pair_with") or {})
+
+
+def _last(run: dict, key: str) -> float | None:
+    """The last epoch's value of a per-epoch metric."""
+    vals = [m[key] for m in run["metrics"] if m.get(key) is not None]
+    return vals[-1] if vals else None
+
+
+def _full(run: dict) -> float | None:
+    """Test error of the run's last checkpoint on the whole test set."""
+    return (run.get("full_test") or {}).get("test_error")
+
+
+def _own(run: dict) -> float | None:
+    """Test error of the run's last epoch on its own test set."""
+    return run["summary"]["test_error_last"]
+
+
+def _val(run: dict) -> float | None:
+    """The last epoch's validation error."""
+    return _last(run, "val_error")
+
+
+def _paired(runs: list[dict], base: dict[int, float], key) -> list[float]:
+    return [key(r) - base[r["seed"]] for r in runs
+            if r["seed"] in base and key(r) is not None]
+
+
+def _by_seed(runs: list[dict], key: Callable[[dict], float | None]
+             ) -> dict[int, float]:
+    return {r["seed"]: key(r) for r in runs if key(r) is not None}
+
+
+def _row_name(row: str, borrowed: dict[str, str], pair_with: dict[str, str]) -> str:
+    name = f"{row} (= {borrowed[row]})" if row in borrowed else row
+    if row in pair_with:
+        name += f" (Δ vs {pair_with[row]})"
+    return name
+
+
+def _num_test(run: dict) -> str:
+    """The size of a run's own test set as its config gives it."""
+    n = run["summary"].get("config", {}).get("data", {}).get("num_test")
+    return "the whole test set" if n is None else f"a {n:,}-image test subset"
+
+
+def _sources(grid_dir: Path, borrowed: dict[str, str]) -> str:
+    return ", ".join([f"`{shown(grid_dir)}/*.json`"]
+                     + [f"`{shown(grid_dir.parent / b)}__seed*.json`"
+                        for b in sorted(set(borrowed.values()))])
+
+
+# --------------------------------------------------------------------------- #
+# RESULTS.md: the headline of each grid
+# --------------------------------------------------------------------------- #
+def _config_stem(run: dict) -> str | None:
+    """The config file a run's command trained (``configs/<stem>.yaml``)."""
+    args = shlex.split(run.get("command", ""))
+    return Path(args[2]).stem if len(args) > 2 and args[1] == "train" else None
+
+
+def headline_table(grid_dir: Path, grids: Path = GRIDS,
+                   details: str | None = None) -> list[str]:
+    """A grid's rows, mean ± std over seeds, and their seed-paired Δ to the
+    reference row: on the whole test set where every record has
+    ``full_test``, else on the runs' own test set (the note says which)."""
+    rows, borrowed, pair_with = _load_rows(grid_dir, grids)
+    runs_all = [r for runs in rows.values() for r in runs]
+    if not runs_all:
+        return []
+    full = all(_full(r) is not None for r in runs_all)
+    err = _full if full else _own
+    if full:
+        sizes = "/".join(f"{v:,}" for v in sorted(
+            {r["full_test"]["num_test"] for r in runs_all}))
+        where = f"on all {sizes} test images (`full_test`)"
+    else:
+        kinds = sorted({_num_test(r) for r in runs_all})
+        where = f"on the runs' own test set ({' / '.join(kinds)}; no `full_test`)"
+        some = sum(_full(r) is not None for r in runs_all)
+        if some:
+            where += f"; {some} of {len(runs_all)} records have `full_test`"
+    has_val = any(_last(r, "val_error") is not None for r in runs_all)
+    paper = {row: PAPER[_config_stem(runs[0])] for row, runs in rows.items()
+             if (row == "dag" or borrowed.get(row, "").endswith("/dag"))
+             and _config_stem(runs[0]) in PAPER}
+    refs = set(pair_with.values()) | {"baseline"}
+    paired = any(r in rows for r in refs)  # else no Δ columns
+    note = f"Test error % {where}"
+    note += ("; Δ: minus the baseline row, paired by seed" if paired
+             else "; no baseline row")
+    if details:
+        note += f". Details, per seed, commands: [{details}]({details})"
+    head = ["row", "seeds", "test error %"] + (["Δ vs baseline (paired)"] * paired)
+    if has_val:
+        head += ["val error % (last)"] + (["Δ val (paired)"] * paired)
+    if paper:
+        head += ["paper (400 epochs)"]
+    lines = [f"### {grid_dir.name}", note + ".", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row, runs in rows.items():
+        ref = rows.get(pair_with.get(row, "baseline"), [])
+        is_ref = row in refs
+        cells = [_row_name(row, borrowed, pair_with), str(len(runs)),
+                 fmt([err(r) for r in runs])]
+        if paired:
+            cells.append(fmt([] if is_ref else _paired(runs, _by_seed(ref, err), err)))
+        if has_val:
+            cells.append(fmt([_val(r) for r in runs]))
+            if paired:
+                cells.append(fmt([] if is_ref else
+                                 _paired(runs, _by_seed(ref, _val), _val)))
+        if paper:
+            cells.append(f"{paper[row]:.2f}" if row in paper else "")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+# --------------------------------------------------------------------------- #
+# details/<grid>.md
+# --------------------------------------------------------------------------- #
+def grid_table(grid_dir: Path, grids: Path = GRIDS) -> list[str]:
+    rows, borrowed, pair_with = _load_rows(grid_dir, grids)
+    runs_all = [r for runs in rows.values() for r in runs]
+    has_val = any(_last(r, "val_error") is not None for r in runs_all)
+    has_drift = any(_last(r, "knn_kept") is not None for r in runs_all)
+    full = sorted({r["full_test"]["num_test"] for r in runs_all if "full_test" in r})
+    head = ["row", "seeds", "test error % (last)", "test error % at best val",
+            "Δ vs baseline (paired by seed)"]
+    if full:  # eval_full_test.py: the same checkpoints, every test image
+        n = "/".join(f"{v:,}" for v in full)
+        head += [f"test error % on all {n} (seeds)", f"Δ on all {n} (paired)"]
+    if has_val:
+        head += ["val error % (last)", "Δ val vs baseline (paired)"]
+    head += ["DPLP coverage", "DPLP acc. on covered", "model acc. on covered"]
+    if has_drift:
+        head += ["bank cos to previous (last)", "kNN kept (last)"]
+    head += ["s / epoch", "wall s / run"]
+    lines = [f"### {grid_dir.name}", "", "| " + " | ".join(head) + " |",
+             "|" + "---|" * len(head)]
+    def reference(row: str) -> tuple[dict, dict, dict]:
+        ref = rows.get(pair_with.get(row, "baseline"), [])
+        return (_by_seed(ref, _own), _by_seed(ref, lambda r: _last(r, "val_error")),
+                _by_seed(ref, _full))
+
+    for row, runs in rows.items():
+        base, base_val, base_full = reference(row)
+        s = [r["summary"] for r in runs]
+        best = [(x.get("best_by_val") or {}).get("test_error") for x in s]
+        per_epoch = [statistics.fmean([m["time_epoch"] for m in r["metrics"]
+                                       if m.get("phase") == "train"]) for r in runs]
+        is_base = row == "baseline" or row in pair_with.values()
+        cells = [_row_name(row, borrowed, pair_with), str(len(runs)),
+                 fmt([x["test_error_last"] for x in s]),
+                 fmt(best), fmt([] if is_base else _paired(runs, base, _own))]
+        if full:
+            have = [r for r in runs if _full(r) is not None]
+            cells += [fmt([_full(r) for r in have]) + f" ({len(have)})",
+                      fmt([] if is_base else _paired(have, base_full, _full))]
+        if has_val:
+            cells += [fmt([_last(r, "val_error") for r in runs]),
+                      fmt([] if is_base else _paired(
+                          runs, base_val, lambda r: _last(r, "val_error")))]
+        cells += [fmt([x.get("pl_coverage_last") for x in s], 3),
+                  fmt([x.get("pl_acc_last") for x in s], 3),
+                  fmt([x.get("model_acc_on_covered_last") for x in s], 3)]
+        if has_drift:
+            cells += [fmt([_last(r, "bank_cos_prev") for r in runs], 3),
+                      fmt([_last(r, "knn_kept") for r in runs], 3)]
+        cells += [fmt(per_epoch, 3), fmt([r["wall_time_s"] for r in runs], 1)]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Commands (seed 0 of each row; the other seeds differ in "
+              "`seed` and the run folder only):", ""]
+    for row, runs in rows.items():
+        first = min(runs, key=lambda r: r["seed"])
+        line = f"- `{row}`: `{first['command']}`"
+        if (first.get("full_test") or {}).get("command"):
+            line += f"; whole test set: `{first['full_test']['command']}`"
+        lines.append(line)
+    lines.append(f"\nSource: {_sources(grid_dir, borrowed)}.\n")
+    return lines
+
+
+def per_seed_table(grid_dir: Path, grids: Path = GRIDS) -> list[str]:
+    """Every record the grid's tables average, one line each."""
+    rows, borrowed, _ = _load_rows(grid_dir, grids)
+    runs_all = [r for runs in rows.values() for r in runs]
+    has_full = any(_full(r) is not None for r in runs_all)
+    has_val = any(_last(r, "val_error") is not None for r in runs_all)
+    head = ["row", "seed", "last epoch", "test error % (own test set)"]
+    head += ["test error % (whole test set)"] if has_full else []
+    head += ["val error % (last)"] if has_val else []
+    head += ["record"]
+    lines = [f"#### {grid_dir.name}: every seed", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row, runs in rows.items():
+        grid = borrowed[row].split("/")[0] if row in borrowed else grid_dir.name
+        for r in sorted(runs, key=lambda r: r["seed"]):
+            g = r.get("grid", grid)
+            cells = [row, str(r["seed"]), str(r["summary"].get("last_epoch")),
+                     fmt([_own(r)])]
+            cells += [fmt([_full(r)])] if has_full else []
+            cells += [fmt([_last(r, "val_error")])] if has_val else []
+            cells.append(f"`{g}/{r['row']}__seed{r['seed']}.json`")
+            lines.append("| " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+PL_KEYS = ["pl_coverage", "pl_acc", "model_acc_on_covered", "pl_acc_all", "model_acc",
+           "path_len_q10", "path_len_q50", "path_len_q90"]
+
+
+def pseudo_label_table(grid_dir: Path) -> list[str]:
+    """Per-epoch pseudo-label quality of the rows whose labels come from DPLP
+    (mean over seeds): coverage, accuracy on the covered nodes against the
+    model's own accuracy on them, and path-length quantiles."""
+    rows: dict[str, list[dict]] = {}
+    for path in sorted(grid_dir.glob("*__seed*.json")):
+        r = json.loads(path.read_text())
+        cfg = r["summary"]["config"]
+        if cfg["pseudo_label"]["source"] == "dplp":
+            rows.setdefault(r["row"], []).append(r)
+    if not rows:
+        return []
+    lines = [f"#### {grid_dir.name}: DPLP pseudo labels per epoch (mean over seeds)",
+             "", "| row | epoch | seeds | " + " | ".join(PL_KEYS) + " |",
+             "|---|---|---|" + "---|" * len(PL_KEYS)]
+    for row, runs in rows.items():
+        epochs = sorted({m["epoch"] for r in runs for m in r["metrics"]
+                         if m.get("pl_coverage") is not None})
+        for e in epochs:
+            recs = [m for r in runs for m in r["metrics"] if m["epoch"] == e]
+            cells = []
+            for key in PL_KEYS:
+                vals = [m[key] for m in recs if m.get(key) is not None]
+                cells.append(f"{statistics.fmean(vals):.3f}" if vals else "–")
+            lines.append(f"| {row} | {e} | {len(recs)} | " + " | ".join(cells) + " |")
+    lines += ["", "pl_acc: DPLP label accuracy on the unlabelled nodes it covers; "
+              "model_acc_on_covered: the Label Bank's (the model's) accuracy on "
+              "the same nodes; *_all: on every unlabelled node.", ""]
+    return lines
+
+
+TIMING_NOTE = (
+    "Grid runs use 1 thread each and ran two at a time beside other jobs, some "
+    "paused while benchmarks ran: their seconds per epoch and wall times are "
+    "not comparable across rows; `bench_epoch` (speed benchmarks) measures the "
+    "rows back to back on a quiet machine.")
+SUBSET_NOTE = (
+    "CIFAR-10 CPU runs train and report on a 1,000-image test subset (about "
+    "±1.6 points of sampling noise per run at 50 % error). The columns 'on all "
+    "10,000' classify every CIFAR-10 test image with the same final "
+    "checkpoints (`python -m benchmarks.analysis.eval_full_test GRID`, i.e. "
+    "`dag-pyg eval RUN --num-test all`; the number of seeds re-evaluated in "
+    "brackets): the paired differences there are the ones to read.")
+
+
+def grid_page(grid_dir: Path, grids: Path = GRIDS) -> list[str]:
+    records = [json.loads(p.read_text()) for p in grid_dir.glob("*__seed*.json")]
+    subset = any("full_test" in r or _num_test(r) != "the whole test set"
+                 for r in records)
+    notes = [TIMING_NOTE, ""] + ([SUBSET_NOTE, ""] if subset else [])
+    return [f"# {grid_dir.name}: details", "",
+            "Generated by `python -m benchmarks.experiments.make_results`; do not "
+            "edit by hand. Headline: [RESULTS.md](../RESULTS.md).", "", *notes,
+            *grid_table(grid_dir, grids), *per_seed_table(grid_dir, grids),
+            *pseudo_label_table(grid_dir)]
+
+
+# --------------------------------------------------------------------------- #
+# details/speed.md, details/<analysis>.md, details/figures.md
+# --------------------------------------------------------------------------- #
+def command(module: str, data: dict) -> str:
+    """The command that wrote a benchmark JSON, from its recorded arguments."""
+    args = data.get("args") or data.get("config")
+    if not isinstance(args, dict):
+        return f"`python -m {module}` (arguments not recorded)"
+    words = ["python", "-m", module, *(str(r) for r in args.get("runs") or [])]
+    for key, v in args.items():
+        if key == "runs" or v is None or v is False:
+            continue
+        words.append("--" + key.replace("_", "-"))
+        if v is not True:
+            words += [str(x) for x in v] if isinstance(v, list) else [str(v)]
+    return f"`{shlex.join(words)}`"
+
+
+def bench_section(name: str, results: Path = SPEED_RESULTS,
+                  module: str | None = None) -> list[str]:
+    path = results / f"{name}.json"
+    if not path.exists():
+        return []
+    data = json.loads(path.read_text())
+    tables = [(key, data[key]) for key in ("rows", "training", "collectives",
+                                           "sampling", "training_step")
+              if data.get(key)]
+    if not tables:
+        return []
+    lines = [f"### {name}", ""]
+    for key, rows in tables:
+        if key != "rows":
+            lines += [f"{key}:", ""]
+        cols = list(dict.fromkeys(k for r in rows for k in r
+                                  if not isinstance(r[k], dict)))
+        lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        for r in rows:
+            cells = []
+            for k in cols:
+                if k not in r:
+                    cells.append("")
+                    continue
+                v = r[k]
+                if isinstance(v, list):
+                    v = "[" + ", ".join(f"{x:.4g}" if isinstance(x, float) else str(x)
+                                        for x in v) + "]"
+                cells.append(f"{v:.4g}" if isinstance(v, float) else str(v))
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    m = data.get("machine", {})
+    module = module or f"benchmarks.speed.{name}"
+    lines += [f"Machine: {m.get('processor') or m.get('platform')}, "
+              f"{m.get('cpus')} CPUs, torch {m.get('torch')}. Command: "
+              f"{command(module, data)}. Source: `{shown(path)}`.", ""]
+    return lines
+
+
+def _page(title: str, body: list[str]) -> list[str]:
+    return [f"# {title}", "", "Generated by `python -m "
+            "benchmarks.experiments.make_results`; do not edit by hand. "
+            "Headline: [RESULTS.md](../RESULTS.md).", "", *body]
+
+
+def _link(target: Path, page_dir: Path) -> str:
+    return Path(os.path.relpath(target.resolve(), page_dir.resolve())).as_posix()
+
+
+def write_pages(results: Path, out: Path, speed: Path = SPEED_RESULTS,
+                analysis: Path = ANALYSIS_RESULTS, figures: Path = FIGURES,
+                grids: Path = GRIDS) -> list[str]:
+    """Writes the detail pages beside ``out`` and returns RESULTS.md's lines."""
+    details = out.parent / "details"
+    details.mkdir(parents=True, exist_ok=True)
+    pages: dict[str, list[str]] = {}
+    heads: list[str] = []
+    for grid_dir in sorted(d for d in results.iterdir() if d.is_dir()):
+        rel = f"details/{grid_dir.name}.md"
+        table = headline_table(grid_dir, grids, rel)
+        if table:
+            heads += table
+            pages[grid_dir.name] = grid_page(grid_dir, grids)
+    others: list[str] = []
+    body = [line for name in SPEED for line in bench_section(name, speed)]
+    if body:
+        pages["speed"] = _page("Speed benchmarks", body)
+        have = [n for n in SPEED if (speed / f"{n}.json").exists()]
+        others.append(f"- [Speed benchmarks](details/speed.md): {', '.join(have)} "
+                      f"(`{shown(speed)}/`).")
+    for name in ANALYSES:
+        body = bench_section(name, analysis, f"benchmarks.analysis.{name}")
+        if body:
+            pages[name] = _page(name, body)
+            others.append(f"- [{name}](details/{name}.md) (`{shown(analysis)}/"
+                          f"{name}.json`).")
+    pngs = sorted(figures.glob("*.png"))
+    if pngs:
+        pages["figures"] = _page("Figures", [
+            f"Written by `python -m benchmarks.analysis.figures`; "
+            f"`{shown(figures)}/`.", "",
+            *[f"![{p.stem}]({_link(p, details)})\n" for p in pngs]])
+        others.append(f"- [Figures](details/figures.md): "
+                      f"{', '.join(p.stem for p in pngs)}.")
+    for name, lines in pages.items():
+        (details / f"{name}.md").write_text("\n".join(lines) + "\n")
+    paper = ", ".join(f"{k} {v:.2f}" for k, v in PAPER.items())
+    return ["# Results", "",
+            "Generated by `python -m benchmarks.experiments.make_results` from the "
+            "JSON in `benchmarks/*/results/`; do not edit by hand. One table per "
+            "grid (`benchmarks/experiments/grids/`): mean ± std over seeds; each "
+            "grid's detail page has every column, every seed and the commands.", "",
+            f"The paper's published test errors (%, 400 epochs on a GPU): {paper}; "
+            "shown beside the `dag` row of a grid run in that setting. CPU-scale "
+            "grids (subsets, few epochs, narrow backbones) are not comparable to "
+            "them in absolute terms: they compare rows. CIFAR-10 CPU runs report "
+            "on a 1,000-image test subset while training; `eval_full_test` "
+            "re-classifies the whole test set with the final checkpoints, and "
+            "the tables use that where it exists.", "",
+            "## Experiment grids", "", *heads,
+            "## Speed, analyses, figures", "", *others]
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--results", type=Path, default=RESULTS,
+                   help="the grids' result folders")
+    p.add_argument("--out", type=Path, default=HERE / "RESULTS.md",
+                   help="the headline page; detail pages go to details/ beside it")
+    p.add_argument("--speed", type=Path, default=SPEED_RESULTS, help=argparse.SUPPRESS)
+    p.add_argument("--analysis", type=Path, default=ANALYSIS_RESULTS,
+                   help=argparse.SUPPRESS)
+    p.add_argument("--figures", type=Path, default=FIGURES, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    lines = write_pages(args.results, args.out, args.speed, args.analysis,
+                        args.figures)
+    args.out.write_text("\n".join(lines) + "\n")
+    n = len(lines)
+    print(f"wrote {args.out} ({n} lines) and {args.out.parent / 'details'}/")
+    if n > MAX_LINES:
+        print(f"warning: {args.out.name} has {n} lines, more than {MAX_LINES}: "
+              "move a section to a detail page.")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""One epoch's training steps: batch composition (labelled + unlabelled
+seeds), augmentation, mixup, the sub-graph of every batch, Eq. 2."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+from torch_geometric.data import Data
+
+from dag_pyg.config import Config, OptimConfig
+from dag_pyg.data.transforms import mixup
+from dag_pyg.distributed import DistContext
+from dag_pyg.sampler import make_loader
+from dag_pyg.train.logger import QuietLogger, RunLogger
+from dag_pyg.train.losses import dag_loss
+from dag_pyg.train.refresh import Banks
+from dag_pyg.train.setup import Model, TrainData
+
+
+def epoch_batches(num_labelled: int, num_nodes: int, o: OptimConfig,
+                  pretrain: bool, gen: torch.Generator) -> list[Tensor]:
+    """Seed node ids of an epoch's batches: ``labelled_batch_size``
+    labelled (cycled) plus unlabelled (each once per epoch; none in
+    pre-training). Graph nodes ``0..num_labelled-1`` are the labelled ones."""
+    n_lab, n = num_labelled, num_nodes
+    lab_bs = o.labelled_batch_size if n_lab else 0
+    unl_bs = o.batch_size - lab_bs
+    unl = torch.arange(n_lab, n)[torch.randperm(n - n_lab, generator=gen)]
+    if unl_bs <= 0 or unl.numel() == 0:
+        steps = math.ceil(max(n_lab, 1) / max(lab_bs, 1))
+    else:
+        steps = math.ceil(unl.numel() / unl_bs)
+    lab_bs = min(lab_bs, n_lab)
+    # Labelled samples cycle through fresh permutations; a batch never
+    # straddles two of them, so it holds no sample twice.
+    lab_batches: list[Tensor] = []
+    while lab_bs and len(lab_batches) < steps:
+        perm = torch.randperm(n_lab, generator=gen)
+        lab_batches += list(perm[: n_lab // lab_bs * lab_bs].view(-1, lab_bs))
+    out = []
+    for i in range(steps):
+        seeds = lab_batches[i] if lab_bs else torch.empty(0, dtype=torch.long)
+        if not pretrain and unl_bs > 0:
+            seeds = torch.cat([seeds, unl[i * unl_bs:(i + 1) * unl_bs]])
+        if seeds.numel():
+            out.append(seeds)
+    return out
+
+
+def split_for_refreshes(batches: list[Tensor], parts: int) -> list[list[Tensor]]:
+    """``batches`` in ``parts`` runs of (nearly) equal length; the banks are
+    refreshed before every run but the first. Fewer runs where there are
+    fewer batches than parts."""
+    cuts = sorted({round(i * len(batches) / parts) for i in range(1, parts)}
+                  & set(range(len(batches))))
+    bounds = [0, *cuts, len(batches)]
+    return [batches[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+def train_steps(cfg: Config, model: Model, data: TrainData,
+                optimizer: torch.optim.Optimizer, batches: list[Tensor],
+                banks: Banks | None, graph: Data | None, pretrain: bool,
+                device: torch.device, gen: torch.Generator, dist: DistContext,
+                log: RunLogger | QuietLogger, desc: str,
+                sums: dict[str, float] | None = None) -> dict[str, float]:
+    """Trains on ``batches`` with the banks and graph given; returns the
+    loss terms summed over the steps (added to ``sums``)."""
+    sums = dict(sums or {})
+    use_graph = model.uses_graph_head and not pretrain
+    model.backbone.train()
+    model.head.train()
+    if use_graph:
+        loader = make_loader(graph, cfg.dna.k, cfg.dna.hops, sampler=cfg.dna.sampler)
+        bank, density = banks.features.to(device), graph.density.to(device)
+    num_classes = data.num_classes
+    for seeds in log.progress(batches, desc=desc, total=len(batches)):
+        y = data.true_y[seeds] if pretrain else banks.targets[seeds]
+        # Samples without a target get an all-zero target row: mixing then
+        # weights each component's cross-entropy by its share (see losses).
+        onehot = torch.nn.functional.one_hot(y.clamp(min=0), num_classes)
+        onehot = onehot.float() * (y >= 0).float().unsqueeze(1)
+        if not pretrain and banks.weights is not None:
+            onehot = onehot * banks.weights[seeds].unsqueeze(1)
+        # Every rank augments and mixes the whole global batch with the
+        # shared generator (mixup pairs cross the ranks' slices), then
+        # keeps its own slice.
+        x = data.train_tf(data.train_set.images[data.nodes[seeds]], generator=gen)
+        # Mixed samples keep the sub-graph of their first component.
+        x, target, _ = mixup(x, onehot, cfg.loss.mixup_alpha, generator=gen)
+        mine = dist.shard(torch.arange(seeds.numel()))
+        x, target = x[mine].to(device), target[mine]
+        if use_graph:
+            batch = loader(seeds)  # the whole batch's sub-graph
+            logits = model.net(x, batch.to(device), bank, density,
+                               keep=mine if dist.enabled else None)
+        else:
+            logits = model.net(x, self_only=model.uses_graph_head)
+        terms = dag_loss(logits, target.to(device),
+                         0.0 if pretrain else cfg.loss.entropy_weight,
+                         0.0 if pretrain else cfg.loss.balance_weight, ctx=dist)
+        optimizer.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        optimizer.step()
+        for key, value in terms.items():
+            sums[key] = sums.get(key, 0.0) + float(value.detach())
+    return sums
+
+
+def mean_losses(sums: dict[str, float], num_batches: int,
+                dist: DistContext) -> dict[str, float]:
+    """Per-step means of the summed loss terms (under torchrun the whole
+    batch's value: the mean over ranks)."""
+    if dist.enabled and sums:
+        keys = sorted(sums)
+        total = dist.all_reduce_sum(torch.tensor([sums[k] for k in keys],
+                                                 dtype=torch.float64))
+        sums = {k: float(v) / dist.world_size
+                for k, v in zip(keys, total, strict=True)}
+    n = max(num_batches, 1)
+    return {k: v / n for k, v in sums.items()}

@@ -1,0 +1,151 @@
+"""Evaluation: test and validation queries classified by retrieval from the
+Feature Bank, and the re-evaluation of a finished run folder."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torch_geometric.data import Data
+
+from dag_pyg.config import Config, ConfigError, load_config
+from dag_pyg.data import ArrayDataset
+from dag_pyg.distributed import DistContext
+from dag_pyg.sampler import predict_queries
+from dag_pyg.train.checkpoint import CheckpointError, load_checkpoint
+from dag_pyg.train.features import extract_features
+from dag_pyg.train.logger import QuietLogger, RunLogger, write_json_atomic
+from dag_pyg.train.refresh import build_graph
+from dag_pyg.train.setup import (
+    CHECKPOINT,
+    Model,
+    TrainData,
+    build_model,
+    check_run_dir,
+    load_data,
+    resolve_device,
+    seed_everything,
+)
+
+
+def error_rate(cfg: Config, model: Model, data: TrainData, feats: Tensor | None,
+               graph: Data | None, dataset: ArrayDataset, rows: Tensor,
+               truth: Tensor, device: torch.device, dist: DistContext,
+               log: RunLogger | QuietLogger | None, desc: str) -> float:
+    """Error (%) on ``dataset[rows]``: each rank classifies its shard of the
+    queries, retrieving neighbours from the global Feature Bank ``feats``."""
+    q = extract_features(model.backbone, data.eval_tf, dataset, dist.shard(rows),
+                         device, cfg.eval.batch_size, log, desc)
+    model.head.eval()
+    if model.uses_graph_head:
+        logits = predict_queries(model.head, q, feats.to(device), graph.to(device),
+                                 cfg.dna.k, batch_size=cfg.eval.batch_size)
+    else:
+        with torch.no_grad():
+            logits = model.head(q)
+    pred = dist.all_gather_rows(logits.argmax(1),
+                                dist.shard_sizes(rows.numel())).cpu()
+    return 100.0 * float((pred != truth).float().mean())
+
+
+def evaluate(cfg: Config, model: Model, data: TrainData, feats: Tensor | None,
+             graph: Data | None, device: torch.device, dist: DistContext,
+             log: RunLogger | QuietLogger | None) -> dict[str, float]:
+    """Test error, validation error (where the split holds a validation set)
+    and the time both took."""
+    t, rec = time.perf_counter(), {}
+    test = data.test_set
+    rec["test_error"] = error_rate(cfg, model, data, feats, graph, test,
+                                   torch.arange(len(test)), test.targets, device,
+                                   dist, log, "test")
+    val = data.split.val
+    if val.numel():
+        rec["val_error"] = error_rate(cfg, model, data, feats, graph,
+                                      data.train_set, val,
+                                      data.train_set.targets[val], device, dist,
+                                      log, "val")
+    rec["time_eval"] = time.perf_counter() - t
+    return rec
+
+
+def _num_test(value: int | str | None, run_value: int | None) -> int | None:
+    """``data.num_test`` for a re-evaluation: the run's own (``None``), the
+    whole test set (``"all"``) or a class-balanced subset of ``value``."""
+    if value is None:
+        return run_value
+    if value == "all":
+        return None
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"num_test={value!r}: give a positive number of test "
+                          "samples or 'all' for the whole test set.")
+    return value
+
+
+@dataclass
+class LoadedRun:
+    """A run folder's configuration, data (same split) and model with the
+    weights of its last checkpoint, and the checkpoint's state."""
+    cfg: Config
+    data: TrainData
+    model: Model
+    state: dict
+    device: torch.device
+
+    def build_graph(self, feats: Tensor) -> Data:
+        return build_graph(feats, self.cfg, self.device)
+
+
+def load_run(run_dir: str | Path, progress: bool | None = None,
+             num_test: int | str | None = None) -> LoadedRun:
+    """Loads a run folder (see :class:`LoadedRun`). ``num_test`` swaps the
+    test set (see :func:`evaluate_run`); training data are untouched."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise FileNotFoundError(f"'{run_dir}' is not a run folder (no config.yaml).")
+    check_run_dir(run_dir, resume=True)
+    cfg = load_config(run_dir / "config.yaml")
+    cfg.data.split_file = str(run_dir / "split.json")
+    cfg.data.num_test = _num_test(num_test, cfg.data.num_test)
+    if progress is not None:
+        cfg.log.progress = progress
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+    data = load_data(cfg)
+    model = build_model(cfg, data, device, DistContext())
+    state = load_checkpoint(run_dir / CHECKPOINT)
+    model.backbone.load_state_dict(state["backbone"])
+    model.head.load_state_dict(state["head"])
+    return LoadedRun(cfg, data, model, state, device)
+
+
+def evaluate_run(run_dir: str | Path, num_test: int | str | None = None) -> dict:
+    """Re-evaluates a run folder's last checkpoint: rebuilds the graph from
+    the stored Feature Bank and classifies the test (and validation) set by
+    retrieval. Writes ``eval.json`` into the run folder.
+
+    ``num_test`` evaluates on another test set than the run's own: ``"all"``
+    (the whole test set, e.g. all 10,000 CIFAR-10 test images for a run
+    trained with ``data.num_test=1000``) or a class-balanced subset of that
+    size; the result then goes to ``eval_test-<num_test>.json``.
+    """
+    run_dir = Path(run_dir)
+    run = load_run(run_dir, num_test=num_test)
+    if run.state["banks"] is None:
+        raise CheckpointError(f"The checkpoint in '{run_dir}' is from pre-training "
+                              "and holds no Feature Bank yet; train further first.")
+    feats, graph = run.state["banks"]["features"], None
+    if run.model.uses_graph_head:
+        graph = run.build_graph(feats)
+    with RunLogger(run_dir, tensorboard=False, progress=run.cfg.log.progress,
+                   resume_epoch=None) as log:
+        out = {"run_dir": str(run_dir), "epoch": run.state["epoch"],
+               "num_test": len(run.data.test_set),
+               **evaluate(run.cfg, run.model, run.data, feats, graph, run.device,
+                          DistContext(), log)}
+    name = "eval.json" if num_test is None else f"eval_test-{num_test}.json"
+    write_json_atomic(run_dir / name, out)
+    return out

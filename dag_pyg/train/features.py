@@ -1,0 +1,47 @@
+"""Backbone features of data-set rows in eval mode, without augmentation:
+the Feature Bank and the test queries."""
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+from torch import Tensor, nn
+
+from dag_pyg.data import ArrayDataset, BatchTransform
+from dag_pyg.distributed import DistContext
+from dag_pyg.train.logger import QuietLogger, RunLogger
+
+
+@torch.no_grad()
+def extract_features(backbone: nn.Module, transform: BatchTransform,
+                     dataset: ArrayDataset, rows: Tensor, device: torch.device,
+                     batch_size: int, log: RunLogger | QuietLogger | None = None,
+                     desc: str = "features") -> Tensor:
+    """Features ``[len(rows), d]`` (float32, on ``device``) of
+    ``dataset[rows]``; leaves the backbone in eval mode."""
+    backbone.eval()
+    out = [torch.empty(0, backbone.feat_dim, device=device)]
+    starts = range(0, rows.numel(), batch_size)
+    if log is not None:
+        starts = log.progress(starts, desc=desc,
+                              total=math.ceil(rows.numel() / batch_size))
+    for s in starts:
+        x = transform(dataset.images[rows[s:s + batch_size]]).to(device)
+        out.append(backbone.features(x).float())
+    return torch.cat(out)
+
+
+def extract_bank(backbone: nn.Module, transform: BatchTransform,
+                 dataset: ArrayDataset, rows: Tensor, device: torch.device,
+                 batch_size: int, dist: DistContext,
+                 log: RunLogger | QuietLogger | None = None,
+                 desc: str = "feature bank") -> tuple[Tensor, float]:
+    """:func:`extract_features` of all ``rows`` on the CPU, each rank
+    extracting its shard; returns the features and the seconds the
+    all-gather took."""
+    local = extract_features(backbone, transform, dataset, dist.shard(rows),
+                             device, batch_size, log, desc)
+    t = time.perf_counter()
+    out = dist.all_gather_rows(local, dist.shard_sizes(rows.numel())).cpu()
+    return out, time.perf_counter() - t

@@ -1,0 +1,215 @@
+r"""The refresh (Alg. 2, lines 2-4): from the current model, the Feature
+Bank, the density-aware graph over it, the Label Bank (the head's
+predictions on that graph), the pseudo labels and their weights, with the
+statistics of each step. :func:`refresh` returns everything it built and
+measured; nothing is kept elsewhere."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torch_geometric.data import Data
+
+from dag_pyg.config import Config
+from dag_pyg.distributed import DistContext, broadcast_data
+from dag_pyg.graph import bank_drift, build_density_graph
+from dag_pyg.nn import DNAHead
+from dag_pyg.propagation import (
+    has_target_weights,
+    path_lengths,
+    pseudo_labels,
+    target_weights,
+)
+from dag_pyg.sampler import knn_subgraph
+from dag_pyg.train.features import extract_bank
+from dag_pyg.train.logger import QuietLogger, RunLogger
+from dag_pyg.train.setup import Model, TrainData
+
+# Where the graph, Label Bank and DPLP run under torchrun.
+GRAPH_PLACEMENTS = ("rank0", "replicate")
+
+
+@dataclass
+class Banks:
+    """What an epoch reads: refreshed at the end of the previous epoch."""
+    features: Tensor          # Feature Bank [N, d]
+    prior: Tensor             # Label Bank: the model's predictions [N]
+    targets: Tensor           # training target per node [N] (-1: none)
+    weights: Tensor | None = None  # weight of each target [N] (None: all 1)
+
+
+@dataclass
+class Refreshed:
+    """Output of :func:`refresh`."""
+    banks: Banks
+    graph: Data | None        # None where training reads no bank
+    stats: dict[str, float]   # times, sizes, pseudo-label statistics
+    path_lengths: Tensor | None = None  # DPLP path length per node (rank 0)
+
+
+def needs_banks(cfg: Config, uses_graph_head: bool) -> bool:
+    """Whether training reads the banks (the DNA head or pseudo labels); a
+    plain baseline skips the refresh unless ``log.bank_stats`` asks."""
+    return (uses_graph_head or cfg.pseudo_label.source != "none"
+            or cfg.log.bank_stats)
+
+
+def build_graph(feats: Tensor, cfg: Config, device: torch.device) -> Data:
+    """The density-aware graph of a Feature Bank, built on ``device`` (the
+    kNN search is the costly part) and kept on the CPU, where the sampler
+    and DPLP read it."""
+    g = cfg.graph
+    return build_density_graph(feats.to(device), g.k, backend=g.backend,
+                               density=g.density,
+                               density_threshold=g.density_threshold,
+                               ivf_nlist=g.ivf_nlist,
+                               ivf_nprobe=g.ivf_nprobe).cpu()
+
+
+@torch.no_grad()
+def label_bank_logits(head: DNAHead, feats: Tensor, graph: Data, k_sub: int,
+                      device: torch.device) -> Tensor:
+    """The head over the whole training graph (every node's ``k_sub``
+    nearest neighbours): the Label Bank's logits, on the CPU."""
+    head.eval()
+    x = feats.to(device)
+    if head.hops == 0:
+        return head(x).cpu()
+    sub = knn_subgraph(graph, k_sub)
+    return head(x, sub.edge_index.to(device), graph.density.to(device)).cpu()
+
+
+def label_stats(targets: Tensor, prior: Tensor, covered: Tensor, truth: Tensor,
+                unl: Tensor, lengths: Tensor, sigma: float) -> dict[str, float]:
+    """Path lengths, and the accuracy of the pseudo labels and of the
+    model's predictions on the unlabelled nodes (all, and DPLP-covered)."""
+    rec = {"dplp_sigma": sigma,
+           "path_len_mean": float(lengths.mean()),
+           "path_len_q10": float(torch.quantile(lengths, 0.1)),
+           "path_len_q50": float(torch.quantile(lengths, 0.5)),
+           "path_len_q90": float(torch.quantile(lengths, 0.9)),
+           "path_len_max": float(lengths.max())}
+    n_unl = max(int(unl.sum()), 1)
+    has = unl & (targets >= 0)
+    rec["pl_acc_all"] = float((targets[has] == truth[has]).float().mean()) \
+        if bool(has.any()) else math.nan
+    rec["model_acc"] = float((prior[unl] == truth[unl]).float().mean()) \
+        if bool(unl.any()) else math.nan
+    rec["pl_coverage"] = float(covered.sum()) / n_unl
+    if bool(covered.any()):
+        rec["pl_acc"] = float((targets[covered] == truth[covered]).float().mean())
+        rec["model_acc_on_covered"] = float(
+            (prior[covered] == truth[covered]).float().mean())
+    else:
+        rec["pl_acc"] = rec["model_acc_on_covered"] = math.nan
+    return rec
+
+
+def graph_and_labels(cfg: Config, head: DNAHead, feats: Tensor, data: TrainData,
+                     device: torch.device) -> Refreshed:
+    """Graph, Label Bank, pseudo labels, their weights and statistics of a
+    Feature Bank."""
+    rec: dict[str, float] = {}
+    t = time.perf_counter()
+    graph = build_graph(feats, cfg, device)
+    rec["time_graph"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    mask, truth = data.labelled_mask, data.true_y
+    logits = label_bank_logits(head, feats, graph, cfg.dna.k, device)
+    prior = logits.argmax(1)
+    prior[mask] = truth[mask]
+    rec["time_label_bank"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    pl = cfg.pseudo_label
+    out = pseudo_labels(graph, truth, mask, prior, source=pl.source,
+                        sigma=cfg.dplp.sigma, mode=cfg.dplp.mode,
+                        num_classes=data.num_classes)
+    rec["time_dplp"] = time.perf_counter() - t
+
+    unl = ~mask
+    lengths = path_lengths(out.parents).float()
+    rec.update(label_stats(out.targets, prior, out.covered, truth, unl, lengths,
+                           out.sigma))
+    weights = target_weights(logits, mask, pl.source, pl.weighting, pl.weight)
+    if weights is not None:
+        has = unl & (out.targets >= 0)
+        rec["pl_weight_mean"] = float(weights[has].mean()) if has.any() else 0.0
+    return Refreshed(Banks(feats, prior, out.targets, weights), graph, rec,
+                     lengths)
+
+
+def broadcast_refresh(dist: DistContext, out: Refreshed | None, feats: Tensor,
+                      weighted: bool) -> Refreshed:
+    """Rank 0's graph, Label Bank, targets and statistics on every rank
+    (``out`` is :obj:`None` elsewhere)."""
+    t = time.perf_counter()
+    graph = broadcast_data(dist, None if out is None else out.graph)
+    stats = dist.broadcast_object(None if out is None else out.stats)
+    if out is None:
+        n = feats.size(0)
+        banks = Banks(feats, torch.empty(n, dtype=torch.long),
+                      torch.empty(n, dtype=torch.long),
+                      torch.empty(n) if weighted else None)
+        lengths = None
+    else:
+        banks, lengths = out.banks, out.path_lengths
+    dist.broadcast_(banks.prior)
+    dist.broadcast_(banks.targets)
+    if banks.weights is not None:
+        dist.broadcast_(banks.weights)
+    stats["time_broadcast"] = time.perf_counter() - t
+    return Refreshed(banks, graph, stats, lengths)
+
+
+def shared_graph(feats: Tensor, cfg: Config, device: torch.device,
+                 dist: DistContext) -> Data:
+    """The graph of a Feature Bank, identical on every rank."""
+    if dist.enabled and cfg.distributed.graph == "rank0":
+        return broadcast_data(dist, dist.on_main(
+            lambda: build_graph(feats, cfg, device), share=False))
+    return build_graph(feats, cfg, device)
+
+
+def refresh(cfg: Config, model: Model, data: TrainData, device: torch.device,
+            dist: DistContext, log: RunLogger | QuietLogger) -> Refreshed:
+    """Feature Bank, graph, Label Bank and pseudo labels from the current
+    model. A run that reads no bank (:func:`needs_banks`) gets the labels
+    alone, no graph."""
+    if not needs_banks(cfg, model.uses_graph_head):
+        targets = torch.where(data.labelled_mask, data.true_y, -1)
+        return Refreshed(Banks(torch.empty(0), targets.clone(), targets), None, {})
+    rec: dict[str, float] = {}
+    t = time.perf_counter()
+    feats, gather_s = extract_bank(model.backbone, data.eval_tf, data.train_set,
+                                   data.nodes, device, cfg.eval.batch_size, dist,
+                                   log, "feature bank")
+    rec["time_bank"] = time.perf_counter() - t
+    rec["bank_mb"] = feats.numel() * feats.element_size() / 2**20
+    if dist.enabled:
+        rec["time_bank_gather"] = gather_s
+
+    if dist.enabled and cfg.distributed.graph == "rank0":
+        pl = cfg.pseudo_label
+        out = dist.on_main(lambda: graph_and_labels(cfg, model.head, feats, data,
+                                                    device), share=False)
+        out = broadcast_refresh(dist, out, feats, has_target_weights(
+            pl.source, pl.weighting, pl.weight))
+    else:
+        out = graph_and_labels(cfg, model.head, feats, data, device)
+    rec.update(out.stats)
+    out.stats = rec
+    return out
+
+
+def drift_stats(old: Banks | None, new: Banks, graph: Data | None, k: int,
+                device: torch.device) -> dict[str, float]:
+    """Staleness: how far the Feature Bank moved since ``old`` was read
+    (``{}`` where there is no previous bank or no graph)."""
+    if graph is None or old is None or not old.features.numel():
+        return {}
+    return bank_drift(old.features.to(device), new.features, graph, k)

@@ -1,0 +1,186 @@
+"""Set-up of a run: device, seeds, data and split, the model (backbone +
+DNA head, wrapped for DistributedDataParallel), and the run-folder check."""
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch_geometric.data import Data
+
+from dag_pyg.config import Config
+from dag_pyg.data import ArrayDataset, BatchTransform, Split, load_dataset, make_split
+from dag_pyg.distributed import DistContext, convert_sync_batchnorm
+from dag_pyg.models import build_backbone
+from dag_pyg.nn import DNAHead
+from dag_pyg.train.checkpoint import CheckpointError
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device '{name}' was asked for but CUDA is not "
+                         "available; use device: auto or cpu.")
+    return dev
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def check_run_dir(run_dir: Path, resume: bool) -> None:
+    """A new run never overwrites one; ``--resume`` needs a checkpoint."""
+    ckpt_path = run_dir / CHECKPOINT
+    if resume and not ckpt_path.exists():
+        raise CheckpointError(f"--resume: no checkpoint at '{ckpt_path}'; "
+                              "start the run without --resume.")
+    if not resume and ckpt_path.exists():
+        raise FileExistsError(
+            f"'{run_dir}' already holds a run (checkpoint.pt); pass "
+            "--resume to continue it or --out to start a new one. Nothing "
+            "was overwritten.")
+
+
+def balanced_subset(targets: Tensor, count: int, seed: int) -> Tensor:
+    """A class-balanced subset of ``count`` indices (CPU-scale runs)."""
+    return make_split(targets, count, seed=seed).labelled.sort().values
+
+
+@dataclass
+class TrainData:
+    """A run's data: graph node ``i`` is training sample ``nodes[i]``,
+    labelled nodes first."""
+    train_set: ArrayDataset
+    test_set: ArrayDataset
+    split: Split
+    nodes: Tensor            # training-set row of every graph node [N]
+    labelled_mask: Tensor    # [N]
+    true_y: Tensor           # label of every node [N]: trained on where labelled,
+    #                          elsewhere read by the statistics only
+    train_tf: BatchTransform
+    eval_tf: BatchTransform
+
+    @property
+    def num_classes(self) -> int:
+        return self.train_set.num_classes
+
+    @property
+    def num_labelled(self) -> int:
+        return self.split.labelled.numel()
+
+
+def load_data(cfg: Config) -> TrainData:
+    """The data set, its CPU-scale subsets, the split and the transforms."""
+    d = cfg.data
+    kw = {"image_size": d.image_size} if d.name == "imagefolder" else {}
+    root = os.path.expanduser(d.root) if d.root else None
+    train, test = load_dataset(d.name, root=root, download=d.download,
+                               cache_dir=d.cache_dir, **kw)
+    if d.num_train is not None:
+        train = train.subset(balanced_subset(train.targets, d.num_train, cfg.seed))
+    if d.num_test is not None:
+        test = test.subset(balanced_subset(test.targets, d.num_test, 0))
+    if d.split_file:
+        split = Split.load(d.split_file, num_samples=len(train))
+    else:
+        split = make_split(train.targets, d.num_labelled, per_class=d.per_class,
+                           num_val=d.num_val, seed=cfg.seed)
+    nodes = torch.cat([split.labelled, split.unlabelled])
+    labelled_mask = torch.zeros(nodes.numel(), dtype=torch.bool)
+    labelled_mask[: split.labelled.numel()] = True
+    train_tf = BatchTransform.for_dataset(train, train=True)
+    if d.translate is not None:
+        train_tf.pad = d.translate
+    if d.flip is not None:
+        train_tf.flip = d.flip
+    return TrainData(train, test, split, nodes, labelled_mask,
+                     train.targets[nodes], train_tf,
+                     BatchTransform.for_dataset(train, train=False))
+
+
+class TrainNet(nn.Module):
+    """Backbone + head as one module: what DistributedDataParallel wraps
+    (its forward is one training step's forward).
+
+    With several ranks, ``x`` is this rank's slice of the batch while a
+    graph ``batch`` is the sub-graph of the whole batch: a seed's neighbours
+    may be seeds of another rank, whose live features it reads as one
+    process would. The ranks' features are all-gathered (gradients flow
+    back to their owners) and the logits of ``keep`` are returned.
+    """
+
+    def __init__(self, backbone: nn.Module, head: DNAHead,
+                 dist: DistContext | None = None):
+        super().__init__()
+        self.backbone, self.head = backbone, head
+        self.dist = dist or DistContext()
+
+    def forward(self, x: Tensor, batch: Data | None = None,
+                bank: Tensor | None = None, density: Tensor | None = None,
+                self_only: bool = False, keep: Tensor | None = None) -> Tensor:
+        feats = self.backbone.features(x)
+        if batch is not None:
+            feats = self.dist.all_gather_rows_grad(
+                feats, self.dist.shard_sizes(batch.batch_size)
+                if self.dist.enabled else None)
+            logits = self.head.forward_batch(feats, bank, batch, density)
+            return logits if keep is None else logits[keep.to(logits.device)]
+        if self_only:  # a graph head before the first graph: self term only
+            empty = torch.empty(2, 0, dtype=torch.long, device=feats.device)
+            return self.head(feats, empty, feats.new_zeros(feats.size(0)))
+        return self.head(feats)
+
+
+@dataclass
+class Model:
+    """The backbone, the DNA head, and ``net``: both as one module (wrapped
+    in DistributedDataParallel under ``torchrun``) for training steps."""
+    backbone: nn.Module
+    head: DNAHead
+    net: nn.Module
+
+    @property
+    def uses_graph_head(self) -> bool:
+        return self.head.hops > 0
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        # The backbone's own classifier is unused: the head classifies.
+        return [p for n, p in self.backbone.named_parameters()
+                if not n.startswith("classifier.")] + list(self.head.parameters())
+
+
+def build_model(cfg: Config, data: TrainData, device: torch.device,
+                dist: DistContext) -> Model:
+    c, h, w = data.train_set.image_shape
+    opts = {}
+    if cfg.model.backbone == "cnn13":
+        opts = {"width": cfg.model.width, "weight_norm": cfg.model.weight_norm,
+                "dropout": cfg.model.dropout}
+    backbone = build_backbone(cfg.model.backbone, data.num_classes,
+                              in_channels=c, input_size=min(h, w),
+                              **opts).to(device)
+    head = DNAHead(backbone.feat_dim, data.num_classes, hops=cfg.dna.hops,
+                   aggregator=cfg.dna.aggregator).to(device)
+    if cfg.distributed.sync_batchnorm:
+        backbone = convert_sync_batchnorm(backbone, dist, device)
+    net: nn.Module = TrainNet(backbone, head, dist)
+    if dist.enabled:
+        # Unused parameters exist (the backbone's classifier; GAT attention
+        # before the first graph). Synchronised batch norm keeps buffers
+        # equal, so they need no broadcast.
+        net = DistributedDataParallel(
+            net, find_unused_parameters=True,
+            forward_sync_buffers=not cfg.distributed.sync_batchnorm,
+            device_ids=[device.index] if device.type == "cuda" else None)
+    return Model(backbone, head, net)

@@ -1,0 +1,77 @@
+"""What a run's checkpoint holds, and how a run continues from it."""
+from __future__ import annotations
+
+import torch
+
+from dag_pyg.config import Config, upgrade
+from dag_pyg.distributed import DistContext
+from dag_pyg.train.checkpoint import CheckpointError, restore_rng_state
+from dag_pyg.train.refresh import Banks
+from dag_pyg.train.setup import Model, TrainData, seed_everything
+
+
+def run_state(epoch: int, cfg: Config, model: Model,
+              optimizer: torch.optim.Optimizer,
+              scheduler: torch.optim.lr_scheduler.LRScheduler,
+              banks: Banks | None, history: dict, data: TrainData,
+              rng_ranks: list[dict], world_size: int) -> dict:
+    """The checkpoint of the end of ``epoch`` (``rng_ranks``: every rank's
+    :func:`~dag_pyg.train.checkpoint.capture_rng_state`)."""
+    split = data.split
+    return {"epoch": epoch, "config": cfg.to_dict(),
+            "backbone": model.backbone.state_dict(),
+            "head": model.head.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": rng_ranks[0], "world_size": world_size,
+            "rng_ranks": rng_ranks,
+            "banks": None if banks is None else {
+                "features": banks.features, "prior": banks.prior,
+                "targets": banks.targets, "weights": banks.weights},
+            "history": history, "split": {"labelled": split.labelled,
+                                          "unlabelled": split.unlabelled,
+                                          "val": split.val}}
+
+
+def restore_run_state(state: dict, cfg: Config, model: Model,
+                      optimizer: torch.optim.Optimizer,
+                      scheduler: torch.optim.lr_scheduler.LRScheduler,
+                      data: TrainData, gen: torch.Generator, dist: DistContext,
+                      run_dir: str) -> tuple[int, Banks | None, dict, list[str]]:
+    """Loads a checkpoint's weights, optimiser, schedule and RNG streams into
+    the run; returns the epoch it ended, its banks, history and notes for the
+    log. A checkpoint of another configuration or split is an error."""
+    saved, ours = upgrade(state.get("config") or {}), cfg.to_dict()
+    if saved != ours:
+        diff = sorted(k for k in set(saved) | set(ours)
+                      if saved.get(k) != ours.get(k))
+        raise CheckpointError(
+            f"The checkpoint in '{run_dir}' was written with another "
+            f"configuration (sections differing: {diff}); resume with the "
+            "same config, or start a new run with --out.")
+    for key in ("labelled", "unlabelled", "val"):
+        if not torch.equal(state["split"][key], getattr(data.split, key)):
+            raise CheckpointError("The checkpoint's data split differs from "
+                                  "this run's; resume with the same data.")
+    model.backbone.load_state_dict(state["backbone"])
+    model.head.load_state_dict(state["head"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    notes: list[str] = []
+    saved_world = state.get("world_size", 1)
+    if saved_world == dist.world_size:
+        restore_rng_state(state.get("rng_ranks", [state["rng"]])[dist.rank],
+                          {"data": gen})
+    else:
+        # Batches and augmentation come from the shared data generator and
+        # continue exactly; only per-rank draws (dropout) cannot.
+        gen.set_state(state["rng"]["generators"]["data"])
+        seed_everything(cfg.seed + dist.rank + 7919 * (state["epoch"] + 1))
+        notes.append(f"resuming a run of {saved_world} process(es) with "
+                     f"{dist.world_size}: data order and augmentation "
+                     "continue exactly; dropout masks differ from an "
+                     "uninterrupted run.")
+    b = state["banks"]
+    banks = None if b is None else Banks(b["features"], b["prior"], b["targets"],
+                                         b.get("weights"))
+    return state["epoch"], banks, state["history"], notes
