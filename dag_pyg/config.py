@@ -61,7 +61,7 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     backbone: str = "mlp"          # cnn13 | resnet18 | mlp | cnn
-    width: float = 1.0             # cnn13 channel multiplier (0.25 for CPU runs)
+    width: float = 1.0             # cnn13 / cnn channel multiplier (CPU runs: < 1)
     weight_norm: bool = False      # cnn13 weight norm
     dropout: float = 0.5           # cnn13 dropout
 

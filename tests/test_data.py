@@ -161,8 +161,8 @@ def test_digits():
 
 
 def test_load_dataset_bad_name_and_option():
-    with pytest.raises(ValueError, match="Unknown dataset 'svhn'.*cifar10"):
-        load_dataset("svhn")
+    with pytest.raises(ValueError, match="Unknown dataset 'emnist'.*cifar10"):
+        load_dataset("emnist")
     with pytest.raises(TypeError, match="unknown option.*image_size"):
         load_dataset("digits", image_size=8)
 

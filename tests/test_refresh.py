@@ -235,3 +235,11 @@ def test_evaluate_classifies_like_the_model(aggregator):
     err = 100.0 * float((logits.argmax(1) != test.targets).float().mean())
     assert rec["test_error"] == pytest.approx(err)
     assert 0 <= rec["val_error"] <= 100 and rec["time_eval"] >= 0
+
+
+def test_cnn_width_is_a_channel_multiplier():
+    cfg = load_config("configs/digits.yaml", ["model.backbone=cnn"])
+    data = load_data(cfg)
+    assert build_model(cfg, data, CPU, DistContext()).backbone.feat_dim == 64
+    cfg = load_config("configs/digits.yaml", ["model.backbone=cnn", "model.width=0.5"])
+    assert build_model(cfg, data, CPU, DistContext()).backbone.feat_dim == 32

@@ -1,11 +1,7 @@
 """Datasets, semi-supervised splits and batched augmentation."""
-from dag_pyg.data.datasets import (
-    DATASETS,
-    ArrayDataset,
-    DatasetNotFoundError,
-    channel_stats,
-    load_dataset,
-)
+from dag_pyg.data.array_dataset import ArrayDataset, DatasetNotFoundError, channel_stats
+from dag_pyg.data.datasets import DATASETS, load_dataset
+from dag_pyg.data.idx import IdxFormatError, read_idx
 from dag_pyg.data.splits import Split, make_split
 from dag_pyg.data.transforms import (
     BatchTransform,
@@ -20,6 +16,8 @@ __all__ = [
     "DATASETS",
     "ArrayDataset",
     "DatasetNotFoundError",
+    "IdxFormatError",
+    "read_idx",
     "channel_stats",
     "load_dataset",
     "Split",

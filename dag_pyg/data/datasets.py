@@ -8,7 +8,9 @@ training loop slice, augment and refresh its banks in batches without a
 
 Supported names (see :func:`load_dataset`):
 
-* ``cifar10`` / ``cifar100``: torchvision's datasets under ``root``.
+* ``cifar10``, ``cifar100``, ``mnist``, ``fashion_mnist``, ``kmnist``,
+  ``svhn``, ``stl10``: torchvision's data sets in their folder layouts under
+  ``root`` (see :mod:`dag_pyg.data.torchvision_sets`).
 * ``imagefolder``: any ``root/train/<class>/*`` + ``root/test/<class>/*`` tree
   (Mini-ImageNet, the CIFAR-10 JPEG copy), decoded once into a ``.npz`` cache.
 * ``digits``: scikit-learn's bundled 8x8 digits; needs no download.
@@ -23,133 +25,27 @@ import sys
 import tempfile
 import warnings
 import zipfile
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-DATASETS = ("cifar10", "cifar100", "imagefolder", "digits")
+from dag_pyg.data.array_dataset import ArrayDataset, DatasetNotFoundError
+from dag_pyg.data.torchvision_sets import (
+    IDX_SETS,
+    load_cifar,
+    load_idx_set,
+    load_stl10,
+    load_svhn,
+)
+
+DATASETS = ("cifar10", "cifar100", *IDX_SETS, "svhn", "stl10", "imagefolder",
+            "digits")
 
 # Bump when the cache layout changes so old files are not read.
 _CACHE_VERSION = 1
 _DEFAULT_CACHE_DIR = osp.join("~", ".cache", "dag_pyg")
-
-
-class DatasetNotFoundError(FileNotFoundError):
-    """Raised when a dataset's files are missing and cannot be downloaded."""
-
-
-class ArrayDataset(torch.utils.data.Dataset):
-    r"""A labelled image set held in memory as two tensors.
-
-    Args:
-        images (Tensor): ``[N, C, H, W]``; ``uint8`` (0..255) or floating point
-            (already in ``[0, 1]``).
-        targets (Tensor): ``[N]`` class indices.
-        classes (Sequence[str]): class names; ``classes[t]`` names target ``t``.
-        name (str, optional): the dataset's name, e.g. ``"cifar10"``.
-        mean (Sequence[float], optional): per-channel mean on the ``[0, 1]``
-            scale. Computed from ``images`` when omitted; pass the training
-            set's statistics to a test set.
-        std (Sequence[float], optional): per-channel standard deviation, as
-            ``mean``.
-    """
-
-    def __init__(self, images: Tensor, targets: Tensor, classes: Sequence[str],
-                 name: str = "", mean: Sequence[float] | None = None,
-                 std: Sequence[float] | None = None):
-        images = torch.as_tensor(images)
-        targets = torch.as_tensor(targets, dtype=torch.long)
-        if images.dim() != 4:
-            raise ValueError(f"'images' must be [N, C, H, W] (got shape "
-                             f"{tuple(images.shape)}).")
-        if targets.dim() != 1 or targets.numel() != images.size(0):
-            raise ValueError(f"'targets' must be [N] with N={images.size(0)} "
-                             f"(got shape {tuple(targets.shape)}).")
-        if images.dtype != torch.uint8 and not images.is_floating_point():
-            raise ValueError(f"'images' must be uint8 or floating point (got "
-                             f"{images.dtype}).")
-        if targets.numel() and (int(targets.min()) < 0
-                                or int(targets.max()) >= len(classes)):
-            raise ValueError(f"'targets' must lie in [0, {len(classes)}) for "
-                             f"{len(classes)} classes (got range "
-                             f"[{int(targets.min())}, {int(targets.max())}]).")
-        self.images = images
-        self.targets = targets
-        self.classes = list(classes)
-        self.name = name
-        if mean is None or std is None:
-            m, s = channel_stats(images)
-            mean = m if mean is None else mean
-            std = s if std is None else std
-        self.mean = tuple(float(v) for v in mean)
-        self.std = tuple(float(v) for v in std)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        """``(C, H, W)`` of one image."""
-        return tuple(self.images.shape[1:])
-
-    def __len__(self) -> int:
-        return self.targets.numel()
-
-    def __getitem__(self, index: Any) -> tuple[Tensor, Tensor]:
-        return self.images[index], self.targets[index]
-
-    def subset(self, indices: Tensor | Sequence[int]) -> ArrayDataset:
-        """A new dataset with the rows ``indices``, keeping this one's stats."""
-        idx = torch.as_tensor(indices, dtype=torch.long)
-        return ArrayDataset(self.images[idx], self.targets[idx], self.classes,
-                            name=self.name, mean=self.mean, std=self.std)
-
-    def __repr__(self) -> str:
-        c, h, w = self.image_shape
-        return (f"{self.__class__.__name__}({self.name or 'unnamed'}, "
-                f"num_samples={len(self)}, num_classes={self.num_classes}, "
-                f"image={c}x{h}x{w} {str(self.images.dtype).split('.')[-1]})")
-
-
-def channel_stats(images: Tensor, chunk: int = 4096
-                  ) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    r"""Per-channel mean and standard deviation on the ``[0, 1]`` scale.
-
-    ``uint8`` images are divided by 255. Float images are processed in chunks
-    of ``chunk`` images so large sets never need a float64 copy.
-    """
-    if images.numel() == 0:
-        c = images.size(1) if images.dim() == 4 else 1
-        return (0.0,) * c, (1.0,) * c
-    c = images.size(1)
-    if images.dtype == torch.uint8:
-        # Exact and fast: a 256-bin histogram per channel instead of a float
-        # copy of the whole set (CIFAR-10: 0.3 s instead of 2.5 s).
-        hist = torch.zeros(c, 256, dtype=torch.float64)
-        for ch in range(c):
-            hist[ch] = torch.bincount(images[:, ch].reshape(-1),
-                                      minlength=256).double()
-        levels = torch.arange(256, dtype=torch.float64) / 255.0
-        count = hist.sum(dim=1)
-        mean = (hist * levels).sum(dim=1) / count
-        var = (hist * (levels - mean.view(-1, 1)) ** 2).sum(dim=1) / count
-        std = var.clamp_min(0).sqrt()
-    else:
-        total = torch.zeros(c, dtype=torch.float64)
-        total_sq = torch.zeros(c, dtype=torch.float64)
-        for start in range(0, images.size(0), chunk):
-            x = images[start:start + chunk].to(torch.float64)
-            total += x.sum(dim=(0, 2, 3))
-            total_sq += (x * x).sum(dim=(0, 2, 3))
-        count = images.numel() / c
-        mean = total / count
-        std = (total_sq / count - mean * mean).clamp_min(0).sqrt()
-    std = torch.where(std > 0, std, torch.ones_like(std))  # constant channel
-    return tuple(mean.tolist()), tuple(std.tolist())
 
 
 def load_dataset(name: str, root: str | None = None, download: bool = False,
@@ -160,14 +56,14 @@ def load_dataset(name: str, root: str | None = None, download: bool = False,
     The test set carries the training set's ``mean``/``std``.
 
     Args:
-        name (str): one of ``"cifar10"``, ``"cifar100"``, ``"imagefolder"``,
-            ``"digits"``.
-        root (str, optional): where the data lives. For CIFAR, the folder that
-            holds (or will hold) ``cifar-10-batches-py`` / ``cifar-100-python``
-            (default ``~/data``). For ``imagefolder``, the folder holding
+        name (str): one of :data:`DATASETS` (``-``/``_`` and case ignored).
+        root (str, optional): where the data lives. For torchvision's sets,
+            the folder holding their layout (``cifar-10-batches-py``,
+            ``MNIST/raw``, ``train_32x32.mat``, ``stl10_binary``, ...;
+            default ``~/data``). For ``imagefolder``, the folder holding
             ``train/`` and ``test/`` (required). Ignored by ``digits``.
-        download (bool, optional): let torchvision fetch CIFAR when missing
-            (needs network access). (default: :obj:`False`)
+        download (bool, optional): let torchvision fetch its sets when
+            missing (needs network access). (default: :obj:`False`)
         cache_dir (str, optional): ``imagefolder`` only: where to write the
             decoded-array cache. By default it goes next to the data, or to
             ``~/.cache/dag_pyg`` when ``root`` is not writable.
@@ -176,11 +72,12 @@ def load_dataset(name: str, root: str | None = None, download: bool = False,
             (bool), ``train_dir``/``test_dir`` (default ``"train"``/``"test"``).
             ``digits``: ``num_train`` (default 1500).
     """
-    key = name.lower().replace("-", "").replace("_", "")
-    options = {"cifar10": (), "cifar100": (),
-               "imagefolder": ("image_size", "progress", "train_dir", "test_dir"),
-               "digits": ("num_train",)}
-    if key not in options:
+    canonical = {d.replace("_", ""): d for d in DATASETS}
+    key = canonical.get(name.lower().replace("-", "").replace("_", ""))
+    options = {d: () for d in DATASETS}
+    options["imagefolder"] = ("image_size", "progress", "train_dir", "test_dir")
+    options["digits"] = ("num_train",)
+    if key is None:
         raise ValueError(f"Unknown dataset '{name}'. Choose one of "
                          f"{list(DATASETS)}.")
     unknown = sorted(set(kwargs) - set(options[key]))
@@ -191,55 +88,13 @@ def load_dataset(name: str, root: str | None = None, download: bool = False,
         return _load_imagefolder(root, cache_dir=cache_dir, **kwargs)
     if key == "digits":
         return _load_digits(**kwargs)
-    if key == "cifar10":
-        return _load_cifar10(root, download=download)
-    return _load_cifar100(root, download=download)
-
-
-# CIFAR ---------------------------------------------------------------------
-
-def _load_cifar10(root: str | None, download: bool = False):
-    from torchvision.datasets import CIFAR10
-
-    return _load_torchvision_cifar(CIFAR10, "cifar10", "CIFAR-10",
-                                   "cifar-10-batches-py", root, download)
-
-
-def _load_cifar100(root: str | None, download: bool = False):
-    from torchvision.datasets import CIFAR100
-
-    return _load_torchvision_cifar(CIFAR100, "cifar100", "CIFAR-100",
-                                   "cifar-100-python", root, download)
-
-
-def _load_torchvision_cifar(cls, name: str, title: str, folder: str,
-                            root: str | None, download: bool):
-    root = osp.expanduser(root if root is not None else osp.join("~", "data"))
-    expected = osp.join(root, folder)
-    try:
-        train = cls(root, train=True, download=download)
-        test = cls(root, train=False, download=download)
-    except (RuntimeError, OSError) as e:
-        # torchvision says "Dataset not found or corrupted" when files are
-        # missing, and raises URLError (an OSError) when a download fails.
-        cause = ("and the download failed" if download else
-                 "and download is off")
-        raise DatasetNotFoundError(
-            f"{title} was not found under '{expected}' {cause} ({e}). Set "
-            f"`download: true` in the config (load_dataset('{name}', root, "
-            "download=True)) to fetch it where the network allows. On an "
-            "offline machine use the `imagefolder` dataset with a local copy "
-            "laid out as <root>/train/<class>/* and <root>/test/<class>/*, "
-            "e.g. a JPEG copy of CIFAR-10.") from e
-    tr = _from_torchvision(train, name)
-    te = _from_torchvision(test, name, mean=tr.mean, std=tr.std)
-    return tr, te
-
-
-def _from_torchvision(ds, name: str, mean=None, std=None) -> ArrayDataset:
-    images = torch.from_numpy(np.asarray(ds.data)).permute(0, 3, 1, 2)
-    return ArrayDataset(images.contiguous(), torch.as_tensor(ds.targets),
-                        ds.classes, name=name, mean=mean, std=std)
+    if key in IDX_SETS:
+        return load_idx_set(key, root, download)
+    if key == "svhn":
+        return load_svhn(root, download)
+    if key == "stl10":
+        return load_stl10(root, download)
+    return load_cifar(key, root, download)
 
 
 # digits --------------------------------------------------------------------

@@ -17,6 +17,10 @@ import torch
 from torch import Tensor
 
 PADDING_MODES = ("reflect", "zero")
+# Data sets whose images a horizontal flip turns into other symbols.
+NO_FLIP = frozenset({"digits", "mnist", "kmnist", "svhn"})
+# Grey data sets on a black background: translation pads with zeros.
+ZERO_PAD = frozenset({"digits", "mnist", "fashion_mnist", "kmnist"})
 
 
 def to_float(x: Tensor) -> Tensor:
@@ -137,18 +141,20 @@ class BatchTransform:
         r"""The default transform for an :class:`ArrayDataset`.
 
         Training: translate by ``max(1, size // 16)`` px (2 px for 32x32, as
-        Mean Teacher / LP-DeepSSL; 5 px for 84x84) with reflect padding and
-        random flips. ``digits`` gets 1 px with zero padding (the background
-        is 0) and no flips (mirrored digits are other symbols).
+        Mean Teacher / LP-DeepSSL; 1 px for 28x28, 5 px for 84x84) and
+        random flips. Sets of digits and characters (:data:`NO_FLIP`:
+        ``digits``, ``mnist``, ``kmnist``, ``svhn``) are not flipped
+        (mirrored digits are other symbols); grey sets on a black background
+        (:data:`ZERO_PAD`) are padded with zeros, the others by reflection.
         Evaluation: normalisation only.
         """
         mean, std = dataset.mean, dataset.std
         if not train:
             return cls(mean, std)
         size = min(dataset.image_shape[1:])
-        if dataset.name == "digits":
-            return cls(mean, std, pad=1, flip=False, padding_mode="zero")
-        return cls(mean, std, pad=max(1, size // 16), flip=True)
+        return cls(mean, std, pad=max(1, size // 16),
+                   flip=dataset.name not in NO_FLIP,
+                   padding_mode="zero" if dataset.name in ZERO_PAD else "reflect")
 
     def __call__(self, x: Tensor, generator: torch.Generator | None = None
                  ) -> Tensor:

@@ -167,6 +167,8 @@ def build_model(cfg: Config, data: TrainData, device: torch.device,
     if cfg.model.backbone == "cnn13":
         opts = {"width": cfg.model.width, "weight_norm": cfg.model.weight_norm,
                 "dropout": cfg.model.dropout}
+    elif cfg.model.backbone == "cnn":  # width 1.0: its 32 channels
+        opts = {"width": max(1, round(32 * cfg.model.width))}
     backbone = build_backbone(cfg.model.backbone, data.num_classes,
                               in_channels=c, input_size=min(h, w),
                               **opts).to(device)
