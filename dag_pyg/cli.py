@@ -12,9 +12,10 @@ import os
 import sys
 from pathlib import Path
 
-from dag_pyg.config import ConfigError, load_config
+from dag_pyg.config import load_config
 from dag_pyg.distributed.context import DistributedError
 from dag_pyg.train.checkpoint import CheckpointError
+from dag_pyg.train.interrupt import TrainingInterrupted
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "digits.yaml"
 
@@ -35,6 +36,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="stop after this epoch's checkpoint (time-limited jobs); "
                    "continue later with --resume")
     e = sub.add_parser("eval", help="evaluate a run folder's last checkpoint")
+    for cmd in (t, e):
+        cmd.add_argument("--debug", action="store_true",
+                         help="show the full traceback of an error")
     e.add_argument("run_dir")
     e.add_argument("--num-test", metavar="N|all",
                    help="evaluate on another test set than the run's own: 'all' "
@@ -61,10 +65,20 @@ def main(argv: list[str] | None = None) -> int:
 
             result = evaluate_run(args.run_dir, num_test=args.num_test)
             print(json.dumps(result, indent=2))
-    except (ConfigError, FileExistsError, FileNotFoundError, CheckpointError,
+    except TrainingInterrupted as e:
+        # SIGTERM / Ctrl-C: the run wrote a resumable checkpoint and said how
+        # to continue; the exit status tells the scheduler it did not finish.
+        if os.environ.get("RANK", "0") == "0":
+            print(f"stopped: {e}", file=sys.stderr)
+        return e.exit_code
+    except (ValueError, FileExistsError, FileNotFoundError, CheckpointError,
             DistributedError) as e:
-        # Config mistakes, a run folder in the way, missing data, damaged or
-        # mismatched checkpoints, a lost rank: a message, not a traceback.
+        # Config mistakes (ConfigError is a ValueError), impossible splits,
+        # bad data files, a run folder in the way, missing data, damaged or
+        # mismatched checkpoints, a lost rank: a message, not a traceback
+        # (--debug shows it).
+        if args.debug:
+            raise
         rank = os.environ.get("RANK")
         where = f"[rank {rank}] " if rank is not None and os.environ.get(
             "WORLD_SIZE", "1") != "1" else ""

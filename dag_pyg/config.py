@@ -56,6 +56,7 @@ class DataConfig:
     split_file: str | None = None  # reuse another run's split.json
     translate: int | None = None   # augmentation shift in px (None: dataset default)
     flip: bool | None = None       # horizontal flips (None: dataset default)
+    skip_bad_files: bool = False   # imagefolder: skip undecodable files (logged)
 
 
 @dataclass

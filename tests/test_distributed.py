@@ -231,3 +231,22 @@ def test_missing_ranks_time_out_with_a_clear_error(tmp_path):
     assert proc.returncode == 2
     assert "joining the process group of 2 failed" in err
     assert "Check that all 2 processes were started" in err
+
+
+@pytest.mark.slow  # spawns processes
+def test_sigterm_to_one_rank_stops_every_rank_with_one_checkpoint(tmp_path):
+    _train(tmp_path / "full", WORLD, *THREE)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc_per_node={WORLD}", "tests/signal_worker.py", "train",
+           "configs/digits.yaml", "--out", str(tmp_path / "cut"), *RUN, *THREE]
+    env = dict(_env(), DAG_PYG_KILL_RANK="1", DAG_PYG_KILL_STEP="40")
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode != 0
+    log = (tmp_path / "cut" / "train.log").read_text()
+    assert log.count("interrupted by SIGTERM in epoch") == 1  # rank 0 writes
+    state = load_checkpoint(tmp_path / "cut" / "checkpoint.pt")
+    assert state["progress"] is not None and state["world_size"] == WORLD
+    assert not [p for p in (tmp_path / "cut").iterdir() if p.name.startswith(".tmp")]
+    _train(tmp_path / "cut", WORLD, *THREE, "--resume")
+    assert _records(tmp_path / "cut") == _records(tmp_path / "full")

@@ -243,3 +243,15 @@ def test_cnn_width_is_a_channel_multiplier():
     assert build_model(cfg, data, CPU, DistContext()).backbone.feat_dim == 64
     cfg = load_config("configs/digits.yaml", ["model.backbone=cnn", "model.width=0.5"])
     assert build_model(cfg, data, CPU, DistContext()).backbone.feat_dim == 32
+
+
+def test_epoch_progress_sums_per_rank():
+    from dag_pyg.train.loop import EpochProgress
+
+    p = EpochProgress([], done=3, sums={"loss": 1.0},
+                      sums_ranks=[{"loss": 1.0}, {"loss": 3.0}])
+    two = DistContext(1, 2, 1, "gloo")
+    assert p.for_rank(two).sums == {"loss": 3.0}       # its own sums
+    # Resumed by one process: the mean, so the epoch's mean loss is kept.
+    assert p.for_rank(DistContext()).sums == {"loss": 2.0}
+    assert p.for_rank(DistContext()).done == 3

@@ -220,3 +220,45 @@ def test_cli_train_and_config_errors(tmp_path, capsys):
     rc = main(["train", "configs/digits.yaml", "--out", str(tmp_path / "c")])
     assert rc == 2
     assert "--resume" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kill_at", [7, 20, 35, 38, 45])
+def test_sigterm_mid_epoch_resumes_exactly(tmp_path, monkeypatch, capsys, kill_at):
+    """A SIGTERM during step ``kill_at`` (15 steps per epoch here; epochs
+    0-1 pre-train; main epochs refresh twice within, after steps 5 and 10):
+    the step finishes, a checkpoint of the position is written, the CLI
+    exits 143; --resume ends identical to an uninterrupted run."""
+    import os
+    import signal
+
+    from dag_pyg.train import epoch as epoch_module
+
+    extra = ["graph.refresh_per_epoch=3"]
+    args = [a for o in TINY + extra for a in ("--set", o)]
+    assert main(["train", "configs/digits.yaml", "--out", str(tmp_path / "full"),
+                 *args]) == 0
+    real_loss, calls = epoch_module.dag_loss, []
+
+    def loss_then_signal(*a, **kw):
+        calls.append(1)
+        if len(calls) == kill_at:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_loss(*a, **kw)
+
+    monkeypatch.setattr(epoch_module, "dag_loss", loss_then_signal)
+    cut = ["train", "configs/digits.yaml", "--out", str(tmp_path / "cut"), *args]
+    assert main(cut) == 128 + signal.SIGTERM
+    err = capsys.readouterr().err
+    assert "interrupted by SIGTERM" in err and "--resume" in err
+    assert len(calls) == kill_at  # stopped right after the signalled step
+    state = load_checkpoint(tmp_path / "cut" / "checkpoint.pt")
+    assert state["progress"]["done"] == (kill_at - 1) % 15 + 1
+    monkeypatch.setattr(epoch_module, "dag_loss", real_loss)
+    assert main([*cut, "--resume"]) == 0
+    for a, b in zip(weights(tmp_path / "full"), weights(tmp_path / "cut"), strict=True):
+        same(a, b)
+    strip = lambda r: {k: v for k, v in json.loads(r).items()  # noqa: E731
+                       if not k.startswith(("time_", "mem_"))}
+    full = (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()
+    lines = (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
+    assert [strip(x) for x in lines] == [strip(x) for x in full]

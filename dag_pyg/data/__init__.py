@@ -1,6 +1,6 @@
 """Datasets, semi-supervised splits and batched augmentation."""
 from dag_pyg.data.array_dataset import ArrayDataset, DatasetNotFoundError, channel_stats
-from dag_pyg.data.datasets import DATASETS, load_dataset
+from dag_pyg.data.datasets import DATASETS, BadImageError, load_dataset
 from dag_pyg.data.idx import IdxFormatError, read_idx
 from dag_pyg.data.splits import Split, make_split
 from dag_pyg.data.transforms import (
@@ -15,6 +15,7 @@ from dag_pyg.data.transforms import (
 __all__ = [
     "DATASETS",
     "ArrayDataset",
+    "BadImageError",
     "DatasetNotFoundError",
     "IdxFormatError",
     "read_idx",

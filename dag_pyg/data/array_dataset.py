@@ -50,6 +50,7 @@ class ArrayDataset(torch.utils.data.Dataset):
                              f"[{int(targets.min())}, {int(targets.max())}]).")
         self.images = images
         self.targets = targets
+        self.skipped: list[str] = []  # files left out as undecodable
         self.classes = list(classes)
         self.name = name
         if mean is None or std is None:

@@ -40,6 +40,11 @@ from dag_pyg.data.torchvision_sets import (
     load_svhn,
 )
 
+
+class BadImageError(ValueError):
+    """An image file that does not decode."""
+
+
 DATASETS = ("cifar10", "cifar100", *IDX_SETS, "svhn", "stl10", "imagefolder",
             "digits")
 
@@ -69,13 +74,17 @@ def load_dataset(name: str, root: str | None = None, download: bool = False,
             ``~/.cache/dag_pyg`` when ``root`` is not writable.
         **kwargs: per-dataset options. ``imagefolder``: ``image_size`` (int,
             resize every image to ``image_size x image_size``), ``progress``
-            (bool), ``train_dir``/``test_dir`` (default ``"train"``/``"test"``).
-            ``digits``: ``num_train`` (default 1500).
+            (bool), ``train_dir``/``test_dir`` (default ``"train"``/``"test"``),
+            ``skip_bad_files`` (bool: skip files that do not decode, listed in
+            the sets' ``skipped``; by default such a file is a
+            :class:`BadImageError` naming it). ``digits``: ``num_train``
+            (default 1500).
     """
     canonical = {d.replace("_", ""): d for d in DATASETS}
     key = canonical.get(name.lower().replace("-", "").replace("_", ""))
     options = {d: () for d in DATASETS}
-    options["imagefolder"] = ("image_size", "progress", "train_dir", "test_dir")
+    options["imagefolder"] = ("image_size", "progress", "train_dir", "test_dir",
+                              "skip_bad_files")
     options["digits"] = ("num_train",)
     if key is None:
         raise ValueError(f"Unknown dataset '{name}'. Choose one of "
@@ -129,7 +138,8 @@ def _load_digits(num_train: int = 1500):
 
 def _load_imagefolder(root: str | None, cache_dir: str | None = None,
                       image_size: int | None = None, progress: bool = True,
-                      train_dir: str = "train", test_dir: str = "test"):
+                      train_dir: str = "train", test_dir: str = "test",
+                      skip_bad_files: bool = False):
     if root is None:
         raise ValueError("The 'imagefolder' dataset needs 'root': a folder "
                          "holding train/<class>/* and test/<class>/*.")
@@ -149,12 +159,12 @@ def _load_imagefolder(root: str | None, cache_dir: str | None = None,
     name = osp.basename(osp.normpath(root)) or "imagefolder"
     parts = []
     for sub in (train_dir, test_dir):
-        images, targets = _cached_folder(root, sub, classes, class_to_idx,
-                                         image_size, cache_dir, progress)
-        parts.append((images, targets))
-    train = ArrayDataset(*parts[0], classes, name=name)
-    test = ArrayDataset(*parts[1], classes, name=name, mean=train.mean,
+        parts.append(_cached_folder(root, sub, classes, class_to_idx, image_size,
+                                    cache_dir, progress, skip_bad_files))
+    train = ArrayDataset(*parts[0][:2], classes, name=name)
+    test = ArrayDataset(*parts[1][:2], classes, name=name, mean=train.mean,
                         std=train.std)
+    train.skipped, test.skipped = parts[0][2], parts[1][2]
     return train, test
 
 
@@ -187,7 +197,8 @@ def _cache_key(root: str, samples: list[tuple[str, int]], classes: list[str],
 
 def _cached_folder(root: str, sub: str, classes: list[str],
                    class_to_idx: dict[str, int], image_size: int | None,
-                   cache_dir: str | None, progress: bool) -> tuple[Tensor, Tensor]:
+                   cache_dir: str | None, progress: bool, skip_bad: bool = False
+                   ) -> tuple[Tensor, Tensor, list[str]]:
     samples = _list_folder(osp.join(root, sub), class_to_idx,
                            allow_empty=(sub != "train"))
     if not samples:
@@ -203,23 +214,30 @@ def _cached_folder(root: str, sub: str, classes: list[str],
     for d in dirs:
         loaded = _read_cache(osp.join(d, fname), key)
         if loaded is not None:
+            if loaded[2] and not skip_bad:  # decoded earlier with skipping
+                raise BadImageError(
+                    f"'{loaded[2][0]}' cannot be decoded (and "
+                    f"{len(loaded[2]) - 1} more under '{osp.join(root, sub)}'). "
+                    "Remove or replace the files, or set `data.skip_bad_files: "
+                    "true` to skip them.")
             return loaded
 
-    images, targets = _decode(samples, image_size, progress,
-                              desc=f"Decoding {prefix}/{sub}")
+    images, targets, skipped = _decode(samples, image_size, progress,
+                                       desc=f"Decoding {prefix}/{sub}",
+                                       skip_bad=skip_bad)
     for d in dirs:
         # The data folder may be read-only (a shared mount): fall through to
         # the user's cache directory.
-        if _write_cache(osp.join(d, fname), key, images, targets):
+        if _write_cache(osp.join(d, fname), key, images, targets, skipped):
             break
     else:
         warnings.warn(f"Could not write the decoded-image cache to any of "
                       f"{dirs}; images will be decoded again next time. Pass a "
                       "writable 'cache_dir'.", stacklevel=3)
-    return torch.from_numpy(images), torch.from_numpy(targets)
+    return torch.from_numpy(images), torch.from_numpy(targets), skipped
 
 
-def _read_cache(path: str, key: str) -> tuple[Tensor, Tensor] | None:
+def _read_cache(path: str, key: str) -> tuple[Tensor, Tensor, list[str]] | None:
     if not osp.isfile(path):
         return None
     try:
@@ -227,15 +245,17 @@ def _read_cache(path: str, key: str) -> tuple[Tensor, Tensor] | None:
             if str(f["key"]) != key:
                 return None
             images, targets = f["images"], f["targets"]
+            skipped = [str(p) for p in f["skipped"]] if "skipped" in f else []
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as e:
         warnings.warn(f"Ignoring unreadable image cache '{path}' ({e}); "
                       "decoding again.", stacklevel=4)
         return None
-    return torch.from_numpy(images), torch.from_numpy(targets.astype(np.int64))
+    return (torch.from_numpy(images), torch.from_numpy(targets.astype(np.int64)),
+            skipped)
 
 
-def _write_cache(path: str, key: str, images: np.ndarray, targets: np.ndarray
-                 ) -> bool:
+def _write_cache(path: str, key: str, images: np.ndarray, targets: np.ndarray,
+                 skipped: list[str] | None = None) -> bool:
     """Writes the cache atomically; returns whether it succeeded."""
     d = osp.dirname(path)
     tmp = None
@@ -245,7 +265,8 @@ def _write_cache(path: str, key: str, images: np.ndarray, targets: np.ndarray
         # either no cache or a complete one, never a half-written file.
         fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp_", suffix=".npz")
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, images=images, targets=targets, key=np.array(key))
+            np.savez(f, images=images, targets=targets, key=np.array(key),
+                     skipped=np.array(skipped or [], dtype=str))
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; others may share the data
         os.replace(tmp, path)
         return True
@@ -290,13 +311,31 @@ def _progress(iterable, total: int, desc: str, enabled: bool):
 
 
 def _decode(samples: list[tuple[str, int]], image_size: int | None,
-            progress: bool, desc: str) -> tuple[np.ndarray, np.ndarray]:
+            progress: bool, desc: str, skip_bad: bool = False
+            ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Decodes every image into one ``[N, C, H, W]`` array; returns it, the
+    targets and the files skipped as undecodable (``skip_bad``)."""
     images = None
     targets = np.fromiter((t for _, t in samples), dtype=np.int64,
                           count=len(samples))
+    keep = np.ones(len(samples), dtype=bool)
+    skipped: list[str] = []
     for i, (path, _) in enumerate(_progress(samples, len(samples), desc,
                                             progress)):
-        arr = _decode_image(path, image_size)
+        try:
+            arr = _decode_image(path, image_size)
+        except (OSError, ValueError, SyntaxError) as e:
+            # PIL raises OSError for truncated or unidentified files (and
+            # ValueError / SyntaxError for some malformed headers).
+            if not skip_bad:
+                raise BadImageError(
+                    f"'{path}' cannot be decoded ({type(e).__name__}: {e}). "
+                    "Remove or replace the file, or set `data.skip_bad_files: "
+                    "true` to skip undecodable files (they are counted in the "
+                    "log).") from e
+            keep[i] = False
+            skipped.append(path)
+            continue
         if images is None:
             # Preallocate from the first image: one [N, C, H, W] buffer.
             h, w, c = arr.shape
@@ -307,4 +346,7 @@ def _decode(samples: list[tuple[str, int]], image_size: int | None,
                 f"are {images.shape[3]}x{images.shape[2]}; pass 'image_size' "
                 "to resize every image to one size.")
         images[i] = arr.transpose(2, 0, 1)
-    return images, targets
+    if images is None:
+        raise BadImageError(f"None of the {len(samples)} images of '{desc}' "
+                            f"decodes (first: '{samples[0][0]}').")
+    return images[keep], targets[keep], skipped

@@ -12,6 +12,7 @@ from dag_pyg.config import Config, OptimConfig
 from dag_pyg.data.transforms import mixup
 from dag_pyg.distributed import DistContext
 from dag_pyg.sampler import make_loader
+from dag_pyg.train.interrupt import StopRequest
 from dag_pyg.train.logger import QuietLogger, RunLogger
 from dag_pyg.train.losses import dag_loss
 from dag_pyg.train.refresh import Banks
@@ -63,10 +64,15 @@ def train_steps(cfg: Config, model: Model, data: TrainData,
                 banks: Banks | None, graph: Data | None, pretrain: bool,
                 device: torch.device, gen: torch.Generator, dist: DistContext,
                 log: RunLogger | QuietLogger, desc: str,
-                sums: dict[str, float] | None = None) -> dict[str, float]:
+                sums: dict[str, float] | None = None,
+                stop: StopRequest | None = None
+                ) -> tuple[dict[str, float], int, int | None]:
     """Trains on ``batches`` with the banks and graph given; returns the
-    loss terms summed over the steps (added to ``sums``)."""
+    loss terms summed over the steps (added to ``sums``), the number of
+    steps taken and, where ``stop`` was requested, the signal (the steps
+    then end after the current one)."""
     sums = dict(sums or {})
+    done, signum = 0, None
     use_graph = model.uses_graph_head and not pretrain
     model.backbone.train()
     model.head.train()
@@ -104,7 +110,10 @@ def train_steps(cfg: Config, model: Model, data: TrainData,
         optimizer.step()
         for key, value in terms.items():
             sums[key] = sums.get(key, 0.0) + float(value.detach())
-    return sums
+        done += 1
+        if stop is not None and (signum := stop.requested(dist)):
+            break
+    return sums, done, signum
 
 
 def mean_losses(sums: dict[str, float], num_batches: int,

@@ -25,12 +25,17 @@ same order and with the same augmentation as one.
 """
 from __future__ import annotations
 
+import dataclasses
 import gc
+import itertools
+import signal
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
+from torch import Tensor
 from torch_geometric.data import Data
 
 from dag_pyg.config import Config, save_config
@@ -49,6 +54,7 @@ from dag_pyg.train.epoch import (
     train_steps,
 )
 from dag_pyg.train.evaluate import evaluate
+from dag_pyg.train.interrupt import StopRequest, TrainingInterrupted
 from dag_pyg.train.logger import QuietLogger, RunLogger, read_metrics, write_json_atomic
 from dag_pyg.train.optim import build_optimizer
 from dag_pyg.train.refresh import (
@@ -78,50 +84,94 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+@dataclasses.dataclass
+class EpochProgress:
+    """How far an epoch got: its batches, the steps done, the loss sums and
+    the mid-epoch refreshes' record so far. A checkpoint written on a signal
+    holds it, so that the epoch continues exactly."""
+    batches: list[Tensor]
+    done: int = 0
+    sums: dict[str, float] = dataclasses.field(default_factory=dict)
+    mid_s: float = 0.0
+    drift: list[dict[str, float]] = dataclasses.field(default_factory=list)
+    # Every rank's loss sums (under torchrun each rank sums its own slice).
+    sums_ranks: list[dict[str, float]] | None = None
+
+    def for_rank(self, dist: DistContext) -> EpochProgress:
+        """This rank's share of a checkpoint's progress: its own loss sums,
+        or, resumed with another number of processes, every rank the mean
+        (the epoch's mean loss then comes out the same)."""
+        ranks = self.sums_ranks or [self.sums]
+        if len(ranks) == dist.world_size:
+            sums = ranks[dist.rank]
+        else:
+            sums = {k: sum(r[k] for r in ranks) / len(ranks) for k in ranks[0]}
+        return dataclasses.replace(self, sums=dict(sums), sums_ranks=None)
+
+
+class EpochResult(NamedTuple):
+    losses: dict[str, float]   # mean loss terms (empty if interrupted)
+    mids: dict[str, float]     # mid-epoch refreshes' time and drift
+    banks: Banks | None        # the banks and graph the epoch ended with
+    graph: Data | None
+    progress: EpochProgress
+    signum: int | None         # the signal that interrupted the epoch
+
+
 def train_epoch(cfg: Config, model: Model, data: TrainData,
                 optimizer: torch.optim.Optimizer, banks: Banks | None,
                 graph: Data | None, epoch: int, device: torch.device,
                 gen: torch.Generator, dist: DistContext,
-                log: RunLogger | QuietLogger
-                ) -> tuple[dict[str, float], dict[str, float], Banks | None,
-                           Data | None]:
-    """One epoch; with ``graph.refresh_per_epoch`` > 1 the banks and graph
-    are also refreshed at evenly spaced steps. Returns the mean losses, the
-    mid-epoch refreshes' time and drift (``{}`` without them), and the banks
-    and graph the epoch ended with."""
+                log: RunLogger | QuietLogger, progress: EpochProgress | None = None,
+                stop: StopRequest | None = None) -> EpochResult:
+    """One epoch (or the rest of an interrupted one, ``progress``); with
+    ``graph.refresh_per_epoch`` > 1 the banks and graph are also refreshed at
+    evenly spaced steps. A signal (``stop``) ends it after the current step."""
     pretrain = epoch < cfg.optim.pretrain_epochs
-    batches = epoch_batches(data.num_labelled, data.nodes.numel(), cfg.optim,
-                            pretrain, gen)
-    world = dist.world_size
-    if world > 1 and any(b.numel() < world for b in batches):
-        log.warning(f"epoch {epoch}: batches with fewer samples than the "
-                    f"{world} processes are skipped; lower the number of "
-                    "processes or raise optim.batch_size.")
-        batches = [b for b in batches if b.numel() >= world]
+    if progress is None:
+        batches = epoch_batches(data.num_labelled, data.nodes.numel(), cfg.optim,
+                                pretrain, gen)
+        world = dist.world_size
+        if world > 1 and any(b.numel() < world for b in batches):
+            log.warning(f"epoch {epoch}: batches with fewer samples than the "
+                        f"{world} processes are skipped; lower the number of "
+                        "processes or raise optim.batch_size.")
+            batches = [b for b in batches if b.numel() >= world]
+        progress = EpochProgress(batches)
     mid = not pretrain and needs_banks(cfg, model.uses_graph_head)
-    parts = split_for_refreshes(batches, cfg.graph.refresh_per_epoch if mid else 1)
+    parts = split_for_refreshes(progress.batches,
+                                cfg.graph.refresh_per_epoch if mid else 1)
     desc = f"{'pretrain' if pretrain else 'train'} {epoch}"
-    sums: dict[str, float] = {}
-    mid_s, drift = 0.0, []
-    for i, part in enumerate(parts):
-        if i:
+    ends = itertools.accumulate(len(part) for part in parts)
+    for i, (part, end) in enumerate(zip(parts, ends, strict=True)):
+        start = end - len(part)
+        if part and end <= progress.done:
+            continue  # finished before the interruption
+        if i and start >= progress.done:  # not refreshed before it
             t = time.perf_counter()
             new = refresh(cfg, model, data, device, dist, log)
-            mid_s += time.perf_counter() - t
+            progress.mid_s += time.perf_counter() - t
             if step_drift := drift_stats(banks, new.banks, new.graph, cfg.dna.k,
                                          device):
-                drift.append(step_drift)
+                progress.drift.append(step_drift)
             banks, graph = new.banks, new.graph
         shown = desc if len(parts) == 1 else f"{desc} ({i + 1}/{len(parts)})"
-        sums = train_steps(cfg, model, data, optimizer, part, banks, graph,
-                           pretrain, device, gen, dist, log, shown, sums)
+        todo = part[max(0, progress.done - start):]
+        progress.sums, taken, signum = train_steps(
+            cfg, model, data, optimizer, todo, banks, graph, pretrain, device, gen,
+            dist, log, shown, progress.sums, stop)
+        progress.done = end - len(todo) + taken
+        if signum:
+            return EpochResult({}, {}, banks, graph, progress, signum)
     mids: dict[str, float] = {}
-    if mid_s:
-        mids["time_mid_refresh"] = mid_s
+    if progress.mid_s:
+        mids["time_mid_refresh"] = progress.mid_s
         # Drift between consecutive mid-epoch banks (the staleness DNA saw).
+        drift = progress.drift
         mids.update({f"{k}_mid": sum(d[k] for d in drift) / len(drift)
                      for k in (drift[0] if drift else {})})
-    return mean_losses(sums, len(batches), dist), mids, banks, graph
+    losses = mean_losses(progress.sums, len(progress.batches), dist)
+    return EpochResult(losses, mids, banks, graph, progress, None)
 
 
 def update_best(history: dict, rec: dict) -> None:
@@ -180,6 +230,29 @@ def finish(cfg: Config, run_dir: Path, data: TrainData, history: dict,
     return summary
 
 
+def write_checkpoint(run_dir: Path, dist: DistContext, gen: torch.Generator,
+                     epoch: int, cfg: Config, model: Model,
+                     optimizer: torch.optim.Optimizer,
+                     scheduler: torch.optim.lr_scheduler.LRScheduler,
+                     banks: Banks | None, history: dict, data: TrainData,
+                     **extra) -> None:
+    """Rank 0 writes the checkpoint (atomically) with every rank's RNG state
+    (``extra``: the mid-epoch fields of :func:`~dag_pyg.train.state.run_state`)."""
+    rng = dist.all_gather_object(capture_rng_state({"data": gen}))
+    dist.on_main(lambda: save_checkpoint(run_dir / CHECKPOINT, run_state(
+        epoch, cfg, model, optimizer, scheduler, banks, history, data, rng,
+        dist.world_size, **extra)), share=False)
+
+
+def _interrupted(log: RunLogger | QuietLogger, signum: int, where: str,
+                 run_dir: Path) -> TrainingInterrupted:
+    msg = (f"interrupted by {signal.Signals(signum).name} {where}; the checkpoint "
+           f"is written: continue with `dag-pyg train CONFIG --out {run_dir} "
+           "--resume`")
+    log.warning(msg)
+    return TrainingInterrupted(msg, signum)
+
+
 def run(cfg: Config, run_dir: str | Path, resume: bool = False,
         stop_after: int | None = None, dist: DistContext | None = None) -> dict:
     """Trains ``cfg`` into ``run_dir`` to the last epoch (or through epoch
@@ -206,17 +279,30 @@ def run(cfg: Config, run_dir: str | Path, resume: bool = False,
     if dist.is_main:
         save_config(cfg, run_dir / "config.yaml")
     start, banks, history, notes = 0, None, {"best_val": None, "best": None}, []
+    progress, epoch_start = None, None
     if resume:
         # Rank 0 reads the file (other machines need not see it) and shares it.
         state = dist.on_main(lambda: load_checkpoint(run_dir / CHECKPOINT))
         done, banks, history, notes = restore_run_state(
             state, cfg, model, optimizer, scheduler, data, gen, dist, str(run_dir))
         start = done + 1
+        if state.get("progress") is not None:  # stopped within epoch `done`
+            start = done
+            progress = EpochProgress(**state["progress"]).for_rank(dist)
+            feats = state.get("epoch_start_features")
+            epoch_start = None if feats is None else Banks(feats, banks.prior,
+                                                           banks.targets)
     graph, path_lengths = None, None
+    stop = StopRequest()
     log = (RunLogger(run_dir, tensorboard=cfg.log.tensorboard,
                      progress=cfg.log.progress, resume_epoch=start)
            if dist.is_main else QuietLogger(dist.rank))
-    with log:
+    with stop.installed(), log:
+        if data.skipped:
+            notes.append(f"data.skip_bad_files: left out {len(data.skipped)} "
+                         f"file(s) that do not decode: "
+                         f"{', '.join(data.skipped[:5])}"
+                         f"{' ...' if len(data.skipped) > 5 else ''}")
         for note in notes:
             log.warning(note)
         procs = (f", {dist.world_size} processes ({dist.backend})"
@@ -236,10 +322,21 @@ def run(cfg: Config, run_dir: str | Path, resume: bool = False,
                 banks, graph = seeded.banks, seeded.graph
             # The end-of-epoch drift is measured against the banks the epoch
             # started with, across any mid-epoch refreshes.
-            old = banks
-            losses, mid, banks, graph = train_epoch(cfg, model, data, optimizer,
-                                                    banks, graph, epoch, device,
-                                                    gen, dist, log)
+            old = banks if progress is None else epoch_start
+            res = train_epoch(cfg, model, data, optimizer, banks, graph, epoch,
+                              device, gen, dist, log, progress, stop)
+            losses, mid, banks, graph, progress = res.losses, res.mids, \
+                res.banks, res.graph, None
+            if res.signum:
+                res.progress.sums_ranks = dist.all_gather_object(res.progress.sums)
+                write_checkpoint(run_dir, dist, gen, epoch, cfg, model, optimizer,
+                                 scheduler, banks, history, data,
+                                 progress=dataclasses.asdict(res.progress),
+                                 epoch_start_features=None if old is None
+                                 else old.features)
+                raise _interrupted(log, res.signum, f"in epoch {epoch} after "
+                                   f"step {res.progress.done}/"
+                                   f"{len(res.progress.batches)}", run_dir)
             t_train = time.perf_counter() - t0
             scheduler.step()
             rec = {"epoch": epoch, "phase": "pretrain" if pretrain else "train",
@@ -266,11 +363,10 @@ def run(cfg: Config, run_dir: str | Path, resume: bool = False,
             history["last"] = rec
             log.metrics(rec)
             log.info(summary_line(rec))
-            rng = dist.all_gather_object(capture_rng_state({"data": gen}))
-            dist.on_main(lambda e=epoch, b=banks, r=rng: save_checkpoint(
-                run_dir / CHECKPOINT, run_state(e, cfg, model, optimizer,
-                                                scheduler, b, history, data,
-                                                r, dist.world_size)), share=False)
+            write_checkpoint(run_dir, dist, gen, epoch, cfg, model, optimizer,
+                             scheduler, banks, history, data)
+            if epoch < total - 1 and (signum := stop.requested(dist)):
+                raise _interrupted(log, signum, f"after epoch {epoch}", run_dir)
             if stop_after is not None and epoch >= stop_after and epoch < total - 1:
                 log.info(f"stopping after epoch {epoch} as asked; continue "
                          "with --resume")
@@ -296,6 +392,10 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False,
         return run(cfg, run_dir, resume, stop_after)
     try:
         summary = run(cfg, run_dir, resume, stop_after, dist=ctx)
+    except TrainingInterrupted:
+        gc.collect()  # every rank stopped after the same step: a clean exit
+        shutdown(ctx)
+        raise
     except RuntimeError as e:
         if isinstance(e, DistributedError) or not is_collective_failure(e):
             raise

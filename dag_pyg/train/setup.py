@@ -2,6 +2,7 @@
 DNA head, wrapped for DistributedDataParallel), and the run-folder check."""
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 from dataclasses import dataclass
@@ -70,6 +71,7 @@ class TrainData:
     #                          elsewhere read by the statistics only
     train_tf: BatchTransform
     eval_tf: BatchTransform
+    skipped: list[str]       # undecodable files left out (data.skip_bad_files)
 
     @property
     def num_classes(self) -> int:
@@ -83,19 +85,34 @@ class TrainData:
 def load_data(cfg: Config) -> TrainData:
     """The data set, its CPU-scale subsets, the split and the transforms."""
     d = cfg.data
-    kw = {"image_size": d.image_size} if d.name == "imagefolder" else {}
+    kw = ({"image_size": d.image_size, "skip_bad_files": d.skip_bad_files,
+           "progress": cfg.log.progress} if d.name == "imagefolder" else {})
     root = os.path.expanduser(d.root) if d.root else None
     train, test = load_dataset(d.name, root=root, download=d.download,
                                cache_dir=d.cache_dir, **kw)
+    skipped = train.skipped + test.skipped
     if d.num_train is not None:
         train = train.subset(balanced_subset(train.targets, d.num_train, cfg.seed))
     if d.num_test is not None:
         test = test.subset(balanced_subset(test.targets, d.num_test, 0))
+    # What the split indexes: a split.json of another data set (or subset)
+    # of the same size would otherwise pass silently.
+    made_for = {"dataset": d.name, "targets_sha1": hashlib.sha1(
+        train.targets.numpy().tobytes()).hexdigest()}
     if d.split_file:
         split = Split.load(d.split_file, num_samples=len(train))
+        wrong = [k for k, v in made_for.items() if split.meta.get(k, v) != v]
+        if wrong:
+            raise ValueError(
+                f"data.split_file '{d.split_file}' was made for another training "
+                f"set ({', '.join(f'{k} {split.meta[k]!r}' for k in wrong)}; this "
+                f"run: {', '.join(f'{k} {made_for[k]!r}' for k in wrong)}); use "
+                "the split.json of a run on the same data, or leave "
+                "data.split_file out.")
     else:
         split = make_split(train.targets, d.num_labelled, per_class=d.per_class,
                            num_val=d.num_val, seed=cfg.seed)
+        split.meta.update(made_for)
     nodes = torch.cat([split.labelled, split.unlabelled])
     labelled_mask = torch.zeros(nodes.numel(), dtype=torch.bool)
     labelled_mask[: split.labelled.numel()] = True
@@ -106,7 +123,7 @@ def load_data(cfg: Config) -> TrainData:
         train_tf.flip = d.flip
     return TrainData(train, test, split, nodes, labelled_mask,
                      train.targets[nodes], train_tf,
-                     BatchTransform.for_dataset(train, train=False))
+                     BatchTransform.for_dataset(train, train=False), skipped)
 
 
 class TrainNet(nn.Module):

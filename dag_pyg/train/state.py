@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
 from dag_pyg.config import Config, upgrade
 from dag_pyg.distributed import DistContext
@@ -14,11 +15,18 @@ def run_state(epoch: int, cfg: Config, model: Model,
               optimizer: torch.optim.Optimizer,
               scheduler: torch.optim.lr_scheduler.LRScheduler,
               banks: Banks | None, history: dict, data: TrainData,
-              rng_ranks: list[dict], world_size: int) -> dict:
+              rng_ranks: list[dict], world_size: int,
+              progress: dict | None = None,
+              epoch_start_features: Tensor | None = None) -> dict:
     """The checkpoint of the end of ``epoch`` (``rng_ranks``: every rank's
-    :func:`~dag_pyg.train.checkpoint.capture_rng_state`)."""
+    :func:`~dag_pyg.train.checkpoint.capture_rng_state`), or of a point
+    within it: ``progress`` (the interrupted epoch's
+    :class:`~dag_pyg.train.loop.EpochProgress` as a dict; ``banks`` are then
+    the ones in use) and the Feature Bank the epoch started with (the
+    end-of-epoch drift is measured against it)."""
     split = data.split
     return {"epoch": epoch, "config": cfg.to_dict(),
+            "progress": progress, "epoch_start_features": epoch_start_features,
             "backbone": model.backbone.state_dict(),
             "head": model.head.state_dict(),
             "optimizer": optimizer.state_dict(),
