@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.dag_pyg-installed
 LOG    := $(VENV)/install.log
 
-.PHONY: setup test quick run lint bench clean-venv
+.PHONY: setup test quick run lint bench gpu-check clean-venv
 
 setup: $(STAMP)
 
@@ -42,6 +42,10 @@ run: $(STAMP)
 	else \
 	  $(PY) -m dag_pyg train configs/digits.yaml --out $(RUN_DIR); \
 	fi
+
+# Every CUDA path in one short run; on a CPU machine the CPU parts, exit 0.
+gpu-check: $(STAMP)
+	@$(PY) -m benchmarks.speed.gpu_check
 
 bench: $(STAMP)
 	@for b in benchmarks/speed/bench_*.py; do m=benchmarks.speed.$$(basename $$b .py); echo "== $$m"; $(PY) -m $$m || exit 1; done

@@ -65,6 +65,7 @@ class ModelConfig:
     width: float = 1.0             # cnn13 / cnn channel multiplier (CPU runs: < 1)
     weight_norm: bool = False      # cnn13 weight norm
     dropout: float = 0.5           # cnn13 dropout
+    channels_last: bool = False    # NHWC memory format for the CNN backbones
 
 
 @dataclass
@@ -80,6 +81,7 @@ class OptimConfig:
     schedule: str = "step"         # step | cosine | constant
     milestones: list[int] = field(default_factory=lambda: [250, 350])
     gamma: float = 0.1
+    amp: str = "none"              # none | bf16 | fp16 (autocast; fp16 + grad scaler)
 
 
 @dataclass
@@ -174,13 +176,14 @@ def choices() -> dict[str, tuple[str, ...]]:
     """The allowed values of every enumerated key, from the module that owns
     them."""
     # Imported here: the training package imports this module.
-    from dag_pyg.train.optim import SCHEDULES
+    from dag_pyg.train.optim import AMP_MODES, SCHEDULES
     from dag_pyg.train.refresh import GRAPH_PLACEMENTS
 
     return {
         "data.name": tuple(DATASETS),
         "model.backbone": tuple(BACKBONES),
         "optim.schedule": SCHEDULES,
+        "optim.amp": AMP_MODES,
         "graph.backend": BACKENDS,
         "graph.density": DENSITIES,
         "dna.aggregator": AGGREGATORS,

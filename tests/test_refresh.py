@@ -255,3 +255,21 @@ def test_epoch_progress_sums_per_rank():
     # Resumed by one process: the mean, so the epoch's mean loss is kept.
     assert p.for_rank(DistContext()).sums == {"loss": 2.0}
     assert p.for_rank(DistContext()).done == 3
+
+
+def test_bf16_autocast_is_close_to_fp32_on_a_batch():
+    from dag_pyg.train.losses import dag_loss
+    from dag_pyg.train.optim import autocast
+
+    cfg, data, model = digits_setup("model.backbone=cnn", "dna.aggregator=none")
+    model.backbone.eval()
+    x = data.eval_tf(data.train_set.images[:64])
+    target = torch.nn.functional.one_hot(data.train_set.targets[:64], 10).float()
+    losses = {}
+    for amp in ("none", "bf16"):
+        with torch.no_grad(), autocast(amp, CPU):
+            logits = model.net(x)
+        assert logits.dtype == (torch.bfloat16 if amp == "bf16" else torch.float32)
+        losses[amp] = float(dag_loss(logits.float(), target, 0.4, 0.8)["loss"])
+    assert math.isfinite(losses["bf16"])
+    assert losses["bf16"] == pytest.approx(losses["none"], rel=0.02)

@@ -1,6 +1,7 @@
 """End to end on scikit-learn's digits with tiny epochs (whole runs: the
 slow tier; the steps themselves are tested in test_refresh.py)."""
 import json
+import math
 
 import pytest
 import torch
@@ -174,7 +175,7 @@ def test_refreshes_within_an_epoch(tmp_path, monkeypatch):
     real_steps, real_refresh = loop_module.train_steps, loop_module.refresh
 
     def steps(*args, **kwargs):
-        events.append(("steps", len(args[4])))  # the batches trained on
+        events.append(("steps", len(args[5])))  # the batches trained on
         return real_steps(*args, **kwargs)
 
     def refresh(*args, **kwargs):
@@ -262,3 +263,15 @@ def test_sigterm_mid_epoch_resumes_exactly(tmp_path, monkeypatch, capsys, kill_a
     full = (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()
     lines = (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
     assert [strip(x) for x in lines] == [strip(x) for x in full]
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision_trains_and_resumes(tmp_path, amp):
+    cfg = tiny("model.backbone=cnn", f"optim.amp={amp}", "model.channels_last=true")
+    train(cfg, tmp_path / "full")
+    rec = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").open()]
+    assert all(math.isfinite(r["loss"]) for r in rec)
+    assert 0 <= rec[-1]["test_error"] < 90
+    state = load_checkpoint(tmp_path / "full" / "checkpoint.pt")
+    # fp16 keeps the grad scaler's state for an exact resume.
+    assert bool(state["scaler"]) == (amp == "fp16")

@@ -46,7 +46,7 @@ class BadImageError(ValueError):
 
 
 DATASETS = ("cifar10", "cifar100", *IDX_SETS, "svhn", "stl10", "imagefolder",
-            "digits")
+            "digits", "synthetic")
 
 # Bump when the cache layout changes so old files are not read.
 _CACHE_VERSION = 1
@@ -78,7 +78,9 @@ def load_dataset(name: str, root: str | None = None, download: bool = False,
             ``skip_bad_files`` (bool: skip files that do not decode, listed in
             the sets' ``skipped``; by default such a file is a
             :class:`BadImageError` naming it). ``digits``: ``num_train``
-            (default 1500).
+            (default 1500). ``synthetic`` (random images for throughput
+            checks): ``num_train``, ``num_test``, ``image_size``,
+            ``channels``, ``num_classes``.
     """
     canonical = {d.replace("_", ""): d for d in DATASETS}
     key = canonical.get(name.lower().replace("-", "").replace("_", ""))
@@ -86,6 +88,8 @@ def load_dataset(name: str, root: str | None = None, download: bool = False,
     options["imagefolder"] = ("image_size", "progress", "train_dir", "test_dir",
                               "skip_bad_files")
     options["digits"] = ("num_train",)
+    options["synthetic"] = ("num_train", "num_test", "image_size", "channels",
+                            "num_classes")
     if key is None:
         raise ValueError(f"Unknown dataset '{name}'. Choose one of "
                          f"{list(DATASETS)}.")
@@ -97,6 +101,8 @@ def load_dataset(name: str, root: str | None = None, download: bool = False,
         return _load_imagefolder(root, cache_dir=cache_dir, **kwargs)
     if key == "digits":
         return _load_digits(**kwargs)
+    if key == "synthetic":
+        return _load_synthetic(**kwargs)
     if key in IDX_SETS:
         return load_idx_set(key, root, download)
     if key == "svhn":
@@ -132,6 +138,24 @@ def _load_digits(num_train: int = 1500):
     test = ArrayDataset(images[num_train:], targets[num_train:], classes,
                         name="digits", mean=train.mean, std=train.std)
     return train, test
+
+
+# synthetic -----------------------------------------------------------------
+
+def _load_synthetic(num_train: int = 50_000, num_test: int = 10_000,
+                    image_size: int = 32, channels: int = 3, num_classes: int = 10
+                    ) -> tuple[ArrayDataset, ArrayDataset]:
+    r"""Random uint8 images with random labels (seed 0): a stand-in of a data
+    set's shape (CIFAR-10's by default) for throughput and smoke checks,
+    where nothing is there to learn."""
+    gen = torch.Generator().manual_seed(0)
+    shape = (channels, image_size, image_size)
+    classes = [str(c) for c in range(num_classes)]
+    sets = [(torch.randint(0, 256, (n, *shape), generator=gen, dtype=torch.uint8),
+             torch.arange(n) % num_classes) for n in (num_train, num_test)]
+    train = ArrayDataset(*sets[0], classes, name="synthetic")
+    return train, ArrayDataset(*sets[1], classes, name="synthetic",
+                               mean=train.mean, std=train.std)
 
 
 # image folders -------------------------------------------------------------

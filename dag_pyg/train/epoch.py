@@ -15,6 +15,7 @@ from dag_pyg.sampler import make_loader
 from dag_pyg.train.interrupt import StopRequest
 from dag_pyg.train.logger import QuietLogger, RunLogger
 from dag_pyg.train.losses import dag_loss
+from dag_pyg.train.optim import autocast
 from dag_pyg.train.refresh import Banks
 from dag_pyg.train.setup import Model, TrainData
 
@@ -60,7 +61,8 @@ def split_for_refreshes(batches: list[Tensor], parts: int) -> list[list[Tensor]]
 
 
 def train_steps(cfg: Config, model: Model, data: TrainData,
-                optimizer: torch.optim.Optimizer, batches: list[Tensor],
+                optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                batches: list[Tensor],
                 banks: Banks | None, graph: Data | None, pretrain: bool,
                 device: torch.device, gen: torch.Generator, dist: DistContext,
                 log: RunLogger | QuietLogger, desc: str,
@@ -96,18 +98,23 @@ def train_steps(cfg: Config, model: Model, data: TrainData,
         x, target, _ = mixup(x, onehot, cfg.loss.mixup_alpha, generator=gen)
         mine = dist.shard(torch.arange(seeds.numel()))
         x, target = x[mine].to(device), target[mine]
-        if use_graph:
-            batch = loader(seeds)  # the whole batch's sub-graph
-            logits = model.net(x, batch.to(device), bank, density,
-                               keep=mine if dist.enabled else None)
-        else:
-            logits = model.net(x, self_only=model.uses_graph_head)
-        terms = dag_loss(logits, target.to(device),
+        if cfg.model.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(cfg.optim.amp, device):
+            if use_graph:
+                batch = loader(seeds)  # the whole batch's sub-graph
+                logits = model.net(x, batch.to(device), bank, density,
+                                   keep=mine if dist.enabled else None)
+            else:
+                logits = model.net(x, self_only=model.uses_graph_head)
+        # The loss in float32 whatever the forward pass ran in.
+        terms = dag_loss(logits.float(), target.to(device),
                          0.0 if pretrain else cfg.loss.entropy_weight,
                          0.0 if pretrain else cfg.loss.balance_weight, ctx=dist)
         optimizer.zero_grad(set_to_none=True)
-        terms["loss"].backward()
-        optimizer.step()
+        scaler.scale(terms["loss"]).backward()
+        scaler.step(optimizer)
+        scaler.update()
         for key, value in terms.items():
             sums[key] = sums.get(key, 0.0) + float(value.detach())
         done += 1

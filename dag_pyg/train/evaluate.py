@@ -37,7 +37,8 @@ def error_rate(cfg: Config, model: Model, data: TrainData, feats: Tensor | None,
     """Error (%) on ``dataset[rows]``: each rank classifies its shard of the
     queries, retrieving neighbours from the global Feature Bank ``feats``."""
     q = extract_features(model.backbone, data.eval_tf, dataset, dist.shard(rows),
-                         device, cfg.eval.batch_size, log, desc)
+                         device, cfg.eval.batch_size, log, desc, cfg.optim.amp,
+                         cfg.model.channels_last)
     model.head.eval()
     if model.uses_graph_head:
         logits = predict_queries(model.head, q, feats.to(device), graph.to(device),

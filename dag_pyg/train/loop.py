@@ -56,7 +56,7 @@ from dag_pyg.train.epoch import (
 from dag_pyg.train.evaluate import evaluate
 from dag_pyg.train.interrupt import StopRequest, TrainingInterrupted
 from dag_pyg.train.logger import QuietLogger, RunLogger, read_metrics, write_json_atomic
-from dag_pyg.train.optim import build_optimizer
+from dag_pyg.train.optim import build_optimizer, build_scaler
 from dag_pyg.train.refresh import (
     Banks,
     drift_stats,
@@ -119,7 +119,8 @@ class EpochResult(NamedTuple):
 
 
 def train_epoch(cfg: Config, model: Model, data: TrainData,
-                optimizer: torch.optim.Optimizer, banks: Banks | None,
+                optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                banks: Banks | None,
                 graph: Data | None, epoch: int, device: torch.device,
                 gen: torch.Generator, dist: DistContext,
                 log: RunLogger | QuietLogger, progress: EpochProgress | None = None,
@@ -158,8 +159,8 @@ def train_epoch(cfg: Config, model: Model, data: TrainData,
         shown = desc if len(parts) == 1 else f"{desc} ({i + 1}/{len(parts)})"
         todo = part[max(0, progress.done - start):]
         progress.sums, taken, signum = train_steps(
-            cfg, model, data, optimizer, todo, banks, graph, pretrain, device, gen,
-            dist, log, shown, progress.sums, stop)
+            cfg, model, data, optimizer, scaler, todo, banks, graph, pretrain,
+            device, gen, dist, log, shown, progress.sums, stop)
         progress.done = end - len(todo) + taken
         if signum:
             return EpochResult({}, {}, banks, graph, progress, signum)
@@ -234,14 +235,15 @@ def write_checkpoint(run_dir: Path, dist: DistContext, gen: torch.Generator,
                      epoch: int, cfg: Config, model: Model,
                      optimizer: torch.optim.Optimizer,
                      scheduler: torch.optim.lr_scheduler.LRScheduler,
+                     scaler: torch.amp.GradScaler,
                      banks: Banks | None, history: dict, data: TrainData,
                      **extra) -> None:
     """Rank 0 writes the checkpoint (atomically) with every rank's RNG state
     (``extra``: the mid-epoch fields of :func:`~dag_pyg.train.state.run_state`)."""
     rng = dist.all_gather_object(capture_rng_state({"data": gen}))
     dist.on_main(lambda: save_checkpoint(run_dir / CHECKPOINT, run_state(
-        epoch, cfg, model, optimizer, scheduler, banks, history, data, rng,
-        dist.world_size, **extra)), share=False)
+        epoch, cfg, model, optimizer, scheduler, scaler, banks, history, data,
+        rng, dist.world_size, **extra)), share=False)
 
 
 def _interrupted(log: RunLogger | QuietLogger, signum: int, where: str,
@@ -274,6 +276,7 @@ def run(cfg: Config, run_dir: str | Path, resume: bool = False,
         data.split.save(str(run_dir / "split.json"))
     model = build_model(cfg, data, device, dist)
     optimizer, scheduler = build_optimizer(model.trainable_parameters(), cfg.optim)
+    scaler = build_scaler(cfg.optim.amp, device)
 
     total = cfg.optim.pretrain_epochs + cfg.optim.epochs
     if dist.is_main:
@@ -284,7 +287,8 @@ def run(cfg: Config, run_dir: str | Path, resume: bool = False,
         # Rank 0 reads the file (other machines need not see it) and shares it.
         state = dist.on_main(lambda: load_checkpoint(run_dir / CHECKPOINT))
         done, banks, history, notes = restore_run_state(
-            state, cfg, model, optimizer, scheduler, data, gen, dist, str(run_dir))
+            state, cfg, model, optimizer, scheduler, scaler, data, gen, dist,
+            str(run_dir))
         start = done + 1
         if state.get("progress") is not None:  # stopped within epoch `done`
             start = done
@@ -323,14 +327,14 @@ def run(cfg: Config, run_dir: str | Path, resume: bool = False,
             # The end-of-epoch drift is measured against the banks the epoch
             # started with, across any mid-epoch refreshes.
             old = banks if progress is None else epoch_start
-            res = train_epoch(cfg, model, data, optimizer, banks, graph, epoch,
-                              device, gen, dist, log, progress, stop)
+            res = train_epoch(cfg, model, data, optimizer, scaler, banks, graph,
+                              epoch, device, gen, dist, log, progress, stop)
             losses, mid, banks, graph, progress = res.losses, res.mids, \
                 res.banks, res.graph, None
             if res.signum:
                 res.progress.sums_ranks = dist.all_gather_object(res.progress.sums)
                 write_checkpoint(run_dir, dist, gen, epoch, cfg, model, optimizer,
-                                 scheduler, banks, history, data,
+                                 scheduler, scaler, banks, history, data,
                                  progress=dataclasses.asdict(res.progress),
                                  epoch_start_features=None if old is None
                                  else old.features)
@@ -364,7 +368,7 @@ def run(cfg: Config, run_dir: str | Path, resume: bool = False,
             log.metrics(rec)
             log.info(summary_line(rec))
             write_checkpoint(run_dir, dist, gen, epoch, cfg, model, optimizer,
-                             scheduler, banks, history, data)
+                             scheduler, scaler, banks, history, data)
             if epoch < total - 1 and (signum := stop.requested(dist)):
                 raise _interrupted(log, signum, f"after epoch {epoch}", run_dir)
             if stop_after is not None and epoch >= stop_after and epoch < total - 1:

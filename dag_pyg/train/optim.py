@@ -1,4 +1,4 @@
-"""The optimiser and its learning-rate schedule."""
+"""The optimiser, its learning-rate schedule, and mixed precision."""
 from __future__ import annotations
 
 import math
@@ -10,6 +10,7 @@ from torch import nn
 from dag_pyg.config import OptimConfig
 
 SCHEDULES = ("step", "cosine", "constant")
+AMP_MODES = ("none", "bf16", "fp16")
 
 
 def lr_factor(epoch: int, o: OptimConfig) -> float:
@@ -34,3 +35,15 @@ def build_optimizer(params: Iterable[nn.Parameter], o: OptimConfig
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda epoch: lr_factor(epoch, o))
     return optimizer, scheduler
+
+
+def autocast(amp: str, device: torch.device) -> torch.autocast:
+    """The autocast context of ``optim.amp`` (disabled for ``"none"``)."""
+    dtype = torch.float16 if amp == "fp16" else torch.bfloat16
+    return torch.autocast(device.type, dtype=dtype, enabled=amp != "none")
+
+
+def build_scaler(amp: str, device: torch.device) -> torch.amp.GradScaler:
+    """The gradient scaler fp16 needs (its small range underflows
+    gradients); a disabled one, which passes gradients through, otherwise."""
+    return torch.amp.GradScaler(device.type, enabled=amp == "fp16")

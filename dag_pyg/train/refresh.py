@@ -187,7 +187,8 @@ def refresh(cfg: Config, model: Model, data: TrainData, device: torch.device,
     t = time.perf_counter()
     feats, gather_s = extract_bank(model.backbone, data.eval_tf, data.train_set,
                                    data.nodes, device, cfg.eval.batch_size, dist,
-                                   log, "feature bank")
+                                   log, "feature bank", cfg.optim.amp,
+                                   cfg.model.channels_last)
     rec["time_bank"] = time.perf_counter() - t
     rec["bank_mb"] = feats.numel() * feats.element_size() / 2**20
     if dist.enabled:

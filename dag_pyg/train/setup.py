@@ -87,6 +87,8 @@ def load_data(cfg: Config) -> TrainData:
     d = cfg.data
     kw = ({"image_size": d.image_size, "skip_bad_files": d.skip_bad_files,
            "progress": cfg.log.progress} if d.name == "imagefolder" else {})
+    if d.name == "synthetic" and d.image_size:
+        kw = {"image_size": d.image_size}
     root = os.path.expanduser(d.root) if d.root else None
     train, test = load_dataset(d.name, root=root, download=d.download,
                                cache_dir=d.cache_dir, **kw)
@@ -189,6 +191,8 @@ def build_model(cfg: Config, data: TrainData, device: torch.device,
     backbone = build_backbone(cfg.model.backbone, data.num_classes,
                               in_channels=c, input_size=min(h, w),
                               **opts).to(device)
+    if cfg.model.channels_last:  # NHWC kernels (tensor cores under AMP)
+        backbone = backbone.to(memory_format=torch.channels_last)
     head = DNAHead(backbone.feat_dim, data.num_classes, hops=cfg.dna.hops,
                    aggregator=cfg.dna.aggregator).to(device)
     if cfg.distributed.sync_batchnorm:

@@ -14,6 +14,7 @@ from dag_pyg.train.setup import Model, TrainData, seed_everything
 def run_state(epoch: int, cfg: Config, model: Model,
               optimizer: torch.optim.Optimizer,
               scheduler: torch.optim.lr_scheduler.LRScheduler,
+              scaler: torch.amp.GradScaler,
               banks: Banks | None, history: dict, data: TrainData,
               rng_ranks: list[dict], world_size: int,
               progress: dict | None = None,
@@ -31,6 +32,7 @@ def run_state(epoch: int, cfg: Config, model: Model,
             "head": model.head.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
             "rng": rng_ranks[0], "world_size": world_size,
             "rng_ranks": rng_ranks,
             "banks": None if banks is None else {
@@ -44,6 +46,7 @@ def run_state(epoch: int, cfg: Config, model: Model,
 def restore_run_state(state: dict, cfg: Config, model: Model,
                       optimizer: torch.optim.Optimizer,
                       scheduler: torch.optim.lr_scheduler.LRScheduler,
+                      scaler: torch.amp.GradScaler,
                       data: TrainData, gen: torch.Generator, dist: DistContext,
                       run_dir: str) -> tuple[int, Banks | None, dict, list[str]]:
     """Loads a checkpoint's weights, optimiser, schedule and RNG streams into
@@ -65,6 +68,8 @@ def restore_run_state(state: dict, cfg: Config, model: Model,
     model.head.load_state_dict(state["head"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
+    if state.get("scaler"):  # fp16's loss scale (empty when disabled)
+        scaler.load_state_dict(state["scaler"])
     notes: list[str] = []
     saved_world = state.get("world_size", 1)
     if saved_world == dist.world_size:

@@ -158,6 +158,10 @@ class DensityAwareConv(MessagePassing):
                     ptr: OptTensor, dim_size: int | None) -> Tensor:
         # cos(x_i, x_j) is not a sum of per-node terms (unlike GAT's logits):
         # a fused per-edge dot avoids keeping two [E, d] gathers for backward.
+        if xn_src.dtype in (torch.float16, torch.bfloat16):
+            # Mixed precision: the attention in float32 (the sparse kernel has
+            # no half-precision path on the CPU; the softmax wants the range).
+            xn_src, xn_dst = xn_src.float(), xn_dst.float()
         alpha = edge_dot(xn_dst, xn_src, edge_index_i, edge_index_j)
         if rho_j is not None:
             alpha = alpha + rho_j.to(alpha.dtype)
