@@ -14,6 +14,8 @@ from dag_pyg.config import load_config
 from dag_pyg.data import BadImageError, load_dataset
 from dag_pyg.train.setup import load_data
 
+pytestmark = pytest.mark.cpu_only  # files, configs, logs: CPU by nature
+
 
 def image_tree(root, corrupt="train/b/1.jpg"):
     rng = np.random.default_rng(0)

@@ -13,6 +13,8 @@ from dag_pyg.train.checkpoint import (
     save_checkpoint,
 )
 
+pytestmark = pytest.mark.cpu_only  # files, configs, logs: CPU by nature
+
 
 def _realistic_state(seed: int = 0) -> dict:
     torch.manual_seed(seed)

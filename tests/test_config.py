@@ -5,6 +5,8 @@ import pytest
 
 from dag_pyg.config import Config, ConfigError, choices, load_config, valid_keys
 
+pytestmark = pytest.mark.cpu_only  # files, configs, logs: CPU by nature
+
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 

@@ -24,6 +24,8 @@ from dag_pyg.data import (
 )
 from dag_pyg.data import datasets as ds_mod
 
+pytestmark = pytest.mark.cpu_only  # files, configs, logs: CPU by nature
+
 # --------------------------------------------------------------------- splits
 
 

@@ -1,3 +1,4 @@
+import copy
 import math
 
 import pytest
@@ -39,7 +40,7 @@ def random_graph(num_src, num_dst, num_edges, seed):
 
 @pytest.mark.parametrize("use_density", [True, False])
 @pytest.mark.parametrize("seed", range(5))
-def test_matches_dense_reference(use_density, seed):
+def test_matches_dense_reference(use_density, seed, device):
     torch.manual_seed(seed)
     n, c_in, c_out = 12, 5, 7
     x = torch.randn(n, c_in, dtype=torch.float64)
@@ -47,7 +48,10 @@ def test_matches_dense_reference(use_density, seed):
     ei = random_graph(n, n, 30, seed)
     conv = DensityAwareConv(c_in, c_out, use_density=use_density).double()
     torch.nn.init.normal_(conv.bias)
-    out, (ei_out, alpha) = conv(x, ei, rho, return_attention_weights=True)
+    out, (ei_out, alpha) = conv.to(device)(x.to(device), ei.to(device),
+                                           rho.to(device),
+                                           return_attention_weights=True)
+    conv, out, ei_out, alpha = conv.cpu(), out.cpu(), ei_out.cpu(), alpha.cpu()
     ref, ref_alpha = dense_reference(x, x, ei, rho, conv.lin.weight, conv.bias,
                                      use_density)
     assert torch.allclose(out, ref, atol=1e-10)
@@ -171,12 +175,20 @@ def test_compile_has_no_graph_breaks_and_matches_eager():
     assert torch.allclose(compiled(x, ei, rho), conv(x, ei, rho), atol=1e-6)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_matches_cpu():
+def test_device_matches_cpu_forward_and_backward(device):
     torch.manual_seed(0)
     x, rho = torch.randn(20, 8), torch.rand(20)
     ei = random_graph(20, 20, 80, 7)
     conv = DensityAwareConv(8, 4)
-    out = conv(x, ei, rho)
-    out_cuda = conv.cuda()(x.cuda(), ei.cuda(), rho.cuda())
-    assert torch.allclose(out, out_cuda.cpu(), atol=1e-5)
+    xs = [x.clone().requires_grad_(), x.to(device).requires_grad_()]
+    outs, grads = [], []
+    for i, (xi, dev) in enumerate(zip(xs, (torch.device("cpu"), device),
+                                      strict=True)):
+        c = conv if i == 0 else copy.deepcopy(conv).to(dev)
+        out = c(xi, ei.to(dev), rho.to(dev))
+        out.pow(2).sum().backward()
+        outs.append(out.detach().cpu())
+        grads.append((xi.grad.cpu(), c.lin.weight.grad.cpu()))
+    assert torch.allclose(outs[0], outs[1], atol=1e-5)
+    for a, b in zip(grads[0], grads[1], strict=True):
+        assert torch.allclose(a, b, atol=1e-4)

@@ -132,10 +132,16 @@ def random_sigma(gen, graph):
     return float(dist.float().quantile(float(torch.rand(1, generator=gen))))
 
 
-def check_against_reference(graph, y, mask, prior, sigma, mode):
+CPU = torch.device("cpu")
+
+
+def check_against_reference(graph, y, mask, prior, sigma, mode, device=CPU):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        out = dplp(graph, y, mask, prior=prior, sigma=sigma, mode=mode)
+        out = dplp(graph.to(device), y.to(device), mask.to(device),
+                   prior=None if prior is None else prior.to(device),
+                   sigma=sigma, mode=mode)
+    out = DPLPResult(*(t.cpu() for t in out))
     labels, source, phase, parents = reference_dplp(
         graph.edge_index, graph.sim, graph.density, y, mask, prior, sigma, mode)
     assert out.parents.tolist() == parents
@@ -171,33 +177,34 @@ def check_consistency(out, y, mask, prior, mode):
 # --------------------------------------------------------------------------- #
 @pytest.mark.parametrize("kind", ["uniform", "clustered", "duplicates",
                                   "disconnected"])
-def test_dplp_matches_reference_on_feature_graphs(kind):
+def test_dplp_matches_reference_on_feature_graphs(kind, device):
     gen = torch.Generator().manual_seed(sum(map(ord, kind)))
     for _ in range(60):
         graph = feature_graph(gen, kind)
         y, mask, prior = random_labels(gen, graph.num_nodes)
         sigma = random_sigma(gen, graph)
         for mode in ("LU", "L"):
-            check_against_reference(graph, y, mask, prior, sigma, mode)
+            check_against_reference(graph, y, mask, prior, sigma, mode, device)
 
 
-def test_dplp_matches_reference_on_hand_made_graphs():
+def test_dplp_matches_reference_on_hand_made_graphs(device):
     gen = torch.Generator().manual_seed(1)
     for _ in range(200):
         graph = random_data(gen)
         y, mask, prior = random_labels(gen, graph.num_nodes)
         sigma = random_sigma(gen, graph)
         for mode in ("LU", "L"):
-            check_against_reference(graph, y, mask, prior, sigma, mode)
+            check_against_reference(graph, y, mask, prior, sigma, mode, device)
 
 
-def test_dplp_matches_reference_on_long_chains():
+def test_dplp_matches_reference_on_long_chains(device):
     gen = torch.Generator().manual_seed(2)
     for _ in range(20):
         graph = chain_data(gen)
         y, mask, prior = random_labels(gen, graph.num_nodes)
         for mode in ("LU", "L"):
-            out = check_against_reference(graph, y, mask, prior, math.inf, mode)
+            out = check_against_reference(graph, y, mask, prior, math.inf, mode,
+                                          device)
         lengths = path_lengths(out.parents)
         assert int(lengths.max()) >= 50
         assert lengths.tolist() == reference_path_lengths(out.parents.tolist())

@@ -42,13 +42,14 @@ def brute_force_graph(x: torch.Tensor, k: int, threshold: float = 0.5):
 
 @pytest.mark.parametrize("backend", BACKENDS + ["auto"])
 @pytest.mark.parametrize("n,d,k", [(60, 5, 7), (150, 16, 20), (40, 3, 39)])
-def test_graph_matches_brute_force(backend, n, d, k):
+def test_graph_matches_brute_force(backend, n, d, k, device):
     gen = torch.Generator().manual_seed(n * d + k)
     x = torch.randn(n, d, generator=gen, dtype=torch.float64) * 3 + 1
     x_before = x.clone()
-    g = build_density_graph(x, k, backend=backend)
-    ei, sim, dens, _ = brute_force_graph(x, k)
-    assert torch.equal(x, x_before)  # the caller's features are kept as given
+    x_dev = x.to(device)
+    g = build_density_graph(x_dev, k, backend=backend).cpu()
+    assert torch.equal(x_dev.cpu(), x_before)
+    ei, sim, dens, _ = brute_force_graph(x, k)  # the caller's x kept as given
     assert g.num_nodes == n and g.k == k
     assert g.edge_index.shape == (2, n * k)
     assert torch.equal(g.edge_index, ei)
@@ -58,28 +59,28 @@ def test_graph_matches_brute_force(backend, n, d, k):
     assert torch.equal(neighbour_table(g)[:, 0], ei[0].view(n, k)[:, 0])
 
 
-def test_count_density():
+def test_count_density(device):
     x = torch.randn(80, 6, generator=torch.Generator().manual_seed(3))
-    g = build_density_graph(x, 10, backend="exact", density="count",
-                            density_threshold=0.3)
+    g = build_density_graph(x.to(device), 10, backend="exact", density="count",
+                            density_threshold=0.3).cpu()
     _, _, _, count = brute_force_graph(x, 10, threshold=0.3)
     assert torch.equal(g.density.double(), count)
     assert g.density_kind == "count"
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_ties_broken_by_smaller_index(backend):
+def test_ties_broken_by_smaller_index(backend, device):
     # Twelve copies of four points: every similarity ties with eleven others,
     # including copies of the centre itself (similarity 1).
     base = torch.tensor([[1., 0.], [0., 1.], [3., 4.], [-1., 2.]])
     x = base.repeat(12, 1)
-    g = build_density_graph(x, 15, backend=backend)
+    g = build_density_graph(x.to(device), 15, backend=backend).cpu()
     ei, _, dens, _ = brute_force_graph(x, 15)
     assert torch.equal(g.edge_index, ei)
     assert torch.allclose(g.density.double(), dens, atol=1e-6)
     # Deterministic: a second run gives the same graph.
-    assert torch.equal(build_density_graph(x, 15, backend=backend).edge_index,
-                       g.edge_index)
+    assert torch.equal(build_density_graph(x.to(device), 15, backend=backend)
+                       .edge_index.cpu(), g.edge_index)
 
 
 def test_exact_chunking_does_not_change_result():
@@ -91,10 +92,11 @@ def test_exact_chunking_does_not_change_result():
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_knn_search_queries_against_bank(backend):
+def test_knn_search_queries_against_bank(backend, device):
     gen = torch.Generator().manual_seed(5)
     bank, query = torch.randn(70, 6, generator=gen), torch.randn(13, 6, generator=gen)
-    idx, sim = knn_search(query, bank, 5, backend=backend)
+    idx, sim = knn_search(query.to(device), bank.to(device), 5, backend=backend)
+    idx, sim = idx.cpu(), sim.cpu()
     s = torch.nn.functional.normalize(query.double(), dim=1) @ \
         torch.nn.functional.normalize(bank.double(), dim=1).t()
     ref = torch.tensor([sorted(range(70), key=lambda v, r=r: (-s[r, v], v))[:5]

@@ -8,6 +8,8 @@ import torch
 
 from dag_pyg.train.logger import RunLogger, read_metrics, write_json_atomic
 
+pytestmark = pytest.mark.cpu_only  # files, configs, logs: CPU by nature
+
 
 def test_info_and_metrics_are_flushed(tmp_path, capsys):
     log = RunLogger(tmp_path / "run", tensorboard=False, progress=False)

@@ -48,10 +48,14 @@ def test_entropy_and_balance_by_hand():
     assert abs(float(balance_loss(torch.zeros(4, 5)))) < 1e-7
 
 
-def test_dag_loss_sums_the_terms():
+def test_dag_loss_sums_the_terms(device):
     torch.manual_seed(2)
     logits = torch.randn(5, 3)
     target = F.one_hot(torch.tensor([0, 1, 2, 0, 1]), 3).float()
-    out = dag_loss(logits, target, entropy_weight=0.4, balance_weight=0.8)
+    out = dag_loss(logits.to(device), target.to(device), entropy_weight=0.4,
+                   balance_weight=0.8)
+    out = {k: v.cpu() for k, v in out.items()}
     assert torch.allclose(out["loss"], out["loss_ce"] + 0.4 * out["loss_entropy"]
                           + 0.8 * out["loss_balance"])
+    ref = dag_loss(logits, target, entropy_weight=0.4, balance_weight=0.8)
+    assert torch.allclose(out["loss"], ref["loss"], atol=1e-6)

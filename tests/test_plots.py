@@ -11,6 +11,8 @@ pytest.importorskip("matplotlib")
 
 from dag_pyg.train.plots import plot_curves, plot_path_lengths  # noqa: E402
 
+pytestmark = pytest.mark.cpu_only  # files, configs, logs: CPU by nature
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 

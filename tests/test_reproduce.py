@@ -8,6 +8,8 @@ import json
 import pytest
 import yaml
 
+pytestmark = pytest.mark.cpu_only  # files, configs, logs: CPU by nature
+
 TINY = {"name": "tiny", "config": "configs/digits.yaml", "seeds": [0],
         "set": ["optim.epochs=1", "optim.pretrain_epochs=1", "log.progress=false",
                 "log.tensorboard=false", "log.plots=false"],

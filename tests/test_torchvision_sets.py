@@ -18,6 +18,8 @@ from dag_pyg.data import (
     read_idx,
 )
 
+pytestmark = pytest.mark.cpu_only  # files, configs, logs: CPU by nature
+
 IDX_FOLDERS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "kmnist": "KMNIST"}
 
 
