@@ -171,8 +171,10 @@ def test_pseudo_label_weights(tmp_path):
 
 
 def test_refreshes_within_an_epoch(tmp_path, monkeypatch):
+    from dag_pyg.train import epoch as epoch_module
+
     events = []
-    real_steps, real_refresh = loop_module.train_steps, loop_module.refresh
+    real_steps, real_refresh = epoch_module.train_steps, loop_module.refresh
 
     def steps(*args, **kwargs):
         events.append(("steps", len(args[5])))  # the batches trained on
@@ -182,8 +184,9 @@ def test_refreshes_within_an_epoch(tmp_path, monkeypatch):
         events.append(("refresh", args[1].backbone.training))
         return real_refresh(*args, **kwargs)
 
-    monkeypatch.setattr(loop_module, "train_steps", steps)
-    monkeypatch.setattr(loop_module, "refresh", refresh)
+    monkeypatch.setattr(epoch_module, "train_steps", steps)
+    monkeypatch.setattr(epoch_module, "refresh", refresh)  # mid-epoch
+    monkeypatch.setattr(loop_module, "refresh", refresh)   # end of epoch
     short = ("optim.epochs=2", "optim.pretrain_epochs=1")
     train(tiny(*short, "graph.refresh_per_epoch=3"), tmp_path / "r3")
     # Pre-training, the refresh that seeds epoch 1's banks, then per main

@@ -27,16 +27,12 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import itertools
 import signal
 import time
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import torch
-from torch import Tensor
-from torch_geometric.data import Data
 
 from dag_pyg.config import Config, save_config
 from dag_pyg.distributed import (
@@ -47,12 +43,7 @@ from dag_pyg.distributed import (
     shutdown,
 )
 from dag_pyg.train.checkpoint import capture_rng_state, load_checkpoint, save_checkpoint
-from dag_pyg.train.epoch import (
-    epoch_batches,
-    mean_losses,
-    split_for_refreshes,
-    train_steps,
-)
+from dag_pyg.train.epoch import EpochProgress, train_epoch
 from dag_pyg.train.evaluate import evaluate
 from dag_pyg.train.interrupt import StopRequest, TrainingInterrupted
 from dag_pyg.train.logger import QuietLogger, RunLogger, read_metrics, write_json_atomic
@@ -60,7 +51,6 @@ from dag_pyg.train.optim import build_optimizer, build_scaler
 from dag_pyg.train.refresh import (
     Banks,
     drift_stats,
-    needs_banks,
     refresh,
     shared_graph,
 )
@@ -82,97 +72,6 @@ def _peak_rss_mb() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-@dataclasses.dataclass
-class EpochProgress:
-    """How far an epoch got: its batches, the steps done, the loss sums and
-    the mid-epoch refreshes' record so far. A checkpoint written on a signal
-    holds it, so that the epoch continues exactly."""
-    batches: list[Tensor]
-    done: int = 0
-    sums: dict[str, float] = dataclasses.field(default_factory=dict)
-    mid_s: float = 0.0
-    drift: list[dict[str, float]] = dataclasses.field(default_factory=list)
-    # Every rank's loss sums (under torchrun each rank sums its own slice).
-    sums_ranks: list[dict[str, float]] | None = None
-
-    def for_rank(self, dist: DistContext) -> EpochProgress:
-        """This rank's share of a checkpoint's progress: its own loss sums,
-        or, resumed with another number of processes, every rank the mean
-        (the epoch's mean loss then comes out the same)."""
-        ranks = self.sums_ranks or [self.sums]
-        if len(ranks) == dist.world_size:
-            sums = ranks[dist.rank]
-        else:
-            sums = {k: sum(r[k] for r in ranks) / len(ranks) for k in ranks[0]}
-        return dataclasses.replace(self, sums=dict(sums), sums_ranks=None)
-
-
-class EpochResult(NamedTuple):
-    losses: dict[str, float]   # mean loss terms (empty if interrupted)
-    mids: dict[str, float]     # mid-epoch refreshes' time and drift
-    banks: Banks | None        # the banks and graph the epoch ended with
-    graph: Data | None
-    progress: EpochProgress
-    signum: int | None         # the signal that interrupted the epoch
-
-
-def train_epoch(cfg: Config, model: Model, data: TrainData,
-                optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-                banks: Banks | None,
-                graph: Data | None, epoch: int, device: torch.device,
-                gen: torch.Generator, dist: DistContext,
-                log: RunLogger | QuietLogger, progress: EpochProgress | None = None,
-                stop: StopRequest | None = None) -> EpochResult:
-    """One epoch (or the rest of an interrupted one, ``progress``); with
-    ``graph.refresh_per_epoch`` > 1 the banks and graph are also refreshed at
-    evenly spaced steps. A signal (``stop``) ends it after the current step."""
-    pretrain = epoch < cfg.optim.pretrain_epochs
-    if progress is None:
-        batches = epoch_batches(data.num_labelled, data.nodes.numel(), cfg.optim,
-                                pretrain, gen)
-        world = dist.world_size
-        if world > 1 and any(b.numel() < world for b in batches):
-            log.warning(f"epoch {epoch}: batches with fewer samples than the "
-                        f"{world} processes are skipped; lower the number of "
-                        "processes or raise optim.batch_size.")
-            batches = [b for b in batches if b.numel() >= world]
-        progress = EpochProgress(batches)
-    mid = not pretrain and needs_banks(cfg, model.uses_graph_head)
-    parts = split_for_refreshes(progress.batches,
-                                cfg.graph.refresh_per_epoch if mid else 1)
-    desc = f"{'pretrain' if pretrain else 'train'} {epoch}"
-    ends = itertools.accumulate(len(part) for part in parts)
-    for i, (part, end) in enumerate(zip(parts, ends, strict=True)):
-        start = end - len(part)
-        if part and end <= progress.done:
-            continue  # finished before the interruption
-        if i and start >= progress.done:  # not refreshed before it
-            t = time.perf_counter()
-            new = refresh(cfg, model, data, device, dist, log)
-            progress.mid_s += time.perf_counter() - t
-            if step_drift := drift_stats(banks, new.banks, new.graph, cfg.dna.k,
-                                         device):
-                progress.drift.append(step_drift)
-            banks, graph = new.banks, new.graph
-        shown = desc if len(parts) == 1 else f"{desc} ({i + 1}/{len(parts)})"
-        todo = part[max(0, progress.done - start):]
-        progress.sums, taken, signum = train_steps(
-            cfg, model, data, optimizer, scaler, todo, banks, graph, pretrain,
-            device, gen, dist, log, shown, progress.sums, stop)
-        progress.done = end - len(todo) + taken
-        if signum:
-            return EpochResult({}, {}, banks, graph, progress, signum)
-    mids: dict[str, float] = {}
-    if progress.mid_s:
-        mids["time_mid_refresh"] = progress.mid_s
-        # Drift between consecutive mid-epoch banks (the staleness DNA saw).
-        drift = progress.drift
-        mids.update({f"{k}_mid": sum(d[k] for d in drift) / len(drift)
-                     for k in (drift[0] if drift else {})})
-    losses = mean_losses(progress.sums, len(progress.batches), dist)
-    return EpochResult(losses, mids, banks, graph, progress, None)
 
 
 def update_best(history: dict, rec: dict) -> None:
