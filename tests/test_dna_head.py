@@ -51,17 +51,22 @@ def loader(graph, k_sub, hops, sampler, **kw):
 
 @pytest.mark.parametrize("sampler", SAMPLERS)
 @pytest.mark.parametrize("hops", [1, 2, 3])
-def test_batch_equals_full_graph(bank, graph, sampler, hops):
+def test_batch_equals_full_graph(bank, graph, sampler, hops, device):
     k_sub = 3
     head = make_head(hops)
-    ref = full_graph_logits(head, bank, graph, k_sub)
+    ref = full_graph_logits(head, bank, graph, k_sub)  # on the CPU
+    # Batches are sampled on the CPU (as in training); the head runs on device.
+    head, bank_d, density = head.to(device), bank.to(device), graph.density.to(device)
     seen = []
     for batch in loader(graph, k_sub, hops, sampler, batch_size=20, shuffle=True):
         seeds = batch.n_id[:batch.batch_size]
         seen.append(seeds)
-        trimmed = head.forward_batch(bank[seeds], bank, batch, graph.density)
-        x, rho = assemble_input(bank[seeds], bank, batch, graph.density)
-        untrimmed = head(x, batch.edge_index, rho, batch_size=batch.batch_size)
+        batch = batch.to(device)
+        trimmed = head.forward_batch(bank_d[seeds.to(device)], bank_d, batch,
+                                     density).cpu()
+        x, rho = assemble_input(bank_d[seeds.to(device)], bank_d, batch, density)
+        untrimmed = head(x, batch.edge_index, rho,
+                         batch_size=batch.batch_size).cpu()
         torch.testing.assert_close(trimmed, ref[seeds], atol=1e-6, rtol=0)
         torch.testing.assert_close(untrimmed, trimmed, atol=1e-6, rtol=0)
     assert torch.cat(seen).sort().values.tolist() == list(range(N))

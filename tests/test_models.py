@@ -16,10 +16,11 @@ CASES = [
 
 
 @pytest.mark.parametrize("name, c, size, kw, feat_dim", CASES)
-def test_backbone_interface(name, c, size, kw, feat_dim):
+def test_backbone_interface(name, c, size, kw, feat_dim, device):
     torch.manual_seed(0)
-    model = build_backbone(name, num_classes=7, in_channels=c, input_size=size, **kw)
-    x = torch.randn(2, c, size, size)
+    model = build_backbone(name, num_classes=7, in_channels=c, input_size=size,
+                           **kw).to(device)
+    x = torch.randn(2, c, size, size).to(device)
     assert model.feat_dim == feat_dim
     assert isinstance(model.classifier, nn.Linear)
     assert model.classifier.in_features == feat_dim
@@ -32,11 +33,12 @@ def test_backbone_interface(name, c, size, kw, feat_dim):
 
 
 @pytest.mark.parametrize("name, c, size, kw, feat_dim", CASES[:1] + CASES[3:])
-def test_backward_reaches_every_parameter(name, c, size, kw, feat_dim):
+def test_backward_reaches_every_parameter(name, c, size, kw, feat_dim, device):
     torch.manual_seed(0)
-    model = build_backbone(name, 4, c, size, **kw).train()
-    loss = nn.functional.cross_entropy(model(torch.randn(4, c, size, size)),
-                                       torch.tensor([0, 1, 2, 3]))
+    model = build_backbone(name, 4, c, size, **kw).to(device).train()
+    x = torch.randn(4, c, size, size).to(device)
+    loss = nn.functional.cross_entropy(model(x),
+                                       torch.tensor([0, 1, 2, 3], device=device))
     loss.backward()
     for pname, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), pname
