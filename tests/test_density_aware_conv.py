@@ -60,71 +60,78 @@ def test_matches_dense_reference(use_density, seed, device):
 
 
 @pytest.mark.parametrize("c_in,c_out", [(6, 3), (3, 6)])  # both projection orders
-def test_bipartite_matches_reference(c_in, c_out):
+def test_bipartite_matches_reference(c_in, c_out, device):
     torch.manual_seed(0)
     x_src = torch.randn(9, c_in, dtype=torch.float64)
     x_dst = torch.randn(4, c_in, dtype=torch.float64)
     rho = torch.rand(9, dtype=torch.float64)
     ei = random_graph(9, 4, 20, 1)
     conv = DensityAwareConv(c_in, c_out).double()
-    out = conv((x_src, x_dst), ei, rho)
+    out = conv.to(device)((x_src.to(device), x_dst.to(device)), ei.to(device),
+                          rho.to(device)).cpu()
+    conv = conv.cpu()
     ref, _ = dense_reference(x_src, x_dst, ei, rho, conv.lin.weight, conv.bias)
     assert out.shape == (4, c_out)
     assert torch.allclose(out, ref, atol=1e-10)
 
 
-def test_torch_sparse_adjacency_equals_edge_index():
+def test_torch_sparse_adjacency_equals_edge_index(device):
     torch.manual_seed(0)
     x, rho = torch.randn(10, 4), torch.rand(10)
     ei = torch.unique(random_graph(10, 10, 40, 2), dim=1)  # coalesced order
     ei = ei[:, torch.argsort(ei[1] * 10 + ei[0])]
     adj_t = torch.sparse_coo_tensor(ei.flip(0), torch.ones(ei.size(1)),
-                                    (10, 10)).coalesce()
-    conv = DensityAwareConv(4, 8)
+                                    (10, 10)).coalesce().to(device)
+    x, rho, ei = x.to(device), rho.to(device), ei.to(device)
+    conv = DensityAwareConv(4, 8).to(device)
     out1, (_, alpha1) = conv(x, ei, rho, return_attention_weights=True)
     out2, (adj_alpha, alpha2) = conv(x, adj_t, rho, return_attention_weights=True)
     assert torch.allclose(out1, out2, atol=1e-6)
     assert torch.allclose(alpha1, alpha2, atol=1e-6)
     assert adj_alpha.is_sparse
     assert torch.allclose(adj_alpha.to_dense(),
-                          torch.zeros(10, 10).index_put_((ei[1], ei[0]), alpha1))
+                          torch.zeros(10, 10, device=device).index_put_(
+                              (ei[1], ei[0]), alpha1))
 
 
-def test_edge_permutation_invariance_and_attention_sums_to_one():
+def test_edge_permutation_invariance_and_attention_sums_to_one(device):
     torch.manual_seed(0)
     x, rho = torch.randn(15, 6), torch.rand(15)
     ei = random_graph(15, 15, 60, 3)
-    conv = DensityAwareConv(6, 6)
+    conv = DensityAwareConv(6, 6).to(device)
+    perm = torch.randperm(ei.size(1)).to(device)
+    x, rho, ei = x.to(device), rho.to(device), ei.to(device)
     out, (_, alpha) = conv(x, ei, rho, return_attention_weights=True)
-    perm = torch.randperm(ei.size(1))
     out_p, (_, alpha_p) = conv(x, ei[:, perm], rho, return_attention_weights=True)
     assert torch.allclose(out, out_p, atol=1e-5)
     assert torch.allclose(alpha[perm], alpha_p, atol=1e-6)
     sums = scatter(alpha, ei[1], dim=0, dim_size=15, reduce="sum")
-    has_nbr = torch.zeros(15, dtype=torch.bool).index_fill_(0, ei[1], True)
-    assert torch.allclose(sums[has_nbr], torch.ones(int(has_nbr.sum())), atol=1e-6)
+    has_nbr = torch.zeros(15, dtype=torch.bool, device=device).index_fill_(
+        0, ei[1], True)
+    assert torch.allclose(sums[has_nbr].cpu(), torch.ones(int(has_nbr.sum())),
+                          atol=1e-6)
 
 
-def test_isolated_nodes_and_empty_edge_index():
+def test_isolated_nodes_and_empty_edge_index(device):
     torch.manual_seed(0)
-    x, rho = torch.randn(5, 3), torch.rand(5)
-    conv = DensityAwareConv(3, 4)
+    x, rho = torch.randn(5, 3).to(device), torch.rand(5).to(device)
+    conv = DensityAwareConv(3, 4).to(device)
     expected = x @ conv.lin.weight.t() + conv.bias
-    empty = torch.empty(2, 0, dtype=torch.long)
+    empty = torch.empty(2, 0, dtype=torch.long, device=device)
     assert torch.allclose(conv(x, empty, rho), expected, atol=1e-6)
     out, (_, alpha) = conv(x, empty, rho, return_attention_weights=True)
     assert alpha.numel() == 0
     # Node 4 has no in-edges: W x_4 + b.
-    ei = torch.tensor([[0, 1, 2], [1, 2, 3]])
+    ei = torch.tensor([[0, 1, 2], [1, 2, 3]], device=device)
     assert torch.allclose(conv(x, ei, rho)[4], expected[4], atol=1e-6)
 
 
-def test_gradcheck():
+def test_gradcheck(device):
     torch.manual_seed(0)
-    x = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
-    rho = torch.rand(6, dtype=torch.float64, requires_grad=True)
-    ei = random_graph(6, 6, 14, 4)
-    conv = DensityAwareConv(3, 2).double()
+    x = torch.randn(6, 3, dtype=torch.float64).to(device).requires_grad_()
+    rho = torch.rand(6, dtype=torch.float64).to(device).requires_grad_()
+    ei = random_graph(6, 6, 14, 4).to(device)
+    conv = DensityAwareConv(3, 2).double().to(device)
     assert torch.autograd.gradcheck(lambda a, b: conv(a, ei, b), (x, rho))
 
 
@@ -164,11 +171,11 @@ def test_missing_inputs_raise():
         conv((torch.randn(4, 3), None), torch.tensor([[0], [1]]), torch.rand(4))
 
 
-def test_compile_has_no_graph_breaks_and_matches_eager():
+def test_compile_has_no_graph_breaks_and_matches_eager(device):
     torch.manual_seed(0)
-    x, rho = torch.randn(20, 8), torch.rand(20)
-    ei = random_graph(20, 20, 80, 6)
-    conv = DensityAwareConv(8, 4)
+    x, rho = torch.randn(20, 8).to(device), torch.rand(20).to(device)
+    ei = random_graph(20, 20, 80, 6).to(device)
+    conv = DensityAwareConv(8, 4).to(device)
     explanation = torch._dynamo.explain(conv)(x, ei, rho)
     assert explanation.graph_break_count == 0
     compiled = torch.compile(conv, backend="aot_eager", dynamic=False)

@@ -159,17 +159,18 @@ def test_split_for_refreshes():
     assert [int(x) for p in split_for_refreshes(b, 4) for x in p] == list(range(10))
 
 
-def digits_setup(*extra):
+def digits_setup(*extra, device=CPU):
     cfg = load_config("configs/digits.yaml", ["log.progress=false", *extra])
     torch.manual_seed(0)
     data = load_data(cfg)
-    return cfg, data, build_model(cfg, data, CPU, DistContext())
+    return cfg, data, build_model(cfg, data, device, DistContext())
 
 
-def test_refresh_equals_its_steps_done_by_hand():
-    cfg, data, model = digits_setup("dplp.sigma=q0.5")
-    out = refresh(cfg, model, data, CPU, DistContext(), QUIET)
-    model.backbone.eval()
+def test_refresh_equals_its_steps_done_by_hand(device):
+    cfg, data, model = digits_setup("dplp.sigma=q0.5", device=device)
+    out = refresh(cfg, model, data, device, DistContext(), QUIET)
+    model.backbone.cpu().eval()  # the references on the CPU
+    model.head.cpu()
     model.head.eval()
     with torch.no_grad():
         x = data.eval_tf(data.train_set.images[data.nodes])
@@ -212,11 +213,14 @@ def test_refresh_of_a_baseline_reads_no_bank():
 
 
 @pytest.mark.parametrize("aggregator", ["none", "dna"])
-def test_evaluate_classifies_like_the_model(aggregator):
-    cfg, data, model = digits_setup(f"dna.aggregator={aggregator}", "data.num_val=40")
-    out = refresh(cfg, model, data, CPU, DistContext(), QUIET)
-    rec = evaluate(cfg, model, data, out.banks.features, out.graph, CPU,
+def test_evaluate_classifies_like_the_model(aggregator, device):
+    cfg, data, model = digits_setup(f"dna.aggregator={aggregator}", "data.num_val=40",
+                                    device=device)
+    out = refresh(cfg, model, data, device, DistContext(), QUIET)
+    rec = evaluate(cfg, model, data, out.banks.features, out.graph, device,
                    DistContext(), QUIET)
+    model.backbone.cpu()  # the reference on the CPU
+    model.head.cpu()
     test = data.test_set
     with torch.no_grad():
         q = model.backbone.features(data.eval_tf(test.images))

@@ -15,6 +15,9 @@ from dag_pyg.sampler import (
     make_loader,
 )
 
+# The training loop keeps the global graph on the CPU, where it samples.
+pytestmark = pytest.mark.cpu_only
+
 N, D, K = 60, 8, 6
 needs_neighbor = pytest.mark.skipif(not has_neighbor_backend(),
                                     reason="NeighborLoader needs torch-sparse or "
