@@ -210,17 +210,17 @@ def test_dplp_matches_reference_on_long_chains(device):
         assert lengths.tolist() == reference_path_lengths(out.parents.tolist())
 
 
-def test_single_chain_by_hand():
+def test_single_chain_by_hand(device):
     # 0 <- 1 <- 2 <- 3 <- 4 (density rises with the index; 4 is the root).
     n = 5
     src = torch.tensor([1, 2, 3, 4, 0, 1, 2, 3])
     dst = torch.tensor([0, 1, 2, 3, 1, 2, 3, 4])
     graph = Data(edge_index=torch.stack([src, dst]), sim=torch.full((8,), 0.5),
-                 density=torch.arange(n, dtype=torch.float), num_nodes=n)
+                 density=torch.arange(n, dtype=torch.float), num_nodes=n).to(device)
     assert density_ascending_parents(graph).tolist() == [1, 2, 3, 4, -1]
     assert path_lengths(density_ascending_parents(graph)).tolist() == [5, 4, 3, 2, 1]
-    y = torch.tensor([-1, 7, -1, 3, -1])
-    mask = torch.tensor([False, True, False, True, False])
+    y = torch.tensor([-1, 7, -1, 3, -1], device=device)
+    mask = torch.tensor([False, True, False, True, False], device=device)
     out = dplp(graph, y, mask)
     # Phase 1: node 3 (denser) labels 4; node 1 labels 2. Phase 2: 0 takes the
     # densest labelled node on its path, node 3.
@@ -232,13 +232,15 @@ def test_single_chain_by_hand():
     assert out_l.phase.tolist() == [-1, 0, 1, 0, 1]
 
 
-def test_mode_l_is_phase_one_of_lu():
+def test_mode_l_is_phase_one_of_lu(device):
     gen = torch.Generator().manual_seed(3)
     for _ in range(30):
         graph = feature_graph(gen, "clustered")
         y, mask, prior = random_labels(gen, graph.num_nodes)
         if not bool(mask.any()):
             continue
+        graph, y, mask = graph.to(device), y.to(device), mask.to(device)
+        prior = None if prior is None else prior.to(device)
         lu = dplp(graph, y, mask, prior)
         lo = dplp(graph, y, mask, prior, mode="L")
         keep = lu.phase != 2

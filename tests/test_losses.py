@@ -11,11 +11,11 @@ from dag_pyg.train.losses import (
 )
 
 
-def test_one_hot_targets_give_cross_entropy():
+def test_one_hot_targets_give_cross_entropy(device):
     torch.manual_seed(0)
     logits, y = torch.randn(6, 4), torch.tensor([0, 3, 1, 1, 2, 0])
-    assert torch.allclose(soft_cross_entropy(logits, F.one_hot(y, 4).float()),
-                          F.cross_entropy(logits, y))
+    out = soft_cross_entropy(logits.to(device), F.one_hot(y, 4).float().to(device))
+    assert torch.allclose(out.cpu(), F.cross_entropy(logits, y))
 
 
 def test_mixed_targets_weight_each_component():
@@ -36,16 +36,16 @@ def test_mixed_targets_weight_each_component():
     zero.backward()
 
 
-def test_entropy_and_balance_by_hand():
+def test_entropy_and_balance_by_hand(device):
     p = torch.tensor([[0.5, 0.25, 0.25], [0.1, 0.1, 0.8]])
-    logits = p.log()
+    logits = p.log().to(device)
     h = -(0.5 * math.log(0.5) + 0.5 * math.log(0.25)
           + 0.2 * math.log(0.1) + 0.8 * math.log(0.8)) / 2
     assert math.isclose(float(entropy_loss(logits)), h, rel_tol=1e-6)
     mean_p = [0.3, 0.175, 0.525]
     kl = sum(1 / 3 * math.log((1 / 3) / m) for m in mean_p)
     assert math.isclose(float(balance_loss(logits)), kl, rel_tol=1e-6)
-    assert abs(float(balance_loss(torch.zeros(4, 5)))) < 1e-7
+    assert abs(float(balance_loss(torch.zeros(4, 5, device=device)))) < 1e-7
 
 
 def test_dag_loss_sums_the_terms(device):
