@@ -22,6 +22,8 @@ from dag_pyg.distributed import DistContext, DistributedBatchNorm
 from dag_pyg.train.checkpoint import load_checkpoint
 from dag_pyg.train.losses import dag_loss
 
+# gloo processes on the CPU (a GPU machine's runs pick CUDA by device: auto).
+pytestmark = pytest.mark.cpu_only
 ROOT = Path(__file__).resolve().parent.parent
 WORLD = 2
 # 1 pre-training epoch + 1 main epoch ("2 epochs"); a validation split too.
