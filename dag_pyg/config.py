@@ -354,7 +354,9 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"Config file '{path}' is not valid YAML: {e}") from e
+        # yaml's message spans lines (a caret under the place): one line here.
+        where = " ".join(str(e).split())
+        raise ConfigError(f"Config file '{path}' is not valid YAML: {where}") from e
     if not isinstance(data, dict):
         raise ConfigError(f"Config file '{path}' must hold a mapping of keys.")
     base = data.pop("base", None)

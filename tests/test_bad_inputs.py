@@ -81,3 +81,9 @@ def test_split_file_of_another_training_set(tmp_path):
                                                 f"data.split_file={tmp_path}/split.json"])
     with pytest.raises(ValueError, match="made for another training set.*targets_sha1"):
         load_data(other)
+
+
+def test_malformed_yaml_is_one_line(tmp_path, capsys):
+    (tmp_path / "bad.yaml").write_text("dna: [1, 2\n")
+    rc, err = cli(capsys, "train", str(tmp_path / "bad.yaml"))
+    assert rc == 2 and err.count("\n") == 0 and "is not valid YAML" in err
