@@ -245,6 +245,9 @@ def test_sigterm_to_one_rank_stops_every_rank_with_one_checkpoint(tmp_path):
     res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
                          timeout=600)
     assert res.returncode != 0
+    # Each rank ended by the CLI (rank 0 says how), none by an abort.
+    assert res.stderr.count("stopped: interrupted by SIGTERM") == 1
+    assert "exitcode  : 143" in res.stderr and "Abort" not in res.stderr
     log = (tmp_path / "cut" / "train.log").read_text()
     assert log.count("interrupted by SIGTERM in epoch") == 1  # rank 0 writes
     state = load_checkpoint(tmp_path / "cut" / "checkpoint.pt")

@@ -250,7 +250,7 @@ def test_cnn_width_is_a_channel_multiplier():
 
 
 def test_epoch_progress_sums_per_rank():
-    from dag_pyg.train.loop import EpochProgress
+    from dag_pyg.train.epoch import EpochProgress
 
     p = EpochProgress([], done=3, sums={"loss": 1.0},
                       sums_ranks=[{"loss": 1.0}, {"loss": 3.0}])

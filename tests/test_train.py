@@ -226,18 +226,21 @@ def test_cli_train_and_config_errors(tmp_path, capsys):
     assert "--resume" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("kill_at", [7, 20, 35, 38, 45])
-def test_sigterm_mid_epoch_resumes_exactly(tmp_path, monkeypatch, capsys, kill_at):
+@pytest.mark.parametrize("kill_at,refreshes", [
+    (7, 3), (20, 3), (35, 3), (38, 3), (45, 3),
+    (32, 40)])  # more refreshes than steps: the first run of steps is empty
+def test_sigterm_mid_epoch_resumes_exactly(tmp_path, monkeypatch, capsys, kill_at,
+                                           refreshes):
     """A SIGTERM during step ``kill_at`` (15 steps per epoch here; epochs
-    0-1 pre-train; main epochs refresh twice within, after steps 5 and 10):
-    the step finishes, a checkpoint of the position is written, the CLI
-    exits 143; --resume ends identical to an uninterrupted run."""
+    0-1 pre-train; with 3 refreshes, main epochs refresh within after steps 5
+    and 10): the step finishes, a checkpoint of the position is written, the
+    CLI exits 143; --resume ends identical to an uninterrupted run."""
     import os
     import signal
 
     from dag_pyg.train import epoch as epoch_module
 
-    extra = ["graph.refresh_per_epoch=3"]
+    extra = [f"graph.refresh_per_epoch={refreshes}"]
     args = [a for o in TINY + extra for a in ("--set", o)]
     assert main(["train", "configs/digits.yaml", "--out", str(tmp_path / "full"),
                  *args]) == 0

@@ -373,4 +373,6 @@ def _decode(samples: list[tuple[str, int]], image_size: int | None,
     if images is None:
         raise BadImageError(f"None of the {len(samples)} images of '{desc}' "
                             f"decodes (first: '{samples[0][0]}').")
-    return images[keep], targets[keep], skipped
+    if skipped:  # indexing copies: only where something was left out
+        images, targets = images[keep], targets[keep]
+    return images, targets, skipped

@@ -3,6 +3,7 @@ gzipped, read with every check a truncated or foreign file fails."""
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import zlib
 
@@ -48,12 +49,15 @@ def read_idx(path: str | os.PathLike) -> Tensor:
                              "replace it with the original file.")
     ndim = data[3]
     header = 4 + 4 * ndim
-    if ndim == 0 or len(data) < header:
+    if ndim == 0:
+        raise IdxFormatError(f"'{os.fspath(path)}': the idx header announces 0 "
+                             "dimensions; replace it with the original file.")
+    if len(data) < header:
         raise IdxFormatError(f"'{os.fspath(path)}': the idx header announces "
                              f"{ndim} dimensions but the file ends inside it.")
     dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
     dtype = np.dtype(_DTYPES[data[2]])
-    expected = header + int(np.prod(dims)) * dtype.itemsize
+    expected = header + math.prod(dims) * dtype.itemsize
     if len(data) != expected:
         what = "truncated" if len(data) < expected else "longer than its header says"
         raise IdxFormatError(f"'{os.fspath(path)}' is {what}: {len(data)} bytes "

@@ -31,7 +31,9 @@ class Split:
         val (Tensor): held-out validation indices (possibly empty), disjoint
             from both; used to pick the "best" epoch, never trained on.
         num_samples (int): size of the training set the indices refer to.
-        meta (dict): how the split was made (seed, counts); informational.
+        meta (dict): how the split was made (seed, counts) and for which
+            training set (data set name, hash of its labels: checked when a
+            run reuses the split).
     """
     labelled: Tensor
     unlabelled: Tensor

@@ -105,11 +105,14 @@ def load_idx_set(name: str, root: str | None = None, download: bool = False
             raise ValueError(f"'{images_path}' must hold [N, H, W] images and "
                              f"'{labels_path}' [N] labels (got shapes "
                              f"{tuple(images.shape)} and {tuple(labels.shape)}).")
+        if images.dtype != torch.uint8:
+            raise ValueError(f"'{images_path}' holds {images.dtype} pixels; "
+                             "MNIST-format images are uint8.")
         if images.size(0) != labels.size(0):
             raise ValueError(f"'{images_path}' holds {images.size(0)} images but "
                              f"'{labels_path}' {labels.size(0)} labels; the two "
                              "files do not belong together.")
-        sets.append((images.unsqueeze(1).to(torch.uint8), labels.long()))
+        sets.append((images.unsqueeze(1), labels.long()))
     classes = list(cls.classes)
     train = ArrayDataset(*sets[0], classes, name=name)
     test = ArrayDataset(*sets[1], classes, name=name, mean=train.mean,

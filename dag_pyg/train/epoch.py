@@ -105,10 +105,11 @@ def train_steps(cfg: Config, model: Model, data: TrainData,
         x, target = x[mine].to(device), target[mine]
         if cfg.model.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        # The whole batch's sub-graph, sampled on the CPU.
+        batch = loader(seeds).to(device) if use_graph else None
         with autocast(cfg.optim.amp, device):
             if use_graph:
-                batch = loader(seeds)  # the whole batch's sub-graph
-                logits = model.net(x, batch.to(device), bank, density,
+                logits = model.net(x, batch, bank, density,
                                    keep=mine if dist.enabled else None)
             else:
                 logits = model.net(x, self_only=model.uses_graph_head)
@@ -219,7 +220,8 @@ def train_epoch(cfg: Config, model: Model, data: TrainData,
         progress.sums, taken, signum = train_steps(
             cfg, model, data, optimizer, scaler, todo, banks, graph, pretrain,
             device, gen, dist, log, shown, progress.sums, stop)
-        progress.done = end - len(todo) + taken
+        # max: an empty first run (a cut at step 0) must not move it back.
+        progress.done = max(progress.done, end - len(todo) + taken)
         if signum:
             return EpochResult({}, {}, banks, graph, progress, signum)
     mids: dict[str, float] = {}

@@ -118,6 +118,11 @@ def load_run(run_dir: str | Path, progress: bool | None = None,
     data = load_data(cfg)
     model = build_model(cfg, data, device, DistContext())
     state = load_checkpoint(run_dir / CHECKPOINT)
+    if state.get("progress") is not None:
+        raise CheckpointError(
+            f"The checkpoint in '{run_dir}' is from within epoch {state['epoch']} "
+            "(the run was interrupted): its weights and banks do not belong "
+            "together. Resume the run (--resume) to finish the epoch first.")
     model.backbone.load_state_dict(state["backbone"])
     model.head.load_state_dict(state["head"])
     return LoadedRun(cfg, data, model, state, device)

@@ -171,15 +171,11 @@ def run(cfg: Config, run_dir: str | Path, resume: bool = False,
     seed_everything(cfg.seed + dist.rank)
     gen = torch.Generator().manual_seed(cfg.seed)
     data = load_data(cfg)
-    if dist.is_main:
-        data.split.save(str(run_dir / "split.json"))
     model = build_model(cfg, data, device, dist)
     optimizer, scheduler = build_optimizer(model.trainable_parameters(), cfg.optim)
     scaler = build_scaler(cfg.optim.amp, device)
 
     total = cfg.optim.pretrain_epochs + cfg.optim.epochs
-    if dist.is_main:
-        save_config(cfg, run_dir / "config.yaml")
     start, banks, history, notes = 0, None, {"best_val": None, "best": None}, []
     progress, epoch_start = None, None
     if resume:
@@ -195,6 +191,9 @@ def run(cfg: Config, run_dir: str | Path, resume: bool = False,
             feats = state.get("epoch_start_features")
             epoch_start = None if feats is None else Banks(feats, banks.prior,
                                                            banks.targets)
+    if dist.is_main:  # after the checkpoint matched: a failed resume writes nothing
+        data.split.save(str(run_dir / "split.json"))
+        save_config(cfg, run_dir / "config.yaml")
     graph, path_lengths = None, None
     stop = StopRequest()
     log = (RunLogger(run_dir, tensorboard=cfg.log.tensorboard,
@@ -293,12 +292,13 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False,
     ctx = init_distributed(d.backend, d.timeout_s, cfg.device)
     if not ctx.enabled:
         return run(cfg, run_dir, resume, stop_after)
+    interrupted = None
     try:
         summary = run(cfg, run_dir, resume, stop_after, dist=ctx)
-    except TrainingInterrupted:
-        gc.collect()  # every rank stopped after the same step: a clean exit
-        shutdown(ctx)
-        raise
+    except TrainingInterrupted as e:
+        # Without its traceback, which would keep run()'s frame (and DDP's
+        # reducer) alive past the process group's end.
+        interrupted = e.with_traceback(None)
     except RuntimeError as e:
         if isinstance(e, DistributedError) or not is_collective_failure(e):
             raise
@@ -310,4 +310,6 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False,
     # reducer collected after destroy_process_group aborts the process.
     gc.collect()
     shutdown(ctx)
+    if interrupted is not None:  # every rank stopped after the same step
+        raise interrupted
     return summary

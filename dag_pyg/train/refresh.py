@@ -34,7 +34,8 @@ GRAPH_PLACEMENTS = ("rank0", "replicate")
 
 @dataclass
 class Banks:
-    """What an epoch reads: refreshed at the end of the previous epoch."""
+    """What training reads: refreshed at the end of every epoch (and within
+    it with ``graph.refresh_per_epoch`` > 1)."""
     features: Tensor          # Feature Bank [N, d]
     prior: Tensor             # Label Bank: the model's predictions [N]
     targets: Tensor           # training target per node [N] (-1: none)

@@ -114,7 +114,7 @@ def load_data(cfg: Config) -> TrainData:
     else:
         split = make_split(train.targets, d.num_labelled, per_class=d.per_class,
                            num_val=d.num_val, seed=cfg.seed)
-        split.meta.update(made_for)
+    split.meta.update(made_for)
     nodes = torch.cat([split.labelled, split.unlabelled])
     labelled_mask = torch.zeros(nodes.numel(), dtype=torch.bool)
     labelled_mask[: split.labelled.numel()] = True

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from dag_pyg.config import Config, upgrade
+from dag_pyg.config import Config, ConfigError, from_dict, upgrade
 from dag_pyg.distributed import DistContext
 from dag_pyg.train.checkpoint import CheckpointError, restore_rng_state
 from dag_pyg.train.refresh import Banks
@@ -22,7 +22,7 @@ def run_state(epoch: int, cfg: Config, model: Model,
     """The checkpoint of the end of ``epoch`` (``rng_ranks``: every rank's
     :func:`~dag_pyg.train.checkpoint.capture_rng_state`), or of a point
     within it: ``progress`` (the interrupted epoch's
-    :class:`~dag_pyg.train.loop.EpochProgress` as a dict; ``banks`` are then
+    :class:`~dag_pyg.train.epoch.EpochProgress` as a dict; ``banks`` are then
     the ones in use) and the Feature Bank the epoch started with (the
     end-of-epoch drift is measured against it)."""
     split = data.split
@@ -52,7 +52,11 @@ def restore_run_state(state: dict, cfg: Config, model: Model,
     """Loads a checkpoint's weights, optimiser, schedule and RNG streams into
     the run; returns the epoch it ended, its banks, history and notes for the
     log. A checkpoint of another configuration or split is an error."""
-    saved, ours = upgrade(state.get("config") or {}), cfg.to_dict()
+    ours = cfg.to_dict()
+    try:  # in today's keys, with the defaults of keys added since
+        saved = from_dict(state.get("config") or {}).to_dict()
+    except ConfigError:
+        saved = upgrade(state.get("config") or {})
     if saved != ours:
         diff = sorted(k for k in set(saved) | set(ours)
                       if saved.get(k) != ours.get(k))
