@@ -45,8 +45,11 @@ MAX_LINES = 150  # RESULTS.md stays one page of headline tables
 PAPER = {"cifar10_4000": 6.13, "cifar100_10000": 32.50, "miniimagenet_4000": 55.97}
 
 SPEED = ("bench_epoch", "bench_knn", "bench_knn_ivf", "bench_conv", "bench_dplp",
-         "bench_sampling", "bench_distributed")
-ANALYSES = ("neighbour_purity", "dplp_diagnostics")
+         "bench_sampling", "bench_distributed", "gpu_check")
+# result JSON -> the analysis script that wrote it (its --name)
+ANALYSES = {"neighbour_purity": "neighbour_purity",
+            "neighbour_purity_mnist_100_val": "neighbour_purity",
+            "dplp_diagnostics": "dplp_diagnostics"}
 
 
 def fmt(values: list[float], digits: int = 2) -> str:
@@ -442,12 +445,19 @@ def write_pages(results: Path, out: Path, speed: Path = SPEED_RESULTS,
     details.mkdir(parents=True, exist_ok=True)
     pages: dict[str, list[str]] = {}
     heads: list[str] = []
+    selections: list[str] = []
     for grid_dir in sorted(d for d in results.iterdir() if d.is_dir()):
         rel = f"details/{grid_dir.name}.md"
         table = headline_table(grid_dir, grids, rel)
-        if table:
+        if not table:
+            continue
+        pages[grid_dir.name] = grid_page(grid_dir, grids)
+        if grid_dir.name.endswith("_val"):
+            # Choices made on a validation split: their tables are on the
+            # detail page; the headline shows test-split grids.
+            selections.append(f"- [{grid_dir.name}]({rel})")
+        else:
             heads += table
-            pages[grid_dir.name] = grid_page(grid_dir, grids)
     others: list[str] = []
     body = [line for name in SPEED for line in bench_section(name, speed)]
     if body:
@@ -455,8 +465,8 @@ def write_pages(results: Path, out: Path, speed: Path = SPEED_RESULTS,
         have = [n for n in SPEED if (speed / f"{n}.json").exists()]
         others.append(f"- [Speed benchmarks](details/speed.md): {', '.join(have)} "
                       f"(`{shown(speed)}/`).")
-    for name in ANALYSES:
-        body = bench_section(name, analysis, f"benchmarks.analysis.{name}")
+    for name, script in ANALYSES.items():
+        body = bench_section(name, analysis, f"benchmarks.analysis.{script}")
         if body:
             pages[name] = _page(name, body)
             others.append(f"- [{name}](details/{name}.md) (`{shown(analysis)}/"
@@ -485,6 +495,8 @@ def write_pages(results: Path, out: Path, speed: Path = SPEED_RESULTS,
             "re-classifies the whole test set with the final checkpoints, and "
             "the tables use that where it exists.", "",
             "## Experiment grids", "", *heads,
+            *(["## Validation grids (settings chosen there, not test results)",
+               "", *selections, ""] if selections else []),
             "## Speed, analyses, figures", "", *others]
 
 
