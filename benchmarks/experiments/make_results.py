@@ -49,6 +49,7 @@ SPEED = ("bench_epoch", "bench_knn", "bench_knn_ivf", "bench_conv", "bench_dplp"
 # result JSON -> the analysis script that wrote it (its --name)
 ANALYSES = {"neighbour_purity": "neighbour_purity",
             "neighbour_purity_mnist_100_val": "neighbour_purity",
+            "neighbour_purity_mnist_100": "neighbour_purity",
             "dplp_diagnostics": "dplp_diagnostics"}
 
 
