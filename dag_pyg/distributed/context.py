@@ -275,10 +275,14 @@ def init_distributed(backend: str = "auto", timeout_s: float = 600.0,
                        owns_group=owns)
 
 
-def shutdown(ctx: DistContext) -> None:
-    """Leaves the process group (after a successful run)."""
+def shutdown(ctx: DistContext, failed: bool = False) -> None:
+    """Leaves the process group: together with the other ranks after a
+    successful run, alone (``failed``) after a collective failed."""
     if ctx.enabled and ctx.owns_group and dist.is_initialized():
-        # All ranks leave together: tearing gloo down while a peer still
-        # talks aborts the process ("terminate called ...").
-        dist.barrier()
+        if not failed:
+            # All ranks leave together: tearing gloo down while a peer still
+            # talks aborts the process ("terminate called ...").
+            dist.barrier()
+        # A group left to the interpreter's exit aborts it (SIGABRT): gloo's
+        # pending work frees tensors after the interpreter is gone.
         dist.destroy_process_group()

@@ -292,7 +292,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False,
     ctx = init_distributed(d.backend, d.timeout_s, cfg.device)
     if not ctx.enabled:
         return run(cfg, run_dir, resume, stop_after)
-    interrupted = None
+    interrupted = failure = None
     try:
         summary = run(cfg, run_dir, resume, stop_after, dist=ctx)
     except TrainingInterrupted as e:
@@ -302,14 +302,18 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False,
     except RuntimeError as e:
         if isinstance(e, DistributedError) or not is_collective_failure(e):
             raise
-        raise DistributedError(
+        # Not chained to ``e``, whose traceback holds the frames (and DDP's
+        # reducer) that must be freed before the group is destroyed.
+        failure = DistributedError(
             f"rank {ctx.rank}/{ctx.world_size}: a collective failed or waited "
             f"longer than distributed.timeout_s={d.timeout_s:g} s ({e}). Another "
-            "process probably stopped: its own error is in its output.") from e
+            "process probably stopped: its own error is in its output.")
     # DDP's reducer must go before the process group it talks through; a
     # reducer collected after destroy_process_group aborts the process.
     gc.collect()
-    shutdown(ctx)
+    shutdown(ctx, failed=failure is not None)
+    if failure is not None:
+        raise failure
     if interrupted is not None:  # every rank stopped after the same step
         raise interrupted
     return summary
