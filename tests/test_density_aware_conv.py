@@ -6,11 +6,13 @@ import torch
 from torch_geometric.utils import scatter
 
 from dag_pyg import DensityAwareConv
+from dag_pyg.nn.functional import grouped_degree
 
 
 def dense_reference(x_src, x_dst, edge_index, density, weight, bias,
-                    use_density=True):
-    """Eqs. 4-7 written out per target node with Python loops."""
+                    use_density=True, scale=1.0):
+    """Eqs. 4-7 written out per target node with Python loops (``scale``
+    multiplies the cosine: 1 / temperature)."""
     out, alpha = [], {}
     for i in range(x_dst.size(0)):
         nbrs = [(e, int(edge_index[0, e])) for e in range(edge_index.size(1))
@@ -18,7 +20,7 @@ def dense_reference(x_src, x_dst, edge_index, density, weight, bias,
         scores = []
         for _, j in nbrs:
             c = float(x_dst[i] @ x_src[j] / (x_dst[i].norm() * x_src[j].norm()))
-            scores.append(c + (float(density[j]) if use_density else 0.0))
+            scores.append(scale * c + (float(density[j]) if use_density else 0.0))
         m = max(scores) if scores else 0.0
         z = sum(math.exp(s - m) for s in scores)
         agg = x_dst[i].clone()
@@ -199,3 +201,165 @@ def test_device_matches_cpu_forward_and_backward(device):
     assert torch.allclose(outs[0], outs[1], atol=1e-5)
     for a, b in zip(grads[0], grads[1], strict=True):
         assert torch.allclose(a, b, atol=1e-4)
+
+
+# ------------------------------------------------- the grouped (k-per-target) path
+def knn_graph(n, d, k, seed, dtype=torch.float64):
+    from dag_pyg import build_density_graph
+
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=gen, dtype=dtype)
+    return x, build_density_graph(x, k, backend="exact")
+
+
+def no_propagate(*args, **kwargs):
+    raise AssertionError("the grouped layout should not reach propagate()")
+
+
+@pytest.mark.parametrize("c_in,c_out", [(6, 3), (3, 6)])
+@pytest.mark.parametrize("learn", [False, True])
+def test_grouped_layout_equals_general_path(c_in, c_out, learn, device,
+                                            monkeypatch):
+    x, g = knn_graph(30, c_in, 5, 0)
+    ei, rho = g.edge_index, g.density
+    assert grouped_degree(ei[1], 30) == 5
+    perm = torch.randperm(ei.size(1), generator=torch.Generator().manual_seed(1))
+    assert grouped_degree(ei[1, perm], 30) is None
+    conv = DensityAwareConv(c_in, c_out, temperature=0.3,
+                            learn_temperature=learn).double().to(device)
+    torch.nn.init.normal_(conv.bias)
+    x, ei, rho, perm = x.to(device), ei.to(device), rho.to(device), perm.to(device)
+    outs, grads = [], []
+    for edges in (ei[:, perm], ei):
+        xi = x.clone().requires_grad_()
+        with monkeypatch.context() as m:
+            if edges is ei:
+                m.setattr(DensityAwareConv, "propagate", no_propagate)
+            out, (_, alpha) = conv(xi, edges, rho, return_attention_weights=True)
+        out.pow(2).sum().backward()
+        params = [p.grad.clone() for p in conv.parameters()]
+        conv.zero_grad()
+        outs.append((out.detach(), alpha.detach()))
+        grads.append([xi.grad, *params])
+    (out_g, alpha_g), (out_d, alpha_d) = outs
+    torch.testing.assert_close(out_d, out_g)
+    torch.testing.assert_close(alpha_d[perm], alpha_g)
+    for a, b in zip(grads[0], grads[1], strict=True):
+        torch.testing.assert_close(a, b)
+    ref, ref_alpha = dense_reference(
+        x.cpu(), x.cpu(), ei.cpu(), rho.cpu() / 0.3, conv.lin.weight.cpu(),
+        conv.bias.cpu(), scale=1 / 0.3)
+    torch.testing.assert_close(out_d.cpu(), ref)
+    torch.testing.assert_close(alpha_d.cpu(), ref_alpha)
+
+
+def test_sampled_layout_bipartite_with_edgeless_targets(device, monkeypatch):
+    # KNNHopSampler's layout: targets 0..3 with 3 edges each; targets 4..5
+    # (the outer hop) have none and keep their self term.
+    gen = torch.Generator().manual_seed(0)
+    x_src = torch.randn(10, 4, generator=gen, dtype=torch.float64)
+    x_dst = x_src[:6]
+    rho = torch.rand(10, generator=gen, dtype=torch.float64)
+    ei = torch.stack([torch.randint(10, (12,), generator=gen),
+                      torch.arange(4).repeat_interleave(3)])
+    assert grouped_degree(ei[1], 6) == 3 and grouped_degree(ei[1], 3) is None
+    conv = DensityAwareConv(4, 5).double()
+    torch.nn.init.normal_(conv.bias)
+    monkeypatch.setattr(DensityAwareConv, "propagate", no_propagate)
+    conv = conv.to(device)
+    out = conv((x_src.to(device), x_dst.to(device)), ei.to(device),
+               rho.to(device)).cpu()
+    conv = conv.cpu()
+    ref, _ = dense_reference(x_src, x_dst, ei, rho, conv.lin.weight, conv.bias)
+    torch.testing.assert_close(out, ref)
+
+
+@pytest.mark.parametrize("grouped", [True, False])
+def test_temperature_limits(grouped, device):
+    x, g = knn_graph(25, 4, 6, 2)
+    ei = g.edge_index if grouped else g.edge_index.flip(1)
+    x, ei = x.to(device), ei.to(device)
+    src, dst = ei
+    xn = torch.nn.functional.normalize(x, dim=-1)
+    cos = (xn[src] * xn[dst]).sum(-1)
+    best = torch.full((25,), -2.0, dtype=x.dtype, device=device).scatter_reduce(
+        0, dst, cos, "amax")
+    nearest = torch.zeros_like(x).index_add_(0, dst[cos == best[dst]],
+                                             x[src[cos == best[dst]]])
+    mean = scatter(x[src], dst, dim=0, dim_size=25, reduce="mean")
+    for tau, agg in ((1e-6, nearest), (1e6, mean)):
+        conv = DensityAwareConv(4, 4, use_density=False, temperature=tau,
+                                bias=False).double().to(device)
+        conv.lin.weight.data = torch.eye(4, dtype=x.dtype, device=device)
+        torch.testing.assert_close(conv(x, ei), x + agg, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("grouped", [True, False])
+def test_gradcheck_learnable_temperature(grouped, device):
+    x, g = knn_graph(8, 3, 3, 3)
+    ei = g.edge_index if grouped else g.edge_index.flip(1)
+    conv = DensityAwareConv(3, 2, temperature=0.5, learn_temperature=True)
+    conv = conv.double().to(device)
+    assert torch.allclose(conv.temperature, torch.tensor(0.5, dtype=torch.float64))
+    x, ei, rho = x.to(device).requires_grad_(), ei.to(device), g.density.to(device)
+    log_t = conv.log_temperature.detach().clone().requires_grad_()
+
+    def f(x, log_t):
+        return torch.func.functional_call(conv, {"log_temperature": log_t},
+                                          (x, ei, rho))
+    assert torch.autograd.gradcheck(f, (x, log_t))
+    assert set(dict(conv.named_parameters())) == {"log_temperature", "lin.weight",
+                                                  "bias"}
+
+
+@pytest.mark.parametrize("grouped", [True, False])
+def test_given_sim_equals_computed(grouped, device):
+    x, g = knn_graph(20, 5, 4, 4)
+    ei, sim = (g.edge_index, g.sim) if grouped else (g.edge_index.flip(1),
+                                                      g.sim.flip(0))
+    conv = DensityAwareConv(5, 5).double().to(device)
+    x, ei, sim, rho = x.to(device), ei.to(device), sim.to(device), g.density.to(device)
+    torch.testing.assert_close(conv(x, ei, rho, sim=sim), conv(x, ei, rho))
+    # The given sim is what the attention reads.
+    other = conv(x, ei, rho, sim=torch.zeros_like(sim))
+    assert not torch.allclose(other, conv(x, ei, rho))
+
+
+@pytest.mark.parametrize("grouped", [True, False])
+def test_attention_dropout(grouped):
+    x, g = knn_graph(40, 4, 8, 5)
+    ei = g.edge_index if grouped else g.edge_index.flip(1)
+    conv = DensityAwareConv(4, 4, dropout=0.5).double()
+    conv.eval()
+    _, (_, clean) = conv(x, ei, g.density, return_attention_weights=True)
+    conv.train()
+    torch.manual_seed(0)
+    _, (_, dropped) = conv(x, ei, g.density, return_attention_weights=True)
+    kept = dropped != 0
+    assert 0.3 < float(kept.double().mean()) < 0.7
+    torch.testing.assert_close(dropped[kept], clean[kept] * 2)
+
+
+def test_explainer_masks_reach_the_grouped_layout():
+    from torch_geometric.explain.algorithm.utils import clear_masks, set_masks
+
+    x, g = knn_graph(12, 3, 4, 6)
+    conv = DensityAwareConv(3, 3).double()
+    plain = conv(x, g.edge_index, g.density)
+    set_masks(conv, torch.zeros(g.edge_index.size(1), dtype=x.dtype),
+              g.edge_index, apply_sigmoid=False)
+    masked = conv(x, g.edge_index, g.density)
+    clear_masks(conv)
+    torch.testing.assert_close(masked, conv.lin(x) + conv.bias)
+    torch.testing.assert_close(conv(x, g.edge_index, g.density), plain)
+
+
+def test_bad_temperature_and_dropout_and_repr():
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        DensityAwareConv(3, 3, temperature=0.0)
+    with pytest.raises(ValueError, match="dropout must be in"):
+        DensityAwareConv(3, 3, dropout=1.0)
+    assert repr(DensityAwareConv(3, 2, temperature=0.1)) == \
+        "DensityAwareConv(3, 2, use_density=True, temperature=0.1)"
+    assert repr(DensityAwareConv(3, 2, learn_temperature=True)) == \
+        "DensityAwareConv(3, 2, use_density=True, learn_temperature=True)"

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from dag_pyg.nn.functional import edge_dot
+from dag_pyg.nn.functional import csr_aggregate, edge_dot, grouped_degree
 
 
 @pytest.mark.parametrize("sorted_rows", [True, False])
@@ -33,3 +33,31 @@ def test_edge_dot_without_edges():
     assert out.shape == (0,)
     out.sum().backward()
     assert torch.equal(a.grad, torch.zeros(3, 2))
+
+
+def test_csr_aggregate_matches_gather_scatter(device):
+    gen = torch.Generator().manual_seed(1)
+    # Rows of 3, 0, 4 and 2 edges (an empty row), duplicate columns in row 2.
+    rowptr = torch.tensor([0, 3, 3, 7, 9])
+    col = torch.tensor([4, 0, 2, 1, 1, 5, 3, 0, 5])
+    row = torch.repeat_interleave(torch.arange(4), rowptr.diff())
+    value = torch.randn(9, dtype=torch.float64, generator=gen)
+    x = torch.randn(6, 3, dtype=torch.float64, generator=gen)
+    value, x = value.to(device).requires_grad_(), x.to(device).requires_grad_()
+    rowptr, col, row = rowptr.to(device), col.to(device), row.to(device)
+    out = csr_aggregate(value, rowptr, col, x)
+    ref = torch.zeros(4, 3, dtype=torch.float64, device=device).index_add(
+        0, row, value.unsqueeze(-1) * x[col])
+    torch.testing.assert_close(out, ref)
+    assert torch.autograd.gradcheck(
+        lambda v, y: csr_aggregate(v, rowptr, col, y), (value, x))
+
+
+def test_grouped_degree():
+    assert grouped_degree(torch.tensor([0, 0, 1, 1, 2, 2]), 3) == 2
+    assert grouped_degree(torch.tensor([0, 0, 1, 1]), 5) == 2  # 2..4 edgeless
+    assert grouped_degree(torch.tensor([0, 0, 1, 1, 2, 2]), 2) is None
+    assert grouped_degree(torch.tensor([0, 1, 0, 1]), 2) is None
+    assert grouped_degree(torch.tensor([1, 1, 0, 0]), 2) is None
+    assert grouped_degree(torch.tensor([0, 0, 0, 1, 1]), 2) is None
+    assert grouped_degree(torch.empty(0, dtype=torch.long), 2) is None

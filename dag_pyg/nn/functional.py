@@ -1,4 +1,6 @@
-"""Edge-level kernels shared by the layers."""
+"""Edge-level kernels shared by the layers: per-edge dot products (SDDMM)
+and the weighted sum over a CSR-laid-out graph (SpMM), both with memory
+linear in the number of edges."""
 from __future__ import annotations
 
 import warnings
@@ -70,3 +72,82 @@ def edge_dot(a: Tensor, b: Tensor, index_a: Tensor, index_b: Tensor) -> Tensor:
         # The compiler fuses gather, product and sum without materialising.
         return (a[index_a] * b[index_b]).sum(-1)
     return _EdgeDot.apply(a, b, index_a, index_b)
+
+
+class _CSRAggregate(torch.autograd.Function):
+    """``out[u] = sum_e value[e] * x[col[e]]`` over the edges ``e`` of row
+    ``u`` of a CSR pattern, as one sparse-dense product (SpMM); backward is
+    the transposed product for ``x`` and an SDDMM for ``value``. Autograd of
+    the gather + scatter form keeps an ``[E, d]`` tensor instead."""
+
+    @staticmethod
+    def forward(ctx, value: Tensor, rowptr: Tensor, col: Tensor, x: Tensor
+                ) -> Tensor:
+        shape = (rowptr.numel() - 1, x.size(0))
+        out = torch.sparse.mm(_csr_from_ptr(rowptr, col, value, shape), x)
+        ctx.save_for_backward(value, rowptr, col, x)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        value, rowptr, col, x = ctx.saved_tensors
+        num_rows = rowptr.numel() - 1
+        g_value = g_x = None
+        if ctx.needs_input_grad[0]:
+            pattern = _csr_from_ptr(rowptr, col, torch.zeros_like(value),
+                                    (num_rows, x.size(0)))
+            g_value = torch.sparse.sampled_addmm(pattern, grad, x.t(),
+                                                 beta=0.0).values()
+        if ctx.needs_input_grad[3]:
+            row = torch.repeat_interleave(
+                torch.arange(num_rows, device=col.device), rowptr.diff(),
+                output_size=col.numel())
+            order = torch.argsort(col, stable=True)
+            g_x = torch.sparse.mm(_csr(col[order], row[order], value[order],
+                                       (x.size(0), num_rows)), grad)
+        return g_value, None, None, g_x
+
+
+def _csr_from_ptr(rowptr: Tensor, col: Tensor, values: Tensor,
+                  shape: tuple[int, int]) -> Tensor:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support")
+        return torch.sparse_csr_tensor(rowptr, col, values, shape,
+                                       check_invariants=False)
+
+
+def csr_aggregate(value: Tensor, rowptr: Tensor, col: Tensor, x: Tensor) -> Tensor:
+    r"""Computes :math:`\mathbf{o}_u = \sum_{e \in \text{row}(u)} v_e \,
+    \mathbf{x}_{\text{col}_e}` for a graph laid out in CSR (edges grouped by
+    target row), as one sparse-dense matrix product.
+
+    Args:
+        value (torch.Tensor): Weight of every edge :math:`[E]`.
+        rowptr (torch.Tensor): CSR row pointers :math:`[N_{out} + 1]`.
+        col (torch.Tensor): Source row of ``x`` per edge :math:`[E]`.
+        x (torch.Tensor): Source features :math:`[N_{in}, d]`.
+    """
+    if torch.compiler.is_compiling() or col.numel() == 0:
+        row = torch.repeat_interleave(
+            torch.arange(rowptr.numel() - 1, device=col.device), rowptr.diff(),
+            output_size=col.numel())
+        out = x.new_zeros(rowptr.numel() - 1, x.size(-1))
+        return out.index_add(0, row, value.unsqueeze(-1) * x[col])
+    return _CSRAggregate.apply(value, rowptr, col, x)
+
+
+def grouped_degree(index: Tensor, num_targets: int) -> int | None:
+    """The degree ``k`` if ``index`` (the target of every edge) is laid out as
+    ``k`` consecutive edges for each of the targets ``0, 1, ..., E/k - 1`` in
+    order (``E/k <= num_targets``; later targets have none), else
+    :obj:`None`. Graphs of :func:`~dag_pyg.build_density_graph` and the
+    sub-graphs of :class:`~dag_pyg.KNNHopSampler` have this layout."""
+    e = index.numel()
+    if e == 0 or index.dim() != 1:
+        return None
+    k = int((index == index[0]).sum())
+    if int(index[0]) != 0 or e % k or e // k > num_targets:
+        return None
+    groups = index.view(-1, k)
+    ar = torch.arange(groups.size(0), device=index.device).unsqueeze(1)
+    return k if bool((groups == ar).all()) else None

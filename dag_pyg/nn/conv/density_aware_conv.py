@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -11,7 +13,7 @@ from torch_geometric.typing import Adj, OptPairTensor, OptTensor, Size
 from torch_geometric.utils import is_torch_sparse_tensor, softmax
 from torch_geometric.utils.sparse import set_sparse_value
 
-from dag_pyg.nn.functional import edge_dot
+from dag_pyg.nn.functional import csr_aggregate, edge_dot, grouped_degree
 
 
 class DensityAwareConv(MessagePassing):
@@ -33,9 +35,20 @@ class DensityAwareConv(MessagePassing):
         \exp\left(\cos(\mathbf{x}_i, \mathbf{x}_k) + \rho_k\right)}
 
     With :obj:`use_density=False` the density term is dropped (the paper's
-    "NA w/o density"). No self loops are added: the centre node enters
-    through the explicit :math:`\mathbf{x}_i` term, so a node without
-    neighbours maps to :math:`\mathbf{\Theta}\mathbf{x}_i + \mathbf{b}`.
+    "NA w/o density"); a temperature :math:`\tau` (default 1, the paper)
+    divides the logits :math:`\cos(\mathbf{x}_i, \mathbf{x}_j) + \rho_j`:
+    :math:`\tau \to 0` attends to the most similar neighbour alone, large
+    :math:`\tau` averages the neighbours. No self loops are added: the centre
+    node enters through the explicit :math:`\mathbf{x}_i` term, so a node
+    without neighbours maps to :math:`\mathbf{\Theta}\mathbf{x}_i +
+    \mathbf{b}`.
+
+    On graphs laid out as :func:`~dag_pyg.build_density_graph` and
+    :class:`~dag_pyg.KNNHopSampler` make them (``k`` consecutive edges per
+    target, targets in order) the softmax is a dense ``[N, k]`` operation and
+    the aggregation a CSR sparse-dense product; any other ``edge_index`` (or
+    a sparse adjacency) takes the general message-passing path, with the
+    same result.
 
     Args:
         in_channels (int): Size of each input sample, or :obj:`-1` to derive
@@ -43,6 +56,14 @@ class DensityAwareConv(MessagePassing):
         out_channels (int): Size of each output sample.
         use_density (bool, optional): If set to :obj:`False`, the attention
             ignores the neighbour density. (default: :obj:`True`)
+        temperature (float, optional): The attention temperature
+            :math:`\tau > 0`. (default: :obj:`1.0`)
+        learn_temperature (bool, optional): If set to :obj:`True`,
+            :math:`\tau` is learned (as :math:`\log \tau`, starting at
+            :obj:`temperature`). (default: :obj:`False`)
+        dropout (float, optional): Dropout probability of the normalized
+            attention coefficients, as in
+            :class:`~torch_geometric.nn.conv.GATConv`. (default: :obj:`0`)
         bias (bool, optional): If set to :obj:`False`, the layer will not
             learn an additive bias. (default: :obj:`True`)
         **kwargs (optional): Additional arguments of
@@ -55,7 +76,8 @@ class DensityAwareConv(MessagePassing):
           if bipartite,
           edge indices :math:`(2, |\mathcal{E}|)` (or a :obj:`torch.sparse`
           transposed adjacency :math:`(|\mathcal{V_t}|, |\mathcal{V_s}|)`),
-          source-node densities :math:`(|\mathcal{V_s}|)`
+          source-node densities :math:`(|\mathcal{V_s}|)`,
+          *(optional)* edge similarities :math:`(|\mathcal{E}|)`
         - **output:** node features :math:`(|\mathcal{V}|, F_{out})` or
           :math:`(|\mathcal{V}_t|, F_{out})` if bipartite.
           If :obj:`return_attention_weights=True`, additionally
@@ -67,15 +89,28 @@ class DensityAwareConv(MessagePassing):
         in_channels: int,
         out_channels: int,
         use_density: bool = True,
+        temperature: float = 1.0,
+        learn_temperature: bool = False,
+        dropout: float = 0.0,
         bias: bool = True,
         **kwargs,
     ):
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0 (got {temperature!r}).")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1) (got {dropout!r}).")
         kwargs.setdefault('aggr', 'add')
         super().__init__(node_dim=0, **kwargs)
 
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.use_density = use_density
+        self.dropout = dropout
+        self.initial_temperature = float(temperature)
+        if learn_temperature:
+            self.log_temperature = Parameter(torch.empty(()))
+        else:
+            self.register_parameter('log_temperature', None)
 
         self.lin = Linear(in_channels, out_channels, bias=False,
                           weight_initializer='glorot')
@@ -90,12 +125,23 @@ class DensityAwareConv(MessagePassing):
         super().reset_parameters()
         self.lin.reset_parameters()
         zeros(self.bias)
+        if self.log_temperature is not None:
+            with torch.no_grad():
+                self.log_temperature.fill_(math.log(self.initial_temperature))
+
+    @property
+    def temperature(self) -> Tensor | float:
+        r"""The attention temperature :math:`\tau`."""
+        if self.log_temperature is None:
+            return self.initial_temperature
+        return self.log_temperature.exp()
 
     def forward(
         self,
         x: Tensor | OptPairTensor,
         edge_index: Adj,
         density: OptTensor = None,
+        sim: OptTensor = None,
         size: Size = None,
         return_attention_weights: bool | None = None,
     ) -> Tensor | tuple[Tensor, tuple[Tensor, Tensor]]:
@@ -108,6 +154,10 @@ class DensityAwareConv(MessagePassing):
                 row 1 target), or a :obj:`torch.sparse` transposed adjacency.
             density (torch.Tensor, optional): Density of every source node.
                 Required when :obj:`use_density=True`.
+            sim (torch.Tensor, optional): :math:`\cos(\mathbf{x}_i,
+                \mathbf{x}_j)` of every edge where the caller has it (e.g.
+                ``graph.sim``); it is then not recomputed, and no gradient
+                flows through it.
             size ((int, int), optional): The shape of the adjacency matrix.
             return_attention_weights (bool, optional): If set, additionally
                 returns :obj:`(edge_index, alpha)` like
@@ -126,23 +176,25 @@ class DensityAwareConv(MessagePassing):
 
         # Attention on the raw inputs (Eq. 5 measures similarity of x, not of
         # the projected features).
-        xn_src = F.normalize(x_src, p=2., dim=-1)
-        xn_dst = F.normalize(x_dst, p=2., dim=-1)
         rho = density if self.use_density else None
-        alpha = self.edge_updater(edge_index, xn_src=xn_src, xn_dst=xn_dst,
-                                  rho=(rho, None), size=size)
+        k = self._grouped_degree(edge_index, x_dst.size(0), size)
+        if k is None:
+            alpha = self.edge_updater(edge_index, x_src=x_src, x_dst=x_dst,
+                                      rho=(rho, None), sim=sim, size=size)
+        else:
+            alpha = self._grouped_attention(x_src, x_dst, edge_index, rho, sim,
+                                            k)
 
         # Theta(x_i + sum_j alpha x_j) is linear, so project first when it
         # shrinks the features and aggregate first otherwise.
         if self.out_channels <= x_src.size(-1):
             h_src = self.lin(x_src)
             h_dst = h_src if x_dst is x_src else self.lin(x_dst)
-            out = h_dst + self.propagate(edge_index, x=(h_src, h_dst),
-                                         alpha=alpha, size=size)
+            out = h_dst + self._aggregate(edge_index, h_src, h_dst, alpha, k,
+                                          size)
         else:
-            agg = self.propagate(edge_index, x=(x_src, x_dst), alpha=alpha,
-                                 size=size)
-            out = self.lin(x_dst + agg)
+            out = self.lin(x_dst + self._aggregate(edge_index, x_src, x_dst,
+                                                   alpha, k, size))
 
         if self.bias is not None:
             out = out + self.bias
@@ -153,23 +205,73 @@ class DensityAwareConv(MessagePassing):
             return out, (edge_index, alpha)
         return out
 
-    def edge_update(self, xn_src: Tensor, xn_dst: Tensor, rho_j: OptTensor,
-                    edge_index_i: Tensor, edge_index_j: Tensor, index: Tensor,
-                    ptr: OptTensor, dim_size: int | None) -> Tensor:
+    def _grouped_degree(self, edge_index: Adj, num_dst: int,
+                        size: Size) -> int | None:
+        # The dense path bypasses propagate(): explainers (which mask
+        # messages there) and the compiler take the general one.
+        if (not isinstance(edge_index, Tensor) or is_torch_sparse_tensor(
+                edge_index) or self.explain or torch.compiler.is_compiling()
+                or (size is not None and size[1] is not None
+                    and size[1] != num_dst)):
+            return None
+        return grouped_degree(edge_index[1], num_dst)
+
+    def _logits(self, cos: Tensor, rho_j: OptTensor) -> Tensor:
+        if rho_j is not None:
+            cos = cos + rho_j.to(cos.dtype)
+        t = self.temperature
+        return cos / t if isinstance(t, Tensor) or t != 1.0 else cos
+
+    def _grouped_attention(self, x_src: Tensor, x_dst: Tensor, edge_index: Tensor,
+                           rho: OptTensor, sim: OptTensor, k: int) -> Tensor:
+        src, dst = edge_index
+        cos = self._cosine(x_src, x_dst, dst, src) if sim is None else sim
+        rho_j = None if rho is None else rho.index_select(0, src)
+        alpha = self._logits(cos, rho_j).view(-1, k).softmax(dim=-1).view(-1)
+        return F.dropout(alpha, p=self.dropout, training=self.training)
+
+    def _aggregate(self, edge_index: Adj, h_src: Tensor, h_dst: Tensor,
+                   alpha: Tensor, k: int | None, size: Size) -> Tensor:
+        if k is None:
+            return self.propagate(edge_index, x=(h_src, h_dst), alpha=alpha,
+                                  size=size)
+        num_dst = h_dst.size(0)
+        rowptr = torch.arange(num_dst + 1, device=alpha.device).mul_(k)
+        rowptr.clamp_(max=alpha.numel())  # targets past the edges have none
+        dtype = torch.promote_types(alpha.dtype, h_src.dtype)
+        return csr_aggregate(alpha.to(dtype), rowptr, edge_index[0],
+                             h_src.to(dtype))
+
+    @staticmethod
+    def _cosine(x_src: Tensor, x_dst: Tensor, index_dst: Tensor,
+                index_src: Tensor) -> Tensor:
         # cos(x_i, x_j) is not a sum of per-node terms (unlike GAT's logits):
         # a fused per-edge dot avoids keeping two [E, d] gathers for backward.
-        if xn_src.dtype in (torch.float16, torch.bfloat16):
+        if x_src.dtype in (torch.float16, torch.bfloat16):
             # Mixed precision: the attention in float32 (the sparse kernel has
             # no half-precision path on the CPU; the softmax wants the range).
-            xn_src, xn_dst = xn_src.float(), xn_dst.float()
-        alpha = edge_dot(xn_dst, xn_src, edge_index_i, edge_index_j)
-        if rho_j is not None:
-            alpha = alpha + rho_j.to(alpha.dtype)
-        return softmax(alpha, index, ptr, dim_size)
+            x_src, x_dst = x_src.float(), x_dst.float()
+        xn_src = F.normalize(x_src, p=2., dim=-1)
+        xn_dst = xn_src if x_dst is x_src else F.normalize(x_dst, p=2., dim=-1)
+        return edge_dot(xn_dst, xn_src, index_dst, index_src)
+
+    def edge_update(self, x_src: Tensor, x_dst: Tensor, rho_j: OptTensor,
+                    sim: OptTensor, edge_index_i: Tensor, edge_index_j: Tensor,
+                    index: Tensor, ptr: OptTensor,
+                    dim_size: int | None) -> Tensor:
+        cos = self._cosine(x_src, x_dst, edge_index_i, edge_index_j) \
+            if sim is None else sim
+        alpha = softmax(self._logits(cos, rho_j), index, ptr, dim_size)
+        return F.dropout(alpha, p=self.dropout, training=self.training)
 
     def message(self, x_j: Tensor, alpha: Tensor) -> Tensor:
         return alpha.unsqueeze(-1) * x_j
 
     def __repr__(self) -> str:
+        extra = ''
+        if self.log_temperature is not None:
+            extra = ', learn_temperature=True'
+        elif self.initial_temperature != 1.0:
+            extra = f', temperature={self.initial_temperature:g}'
         return (f'{self.__class__.__name__}({self.in_channels}, '
-                f'{self.out_channels}, use_density={self.use_density})')
+                f'{self.out_channels}, use_density={self.use_density}{extra})')
