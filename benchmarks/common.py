@@ -79,3 +79,52 @@ def write_json(name: str, payload: dict, folder: Path) -> Path:
     os.replace(tmp, path)
     print(f"wrote {path}")
     return path
+
+
+def load_planetoid(root: Path, name: str, cache: Path):
+    """``Planetoid(name)``'s graph (public split, row-normalised features) from
+    the raw files in ``root/<name>/raw``, processed under ``cache`` so that a
+    read-only data folder stays untouched."""
+    import shutil
+
+    import torch_geometric.transforms as T
+    from torch_geometric.datasets import Planetoid
+
+    raw = Path(root) / name / "raw"
+    if not raw.is_dir():
+        raise FileNotFoundError(f"no Planetoid raw folder {raw}: pass the folder "
+                                f"holding {name}/raw/ind.{name.lower()}.* files")
+    shutil.copytree(raw, Path(cache) / name / "raw", dirs_exist_ok=True)
+    return Planetoid(str(cache), name, transform=T.NormalizeFeatures())[0]
+
+
+def _proc_status_kib(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def start_peak_rss() -> int | None:
+    """Resets this process' resident high-water mark (Linux) and returns the
+    resident size it starts from, in KiB; ``None`` where it cannot.
+
+    VmHWM after this reset, not ``ru_maxrss``: the latter keeps the parent's
+    peak across fork and exec, so a subprocess would hide its own."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # 5: reset the peak RSS (VmHWM), Linux >= 4.0
+    except OSError:
+        return None
+    return _proc_status_kib("VmRSS")
+
+
+def peak_rss_rise_mib(start: int | None) -> float | None:
+    """The rise of the resident high-water mark since :func:`start_peak_rss`,
+    in MiB."""
+    peak = _proc_status_kib("VmHWM")
+    return None if start is None or peak is None else (peak - start) / 1024

@@ -3,8 +3,9 @@
 The layout follows the method: graph (``dag_pyg.graph``) -> layers
 (``dag_pyg.nn``) -> sampling (``dag_pyg.sampler``) -> propagation
 (``dag_pyg.propagation``) -> training (``dag_pyg.train``) -> CLI.
+``dag_pyg.transforms`` brings the density to any PyG graph.
 """
-from dag_pyg.graph import build_density_graph, knn_search
+from dag_pyg.graph import build_density_graph, graph_density, knn_search
 from dag_pyg.nn import DensityAwareConv, DNAHead
 from dag_pyg.propagation import (
     DPLPResult,
@@ -21,6 +22,7 @@ __all__ = [
     "DensityAwareConv",
     "DNAHead",
     "build_density_graph",
+    "graph_density",
     "knn_search",
     "dplp",
     "DPLPResult",

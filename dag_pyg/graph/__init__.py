@@ -1,5 +1,5 @@
 from dag_pyg.graph.build import build_density_graph, neighbour_table
-from dag_pyg.graph.density import compute_density
+from dag_pyg.graph.density import compute_density, graph_density
 from dag_pyg.graph.drift import bank_drift
 from dag_pyg.graph.knn import knn_search, normalize_rows, resolve_backend
 
@@ -7,6 +7,7 @@ __all__ = [
     "build_density_graph",
     "neighbour_table",
     "compute_density",
+    "graph_density",
     "bank_drift",
     "knn_search",
     "normalize_rows",

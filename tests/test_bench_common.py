@@ -1,0 +1,17 @@
+"""The benchmarks' shared measurement helpers."""
+import pytest
+import torch
+
+from benchmarks.common import peak_rss_rise_mib, start_peak_rss
+
+
+def test_peak_rss_rise_sees_a_freed_allocation():
+    start = start_peak_rss()
+    if start is None:
+        pytest.skip("no resettable VmHWM (not Linux)")
+    x = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+    del x
+    rise = peak_rss_rise_mib(start)
+    assert 60 <= rise < 200
+    # After a new reset the earlier peak is gone.
+    assert peak_rss_rise_mib(start_peak_rss()) < 30
