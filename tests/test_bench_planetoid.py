@@ -131,8 +131,9 @@ def test_runs_are_seeded_and_summarised(graphs, capsys):
 
 
 def test_target_line():
-    def res(acc, t):
-        return {"test_acc_mean": acc, "test_acc_std": 0.5, "epoch_s": t}
+    def res(acc, t, val=80.0):
+        return {"test_acc_mean": acc, "test_acc_std": 0.5, "epoch_s": t,
+                "val_acc_mean": val}
 
     met = bench.target_line({"citation/GAT": res(82.0, 0.02),
                              "citation/DNA": res(80.6, 0.01)})
@@ -143,6 +144,11 @@ def test_target_line():
     assert "MISSED" in bench.target_line({"citation/GAT": res(82.0, 0.02),
                                           "citation/DNA": res(80.4, 0.01)})
     assert "not run" in bench.target_line({})
+    # Of two DNA variants, the one of the better validation accuracy counts.
+    both = bench.target_line({"citation/GAT": res(82.0, 0.02),
+                              "citation/DNA": res(80.4, 0.01, val=79.0),
+                              "citation/DNA-T": res(81.0, 0.01, val=79.5)})
+    assert ": MET (DNA-T 81.0" in both and "best DNA validation" in both
 
 
 def test_main_without_memory(planetoid, tmp_path, capsys):

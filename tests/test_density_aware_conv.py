@@ -173,10 +173,15 @@ def test_missing_inputs_raise():
         conv((torch.randn(4, 3), None), torch.tensor([[0], [1]]), torch.rand(4))
 
 
-def test_compile_has_no_graph_breaks_and_matches_eager(device):
+@pytest.mark.parametrize("grouped", [False, True])
+def test_compile_has_no_graph_breaks_and_matches_eager(grouped, device):
     torch.manual_seed(0)
-    x, rho = torch.randn(20, 8).to(device), torch.rand(20).to(device)
-    ei = random_graph(20, 20, 80, 6).to(device)
+    if grouped:  # eager takes the dense path, compiled code the general one
+        x, g = knn_graph(20, 8, 4, 7, dtype=torch.float32)
+        x, rho, ei = x.to(device), g.density.to(device), g.edge_index.to(device)
+    else:
+        x, rho = torch.randn(20, 8).to(device), torch.rand(20).to(device)
+        ei = random_graph(20, 20, 80, 6).to(device)
     conv = DensityAwareConv(8, 4).to(device)
     explanation = torch._dynamo.explain(conv)(x, ei, rho)
     assert explanation.graph_break_count == 0

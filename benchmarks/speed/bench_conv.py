@@ -235,7 +235,9 @@ def main() -> None:
         targets.append({"shape": r["shape"], "pass": r["pass"], "met": ok,
                         "line": line})
         print(line)
-    write_json("bench_conv", {"nodes": args.nodes, "k": args.k,
+    recorded = {k: (str(v) if isinstance(v, Path) else v)
+                for k, v in vars(args).items() if k != "worker"}
+    write_json("bench_conv", {"args": recorded, "nodes": args.nodes, "k": args.k,
                               "rounds": args.rounds, "reference": REFERENCE,
                               "rows": rows, "targets": targets}, SPEED_RESULTS)
 

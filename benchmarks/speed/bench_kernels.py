@@ -96,7 +96,8 @@ def main() -> None:
             verdict = "keep" if r["time_vs_gathers"] < 1.0 else "DELETE"
             print(f"{r['implementation']} {r['pass']}: "
                   f"{r['time_vs_gathers']:.2f}x its gather form -> {verdict}")
-    write_json("bench_kernels", {"nodes": args.nodes, "k": args.k,
+    write_json("bench_kernels", {"args": vars(args), "nodes": args.nodes,
+                                 "k": args.k,
                                  "channels": 128, "rounds": args.rounds,
                                  "rows": rows}, SPEED_RESULTS)
 

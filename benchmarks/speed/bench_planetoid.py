@@ -27,7 +27,8 @@ epochs), and the rise of its resident high-water mark (VmHWM) over the loaded
 graph is its own (glibc's mmap threshold fixed so freed tensors leave the
 process); ``--memory-epochs 0`` skips it. Prints a table and writes
 ``benchmarks/speed/results/bench_planetoid.json`` with every per-seed value.
-Target: DNA within 1.5 points of GAT's test accuracy at less time per epoch,
+Target: DNA (of ``DNA`` and ``DNA-T``, the one of the better validation
+accuracy) within 1.5 points of GAT's test accuracy at less time per epoch,
 on the citation graph.
 """
 from __future__ import annotations
@@ -183,19 +184,25 @@ def table_row(name: str, graph: str, model_name: str, res: dict) -> dict:
 
 
 def target_line(results: dict) -> str:
-    dna, gat = results.get("citation/DNA"), results.get("citation/GAT")
+    """The target on the citation graph, for the DNA variant (``DNA`` or
+    ``DNA-T``) of the best mean validation accuracy."""
+    dnas = [m for m in ("DNA", "DNA-T") if f"citation/{m}" in results]
+    gat = results.get("citation/GAT")
     head = ("DNA within 1.5 points of GAT's accuracy at less time per epoch "
             "(citation graph): ")
-    if dna is None or gat is None:
+    if not dnas or gat is None:
         return head + "not run (needs --models GAT DNA and the citation graph)"
+    name = max(dnas, key=lambda m: results[f"citation/{m}"]["val_acc_mean"])
+    dna = results[f"citation/{name}"]
     gap = dna["test_acc_mean"] - gat["test_acc_mean"]
     ratio = dna["epoch_s"] / gat["epoch_s"]
     ok = gap >= -1.5 and ratio < 1.0
+    chosen = f" ({name}: the best DNA validation accuracy)" if len(dnas) > 1 else ""
     return (head + ("MET" if ok else "MISSED") +
-            f" (DNA {dna['test_acc_mean']:.1f} ± {dna['test_acc_std']:.1f} vs "
+            f" ({name} {dna['test_acc_mean']:.1f} ± {dna['test_acc_std']:.1f} vs "
             f"GAT {gat['test_acc_mean']:.1f} ± {gat['test_acc_std']:.1f}: "
             f"{gap:+.1f} points; {1000 * dna['epoch_s']:.1f} vs "
-            f"{1000 * gat['epoch_s']:.1f} ms per epoch, {ratio:.2f}x)")
+            f"{1000 * gat['epoch_s']:.1f} ms per epoch, {ratio:.2f}x){chosen}")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -5,7 +5,9 @@ reference recipe.
   ELU, one averaged output head; dropout 0.6 on both layers' inputs and on the
   attention; Adam, lr 0.005, weight decay 5e-4.
 - ``DNA``: the same widths, dropout and optimiser with ``DensityAwareConv``
-  (one 64-wide "head"; the attention dropout is the layer's ``dropout``).
+  (one 64-wide "head"; the attention dropout is the layer's ``dropout``);
+  ``DNA-T`` the same with a learned attention temperature per layer
+  (``learn_temperature=True``, starting at 1, the paper's).
 - ``GCN``: PyG's ``examples/gcn.py`` (Kipf & Welling 2017): 16 hidden, ReLU,
   dropout 0.5 on both layers' inputs; Adam, lr 0.01, weight decay 5e-4 on
   the first layer only (as the paper and the example do).
@@ -20,7 +22,7 @@ from torch_geometric.nn import GATConv, GCNConv
 
 from dag_pyg import DensityAwareConv
 
-MODELS = ("GAT", "DNA", "GCN")
+MODELS = ("GAT", "DNA", "DNA-T", "GCN")
 
 
 class GAT(torch.nn.Module):
@@ -41,11 +43,13 @@ class GAT(torch.nn.Module):
 
 class DNA(torch.nn.Module):
     def __init__(self, in_channels: int, out_channels: int, hidden: int = 64,
-                 dropout: float = 0.6) -> None:
+                 dropout: float = 0.6, learn_temperature: bool = False) -> None:
         super().__init__()
         self.dropout = dropout
-        self.conv1 = DensityAwareConv(in_channels, hidden, dropout=dropout)
-        self.conv2 = DensityAwareConv(hidden, out_channels, dropout=dropout)
+        self.conv1 = DensityAwareConv(in_channels, hidden, dropout=dropout,
+                                      learn_temperature=learn_temperature)
+        self.conv2 = DensityAwareConv(hidden, out_channels, dropout=dropout,
+                                      learn_temperature=learn_temperature)
 
     def forward(self, x: Tensor, edge_index: Tensor, density: Tensor) -> Tensor:
         x = F.dropout(x, p=self.dropout, training=self.training)
@@ -78,8 +82,8 @@ def build_model(name: str, in_channels: int,
         model = GAT(in_channels, num_classes)
         return model, torch.optim.Adam(model.parameters(), lr=0.005,
                                        weight_decay=5e-4)
-    if name == "DNA":
-        model = DNA(in_channels, num_classes)
+    if name in ("DNA", "DNA-T"):
+        model = DNA(in_channels, num_classes, learn_temperature=name == "DNA-T")
         return model, torch.optim.Adam(model.parameters(), lr=0.005,
                                        weight_decay=5e-4)
     if name == "GCN":
