@@ -61,3 +61,19 @@ def test_grouped_degree():
     assert grouped_degree(torch.tensor([1, 1, 0, 0]), 2) is None
     assert grouped_degree(torch.tensor([0, 0, 0, 1, 1]), 2) is None
     assert grouped_degree(torch.empty(0, dtype=torch.long), 2) is None
+
+
+def test_csr_aggregate_in_half_precision_and_under_autocast():
+    # The CPU's CSR kernels have no half path: the product runs in float32.
+    gen = torch.Generator().manual_seed(2)
+    rowptr, col = torch.tensor([0, 2, 3]), torch.tensor([1, 0, 2])
+    value = torch.rand(3, generator=gen)
+    x = torch.randn(3, 4, generator=gen)
+    ref = csr_aggregate(value, rowptr, col, x)
+    for dtype in (torch.bfloat16, torch.float16):
+        out = csr_aggregate(value, rowptr, col, x.to(dtype))
+        assert out.dtype == torch.float32
+        torch.testing.assert_close(out, ref, atol=2e-2, rtol=2e-2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = csr_aggregate(value, rowptr, col, x)
+    torch.testing.assert_close(out, ref)

@@ -127,13 +127,18 @@ def csr_aggregate(value: Tensor, rowptr: Tensor, col: Tensor, x: Tensor) -> Tens
         col (torch.Tensor): Source row of ``x`` per edge :math:`[E]`.
         x (torch.Tensor): Source features :math:`[N_{in}, d]`.
     """
+    if x.dtype in (torch.float16, torch.bfloat16):
+        # The CPU's CSR kernels have no half-precision path.
+        value, x = value.float(), x.float()
     if torch.compiler.is_compiling() or col.numel() == 0:
         row = torch.repeat_interleave(
             torch.arange(rowptr.numel() - 1, device=col.device), rowptr.diff(),
             output_size=col.numel())
         out = x.new_zeros(rowptr.numel() - 1, x.size(-1))
         return out.index_add(0, row, value.unsqueeze(-1) * x[col])
-    return _CSRAggregate.apply(value, rowptr, col, x)
+    # Autocast would cast the sparse product to half precision (see above).
+    with torch.autocast(x.device.type, enabled=False):
+        return _CSRAggregate.apply(value.to(x.dtype), rowptr, col, x)
 
 
 def grouped_degree(index: Tensor, num_targets: int) -> int | None:
