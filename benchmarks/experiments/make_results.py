@@ -237,13 +237,17 @@ def headline_table(grid_dir: Path, grids: Path = GRIDS,
         if paper:
             cells.append(f"{paper[row]:.2f}" if row in paper else "")
         lines.append("| " + " | ".join(cells) + " |")
-    published = PUBLISHED.get(_config_stem(runs_all[0]) or "", [])
-    if published and not grid_dir.name.endswith("_val"):
-        lines += ["", "Published in this setting (quoted from the papers, not "
-                  "re-run): " + "; ".join(f"{m} {e} % ({w})"
-                                          for m, e, w in published) + ". "
-                  + PUBLISHED_GAP[_config_stem(runs_all[0])] + "."]
-    return lines + [""]
+    return lines + _published(grid_dir, runs_all) + [""]
+
+
+def _published(grid_dir: Path, runs: list[dict]) -> list[str]:
+    """Other methods' published errors in the setting of a test-split grid."""
+    stem = _config_stem(runs[0]) or ""
+    if stem not in PUBLISHED or grid_dir.name.endswith("_val"):
+        return []
+    quoted = "; ".join(f"{m} {e} % ({w})" for m, e, w in PUBLISHED[stem])
+    return ["", f"Published in this setting (quoted from the papers, not "
+            f"re-run): {quoted}. {PUBLISHED_GAP[stem]}."]
 
 
 # --------------------------------------------------------------------------- #
@@ -333,12 +337,6 @@ def per_seed_table(grid_dir: Path, grids: Path = GRIDS) -> list[str]:
             cells += [fmt([_last(r, "val_error")])] if has_val else []
             cells.append(f"`{g}/{r['row']}__seed{r['seed']}.json`")
             lines.append("| " + " | ".join(cells) + " |")
-    published = PUBLISHED.get(_config_stem(runs_all[0]) or "", [])
-    if published and not grid_dir.name.endswith("_val"):
-        lines += ["", "Published in this setting (quoted from the papers, not "
-                  "re-run): " + "; ".join(f"{m} {e} % ({w})"
-                                          for m, e, w in published) + ". "
-                  + PUBLISHED_GAP[_config_stem(runs_all[0])] + "."]
     return lines + [""]
 
 
