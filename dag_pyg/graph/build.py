@@ -5,7 +5,7 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Data
 
-from dag_pyg.graph.density import DENSITIES, compute_density
+from dag_pyg.graph.density import check_density, compute_density
 from dag_pyg.graph.knn import knn_search, normalize_rows, resolve_backend
 
 
@@ -43,9 +43,7 @@ def build_density_graph(x: Tensor, k: int = 64, *, backend: str = "auto",
         index; no self loops), ``sim [N*k]``, ``density [N]``, ``num_nodes``,
         ``k``, ``backend`` (the engine that ran) and ``density_kind``.
     """
-    if density not in DENSITIES:
-        raise ValueError(f"Unknown density '{density}'. Choose one of "
-                         f"{list(DENSITIES)}.")
+    check_density(density)
     xn = normalize_rows(x)
     n = xn.size(0)
     if not isinstance(k, int) or k < 1:

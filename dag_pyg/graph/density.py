@@ -14,6 +14,14 @@ DENSITIES = ("mean_sim", "count")
 _EDGE_BUDGET = 16 * 2**20
 
 
+def check_density(kind: str) -> str:
+    """Validates a density kind (one of :data:`DENSITIES`)."""
+    if kind not in DENSITIES:
+        raise ValueError(f"Unknown density '{kind}'. Choose one of "
+                         f"{list(DENSITIES)}.")
+    return kind
+
+
 def compute_density(sim: Tensor, kind: str = "mean_sim",
                     threshold: float = 0.5) -> Tensor:
     r"""Density of every node from its neighbour similarities.
@@ -29,11 +37,9 @@ def compute_density(sim: Tensor, kind: str = "mean_sim",
         kind (str): ``"mean_sim"`` (Eq. 3) or ``"count"``.
         threshold (float): :math:`\tau` of the ``count`` density.
     """
-    if kind == "mean_sim":
+    if check_density(kind) == "mean_sim":
         return sim.mean(dim=1)
-    if kind == "count":
-        return (sim > threshold).sum(dim=1).to(sim.dtype)
-    raise ValueError(f"Unknown density '{kind}'. Choose one of {list(DENSITIES)}.")
+    return (sim > threshold).sum(dim=1).to(sim.dtype)
 
 
 def graph_density(x: Tensor, edge_index: Tensor, kind: str = "mean_sim",
@@ -72,9 +78,7 @@ def graph_density(x: Tensor, edge_index: Tensor, kind: str = "mean_sim",
     Returns:
         ``(density [num_nodes], sim [E])``, in ``x``'s dtype.
     """
-    if kind not in DENSITIES:
-        raise ValueError(f"Unknown density '{kind}'. Choose one of "
-                         f"{list(DENSITIES)}.")
+    check_density(kind)
     xn = normalize_rows(x)
     n = xn.size(0) if num_nodes is None else num_nodes
     _check_edge_index(edge_index, xn.size(0), n)

@@ -13,10 +13,23 @@ def _csr(rows: Tensor, cols: Tensor, values: Tensor, shape: tuple[int, int]) -> 
     """A CSR matrix from row-sorted coordinates."""
     crow = rows.new_zeros(shape[0] + 1)
     torch.cumsum(torch.bincount(rows, minlength=shape[0]), 0, out=crow[1:])
+    return _csr_from_ptr(crow, cols, values, shape)
+
+
+def _csr_from_ptr(rowptr: Tensor, col: Tensor, values: Tensor,
+                  shape: tuple[int, int]) -> Tensor:
+    """A CSR matrix from its row pointers."""
     with warnings.catch_warnings():  # "CSR support is in beta": noise for users
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support")
-        return torch.sparse_csr_tensor(crow, cols, values, shape,
+        return torch.sparse_csr_tensor(rowptr, col, values, shape,
                                        check_invariants=False)
+
+
+def _rows(rowptr: Tensor, num_edges: int) -> Tensor:
+    """The row of every entry of a CSR pattern."""
+    return torch.repeat_interleave(
+        torch.arange(rowptr.numel() - 1, device=rowptr.device), rowptr.diff(),
+        output_size=num_edges)
 
 
 class _EdgeDot(torch.autograd.Function):
@@ -99,21 +112,11 @@ class _CSRAggregate(torch.autograd.Function):
             g_value = torch.sparse.sampled_addmm(pattern, grad, x.t(),
                                                  beta=0.0).values()
         if ctx.needs_input_grad[3]:
-            row = torch.repeat_interleave(
-                torch.arange(num_rows, device=col.device), rowptr.diff(),
-                output_size=col.numel())
+            row = _rows(rowptr, col.numel())
             order = torch.argsort(col, stable=True)
             g_x = torch.sparse.mm(_csr(col[order], row[order], value[order],
                                        (x.size(0), num_rows)), grad)
         return g_value, None, None, g_x
-
-
-def _csr_from_ptr(rowptr: Tensor, col: Tensor, values: Tensor,
-                  shape: tuple[int, int]) -> Tensor:
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support")
-        return torch.sparse_csr_tensor(rowptr, col, values, shape,
-                                       check_invariants=False)
 
 
 def csr_aggregate(value: Tensor, rowptr: Tensor, col: Tensor, x: Tensor) -> Tensor:
@@ -126,19 +129,22 @@ def csr_aggregate(value: Tensor, rowptr: Tensor, col: Tensor, x: Tensor) -> Tens
         rowptr (torch.Tensor): CSR row pointers :math:`[N_{out} + 1]`.
         col (torch.Tensor): Source row of ``x`` per edge :math:`[E]`.
         x (torch.Tensor): Source features :math:`[N_{in}, d]`.
+
+    Computes in the promoted dtype of ``value`` and ``x`` (float32 for half
+    precision).
     """
-    if x.dtype in (torch.float16, torch.bfloat16):
+    dtype = torch.promote_types(value.dtype, x.dtype)
+    if dtype in (torch.float16, torch.bfloat16):
         # The CPU's CSR kernels have no half-precision path.
-        value, x = value.float(), x.float()
+        dtype = torch.float32
+    value, x = value.to(dtype), x.to(dtype)
     if torch.compiler.is_compiling() or col.numel() == 0:
-        row = torch.repeat_interleave(
-            torch.arange(rowptr.numel() - 1, device=col.device), rowptr.diff(),
-            output_size=col.numel())
         out = x.new_zeros(rowptr.numel() - 1, x.size(-1))
-        return out.index_add(0, row, value.unsqueeze(-1) * x[col])
+        return out.index_add(0, _rows(rowptr, col.numel()),
+                             value.unsqueeze(-1) * x[col])
     # Autocast would cast the sparse product to half precision (see above).
     with torch.autocast(x.device.type, enabled=False):
-        return _CSRAggregate.apply(value.to(x.dtype), rowptr, col, x)
+        return _CSRAggregate.apply(value, rowptr, col, x)
 
 
 def grouped_degree(index: Tensor, num_targets: int) -> int | None:

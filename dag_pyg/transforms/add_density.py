@@ -3,7 +3,7 @@ from __future__ import annotations
 from torch_geometric.data import Data
 from torch_geometric.transforms import BaseTransform
 
-from dag_pyg.graph.density import DENSITIES, graph_density
+from dag_pyg.graph.density import check_density, graph_density
 
 
 class AddDensity(BaseTransform):
@@ -42,9 +42,7 @@ class AddDensity(BaseTransform):
     """
     def __init__(self, kind: str = "mean_sim", threshold: float = 0.5,
                  attr: str = "x") -> None:
-        if kind not in DENSITIES:
-            raise ValueError(f"Unknown density '{kind}'. Choose one of "
-                             f"{list(DENSITIES)}.")
+        check_density(kind)
         self.kind = kind
         self.threshold = threshold
         self.attr = attr

@@ -4,7 +4,7 @@ from torch_geometric.data import Data
 from torch_geometric.transforms import BaseTransform
 
 from dag_pyg.graph.build import build_density_graph
-from dag_pyg.graph.density import DENSITIES
+from dag_pyg.graph.density import check_density
 from dag_pyg.graph.knn import BACKENDS
 
 
@@ -50,9 +50,7 @@ class DensityKNNGraph(BaseTransform):
         if backend not in BACKENDS:
             raise ValueError(f"Unknown kNN backend '{backend}'. Choose one of "
                              f"{list(BACKENDS)}.")
-        if density not in DENSITIES:
-            raise ValueError(f"Unknown density '{density}'. Choose one of "
-                             f"{list(DENSITIES)}.")
+        check_density(density)
         self.k = k
         self.backend = backend
         self.density = density

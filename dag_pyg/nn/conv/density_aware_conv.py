@@ -238,9 +238,7 @@ class DensityAwareConv(MessagePassing):
         num_dst = h_dst.size(0)
         rowptr = torch.arange(num_dst + 1, device=alpha.device).mul_(k)
         rowptr.clamp_(max=alpha.numel())  # targets past the edges have none
-        dtype = torch.promote_types(alpha.dtype, h_src.dtype)
-        return csr_aggregate(alpha.to(dtype), rowptr, edge_index[0],
-                             h_src.to(dtype))
+        return csr_aggregate(alpha, rowptr, edge_index[0], h_src)
 
     @staticmethod
     def _cosine(x_src: Tensor, x_dst: Tensor, index_dst: Tensor,
