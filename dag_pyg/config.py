@@ -33,7 +33,7 @@ from dag_pyg.graph.density import DENSITIES
 from dag_pyg.graph.knn import BACKENDS
 from dag_pyg.models import BACKBONES
 from dag_pyg.nn import AGGREGATORS
-from dag_pyg.propagation import MODES, SOURCES, WEIGHTINGS, check_sigma
+from dag_pyg.propagation import ADMISSIONS, MODES, SOURCES, WEIGHTINGS, check_sigma
 from dag_pyg.sampler import SAMPLERS
 
 
@@ -89,6 +89,10 @@ class LossConfig:
     mixup_alpha: float = 1.0       # Beta(alpha, alpha); 0 disables mixup
     entropy_weight: float = 0.4    # Eq. 2 entropy minimisation
     balance_weight: float = 0.8    # Eq. 2 class balance (KL to a uniform prior)
+    # input: mix images (a mixed sample keeps its first image's sub-graph);
+    # feature: manifold mixup at the head's input, each image aggregated
+    # with its own sub-graph first.
+    mixup_at: str = "input"        # input | feature
 
 
 @dataclass
@@ -102,6 +106,10 @@ class GraphConfig:
     # Feature Bank + graph + pseudo-label refreshes per main epoch: >1 also
     # refreshes them mid-epoch, so DNA reads a less stale bank.
     refresh_per_epoch: int = 1
+    # refresh: the Feature Bank re-extracted (eval mode, clean images) at
+    # every refresh; online: each batch's live seed features overwrite their
+    # rows (a memory bank), no extraction after pre-training.
+    bank: str = "refresh"          # refresh | online
 
 
 @dataclass
@@ -110,6 +118,9 @@ class DNAConfig:
     hops: int = 1
     k: int = 8                     # k_sub: neighbours per node in the sub-graph
     sampler: str = "knn"           # knn | neighbor (PyG NeighborLoader)
+    temperature: float = 1.0       # attention softmax((cos + rho) / temperature)
+    learn_temperature: bool = False  # learn it (from `temperature`)
+    learn_beta: bool = False       # x_u + beta * sum(alpha x_v), beta learned from 1
 
 
 @dataclass
@@ -119,6 +130,11 @@ class PseudoLabelConfig:
     # 1 - H(p)/log C of the Label Bank's prediction (Iscen et al., 2019).
     weighting: str = "none"        # none | certainty
     weight: float = 1.0            # scale of every pseudo label's weight
+    # Admission: unlabelled nodes whose Label Bank confidence (max softmax)
+    # is below `threshold`, or (admit: agree) whose DPLP label differs from
+    # the model's prediction, get no target (entropy and balance still apply).
+    threshold: float = 0.0
+    admit: str = "all"             # all | agree
 
 
 @dataclass
@@ -176,8 +192,9 @@ def choices() -> dict[str, tuple[str, ...]]:
     """The allowed values of every enumerated key, from the module that owns
     them."""
     # Imported here: the training package imports this module.
+    from dag_pyg.train.epoch import MIXUP_PLACES
     from dag_pyg.train.optim import AMP_MODES, SCHEDULES
-    from dag_pyg.train.refresh import GRAPH_PLACEMENTS
+    from dag_pyg.train.refresh import BANK_UPDATES, GRAPH_PLACEMENTS
 
     return {
         "data.name": tuple(DATASETS),
@@ -190,6 +207,9 @@ def choices() -> dict[str, tuple[str, ...]]:
         "dna.sampler": SAMPLERS,
         "pseudo_label.source": SOURCES,
         "pseudo_label.weighting": WEIGHTINGS,
+        "pseudo_label.admit": ADMISSIONS,
+        "loss.mixup_at": MIXUP_PLACES,
+        "graph.bank": BANK_UPDATES,
         "dplp.mode": MODES,
         "distributed.graph": GRAPH_PLACEMENTS,
     }
@@ -340,6 +360,25 @@ def _check(cfg: Config) -> None:
                           f"number >= 0 (got {cfg.pseudo_label.weight}).")
     if cfg.optim.pretrain_epochs < 0:
         raise ConfigError("Config key 'optim.pretrain_epochs' must be >= 0.")
+    if not 0.0 <= cfg.pseudo_label.threshold < 1.0:
+        raise ConfigError("Config key 'pseudo_label.threshold' must be in [0, 1) "
+                          f"(a softmax confidence; got {cfg.pseudo_label.threshold}).")
+    d = cfg.dna
+    if not 0.0 < d.temperature < math.inf:
+        raise ConfigError("Config key 'dna.temperature' must be a finite number "
+                          f"> 0 (got {d.temperature}).")
+    attention = d.temperature != 1.0 or d.learn_temperature or d.learn_beta
+    if attention and d.aggregator not in ("dna", "dna_no_density"):
+        raise ConfigError("dna.temperature, dna.learn_temperature and "
+                          "dna.learn_beta shape DensityAwareConv: they need "
+                          "dna.aggregator 'dna' or 'dna_no_density' (got "
+                          f"'{d.aggregator}').")
+    if cfg.graph.bank == "online" and cfg.loss.mixup_at == "input" and \
+            cfg.loss.mixup_alpha > 0:
+        raise ConfigError("graph.bank=online writes each batch's live features "
+                          "into the Feature Bank, and with input mixup those "
+                          "are features of mixed images: set "
+                          "loss.mixup_at=feature (or loss.mixup_alpha=0).")
 
 
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:

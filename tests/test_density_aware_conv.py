@@ -10,9 +10,9 @@ from dag_pyg.nn.functional import grouped_degree
 
 
 def dense_reference(x_src, x_dst, edge_index, density, weight, bias,
-                    use_density=True, scale=1.0):
+                    use_density=True, scale=1.0, beta=1.0):
     """Eqs. 4-7 written out per target node with Python loops (``scale``
-    multiplies the cosine: 1 / temperature)."""
+    multiplies the cosine: 1 / temperature; ``beta`` the neighbour sum)."""
     out, alpha = [], {}
     for i in range(x_dst.size(0)):
         nbrs = [(e, int(edge_index[0, e])) for e in range(edge_index.size(1))
@@ -27,7 +27,7 @@ def dense_reference(x_src, x_dst, edge_index, density, weight, bias,
         for (e, j), s in zip(nbrs, scores, strict=True):
             a = math.exp(s - m) / z
             alpha[e] = a
-            agg = agg + a * x_src[j]
+            agg = agg + beta * a * x_src[j]
         out.append(weight @ agg + bias)
     return torch.stack(out), torch.tensor([alpha[e] for e in sorted(alpha)],
                                           dtype=torch.float64)
@@ -315,6 +315,38 @@ def test_gradcheck_learnable_temperature(grouped, device):
     assert torch.autograd.gradcheck(f, (x, log_t))
     assert set(dict(conv.named_parameters())) == {"log_temperature", "lin.weight",
                                                   "bias"}
+
+
+@pytest.mark.parametrize("c_in,c_out", [(6, 3), (3, 6)])  # both projection orders
+@pytest.mark.parametrize("grouped", [True, False])
+def test_learned_beta_weighs_the_neighbour_sum(c_in, c_out, grouped, device):
+    x, g = knn_graph(15, c_in, 4, 5)
+    ei = g.edge_index if grouped else g.edge_index.flip(1)
+    conv = DensityAwareConv(c_in, c_out, learn_beta=True).double()
+    plain = DensityAwareConv(c_in, c_out).double()
+    plain.load_state_dict({k: v for k, v in conv.state_dict().items()
+                           if k != "beta"})
+    torch.nn.init.normal_(conv.bias)
+    plain.bias.data.copy_(conv.bias.data)
+    conv, plain = conv.to(device), plain.to(device)
+    x, ei, rho = x.to(device), ei.to(device), g.density.to(device)
+    assert float(conv.beta) == 1.0  # the paper's layer at the start
+    torch.testing.assert_close(conv(x, ei, rho), plain(x, ei, rho))
+    for beta in (0.0, 0.35):
+        conv.beta.data.fill_(beta)
+        ref, _ = dense_reference(x.cpu(), x.cpu(), ei.cpu(), rho.cpu(),
+                                 conv.lin.weight.cpu(), conv.bias.cpu(),
+                                 beta=beta)
+        torch.testing.assert_close(conv(x, ei, rho).cpu(), ref)
+    # The gradient reaches beta: d out / d beta = W sum_j alpha x_j.
+    out = conv(x, ei, rho)
+    (grad,) = torch.autograd.grad(out.sum(), conv.beta)
+    delta = plain(x, ei, rho) - (x @ plain.lin.weight.T + plain.bias)
+    torch.testing.assert_close(grad, delta.sum())
+    conv.reset_parameters()
+    assert float(conv.beta) == 1.0
+    assert "beta" in dict(conv.named_parameters())
+    assert "learn_beta=True" in repr(conv)
 
 
 @pytest.mark.parametrize("grouped", [True, False])

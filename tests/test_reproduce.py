@@ -228,6 +228,32 @@ def test_headline_table(tmp_path):
                      ["dag", "2", "48.00 ± 2.83", "6.13"]]
 
 
+def test_headline_table_compares_with_a_second_row(tmp_path):
+    make_results = load("make_results")
+    res, grids = tmp_path / "res", tmp_path / "grids"
+    for d in (res / "main", res / "plus", grids):
+        d.mkdir(parents=True)
+    recs = {"main": [_record("baseline", 0, 50.0), _record("baseline", 1, 52.0),
+                     _record("dag", 0, 47.0), _record("dag", 1, 53.0)],
+            "plus": [_record("dagplus", 0, 46.0), _record("dagplus", 1, 50.0)]}
+    for grid, rs in recs.items():
+        for r in rs:
+            (res / grid / f"{r['row']}__seed{r['seed']}.json").write_text(
+                json.dumps(r))
+    (grids / "plus.yaml").write_text(yaml.safe_dump({
+        "name": "plus", "config": "c.yaml", "rows": {"dagplus": []},
+        "borrow": {"baseline": "main/baseline", "dag": "main/dag"},
+        "compare": {"dagplus": "dag"}}))
+    lines = make_results.headline_table(res / "plus", grids)
+    table = [line[2:-2].split(" | ") for line in lines if line.startswith("| ")]
+    assert table[0] == ["row", "seeds", "test error %", "Δ vs baseline (paired)",
+                        "Δ vs dag (paired)"]
+    by = {r[0]: r for r in table[1:]}
+    assert by["dagplus"][3] == "-3.00 ± 1.41"   # 46-50, 50-52
+    assert by["dagplus"][4] == "-2.00 ± 1.41"   # 46-47, 50-53
+    assert by["dag (= main/dag)"][4] == "–"
+
+
 def test_neighbour_purity_hand_computed():
     import math
 

@@ -212,6 +212,33 @@ def test_refreshes_within_an_epoch(tmp_path, monkeypatch):
     assert r1[-1]["loss"] != rec[-1]["loss"]  # fresher banks change training
 
 
+def test_levers_beyond_the_paper_end_to_end(tmp_path):
+    def records(*extra):
+        name = "_".join(x.replace("=", "-") for x in extra)
+        train(tiny("optim.epochs=2", "optim.pretrain_epochs=1", *extra),
+              tmp_path / name)
+        return [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").open()]
+
+    paper = records("seed=0")
+    main = [r for r in paper if r["phase"] == "train"]
+    assert all(-1 <= r["live_bank_cos"] <= 1 for r in main)
+    assert "live_bank_cos" not in paper[0]  # pre-training reads no bank
+    assert all(r["pl_admitted"] == 1.0 for r in main)
+    online = records(*ONLINE)
+    # After pre-training the bank is never extracted again: its time is the
+    # graph's alone, far below an extraction's.
+    assert all(r["time_bank"] < 0.2 * paper[-1]["time_bank"] or
+               r["time_bank"] < 1e-3 for r in online if r["phase"] == "train")
+    assert online[-1]["loss"] != paper[-1]["loss"]
+    sharp = records("dna.temperature=0.1", "dna.learn_beta=true")
+    assert sharp[-1]["loss"] != paper[-1]["loss"]
+    beta = load_checkpoint(tmp_path / "dna.temperature-0.1_dna.learn_beta-true" /
+                           "checkpoint.pt")["head"]["convs.0.beta"]
+    assert float(beta) != 1.0  # trained
+    strict = records("pseudo_label.threshold=0.6", "pseudo_label.admit=agree")
+    assert all(r["pl_admitted"] < 1.0 for r in strict if r["phase"] == "train")
+
+
 def test_cli_train_and_config_errors(tmp_path, capsys):
     rc = main(["train", "configs/digits.yaml", "--out", str(tmp_path / "c"),
                *[a for o in TINY + ["optim.epochs=1", "optim.pretrain_epochs=1"]
@@ -226,11 +253,15 @@ def test_cli_train_and_config_errors(tmp_path, capsys):
     assert "--resume" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("kill_at,refreshes", [
-    (7, 3), (20, 3), (35, 3), (38, 3), (45, 3),
-    (32, 40)])  # more refreshes than steps: the first run of steps is empty
+ONLINE = ("graph.bank=online", "loss.mixup_at=feature")
+
+
+@pytest.mark.parametrize("kill_at,refreshes,levers", [
+    (7, 3, ()), (20, 3, ()), (35, 3, ()), (38, 3, ()), (45, 3, ()),
+    (32, 40, ()),  # more refreshes than steps: the first run of steps is empty
+    (38, 3, ONLINE)])  # the bank written by the steps, and their drift record
 def test_sigterm_mid_epoch_resumes_exactly(tmp_path, monkeypatch, capsys, kill_at,
-                                           refreshes):
+                                           refreshes, levers):
     """A SIGTERM during step ``kill_at`` (15 steps per epoch here; epochs
     0-1 pre-train; with 3 refreshes, main epochs refresh within after steps 5
     and 10): the step finishes, a checkpoint of the position is written, the
@@ -240,7 +271,7 @@ def test_sigterm_mid_epoch_resumes_exactly(tmp_path, monkeypatch, capsys, kill_a
 
     from dag_pyg.train import epoch as epoch_module
 
-    extra = [f"graph.refresh_per_epoch={refreshes}"]
+    extra = [f"graph.refresh_per_epoch={refreshes}", *levers]
     args = [a for o in TINY + extra for a in ("--set", o)]
     assert main(["train", "configs/digits.yaml", "--out", str(tmp_path / "full"),
                  *args]) == 0

@@ -216,6 +216,13 @@ def headline_table(grid_dir: Path, grids: Path = GRIDS,
     if details:
         note += f". Details, per seed, commands: [{details}]({details})"
     head = ["row", "seeds", "test error %"] + (["Δ vs baseline (paired)"] * paired)
+    # A second reference (``compare: {dagplus: dag}``): Δ to it, by seed.
+    grid_file = grids / f"{grid_dir.name}.yaml"
+    compare = dict((yaml.safe_load(grid_file.read_text()) or {}).get("compare")
+                   or {}) if grid_file.exists() else {}
+    compare = {row: other for row, other in compare.items() if other in rows}
+    for other in sorted(set(compare.values())):
+        head.append(f"Δ vs {other} (paired)")
     if has_val:
         head += ["val error % (last)"] + (["Δ val (paired)"] * paired)
     if paper:
@@ -229,6 +236,9 @@ def headline_table(grid_dir: Path, grids: Path = GRIDS,
                  fmt([err(r) for r in runs])]
         if paired:
             cells.append(fmt([] if is_ref else _paired(runs, _by_seed(ref, err), err)))
+        for other in sorted(set(compare.values())):
+            cells.append(fmt(_paired(runs, _by_seed(rows[other], err), err))
+                         if compare.get(row) == other else "–")
         if has_val:
             cells.append(fmt([_val(r) for r in runs]))
             if paired:

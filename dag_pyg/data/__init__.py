@@ -5,7 +5,9 @@ from dag_pyg.data.idx import IdxFormatError, read_idx
 from dag_pyg.data.splits import Split, make_split
 from dag_pyg.data.transforms import (
     BatchTransform,
+    mix,
     mixup,
+    mixup_draw,
     normalize,
     random_flip,
     random_translate,
@@ -24,7 +26,9 @@ __all__ = [
     "Split",
     "make_split",
     "BatchTransform",
+    "mix",
     "mixup",
+    "mixup_draw",
     "normalize",
     "random_flip",
     "random_translate",

@@ -173,13 +173,39 @@ class BatchTransform:
                 f"normalize={self.mean is not None})")
 
 
+def mixup_draw(batch_size: int, alpha: float,
+               generator: torch.Generator | None = None,
+               device: torch.device | str | None = None) -> tuple[float, Tensor]:
+    r"""The random part of :func:`mixup`: :math:`\lambda \sim
+    \mathrm{Beta}(\alpha, \alpha)` and a permutation :math:`\pi` of the batch
+    (on ``device``); ``alpha <= 0`` gives :math:`\lambda = 1` and the
+    identity without drawing."""
+    if alpha <= 0:
+        return 1.0, torch.arange(batch_size, device=device)
+    dev = _gen_device(generator)
+    # torch's Beta sampler takes no generator: seed numpy from the generator.
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=dev))
+    lam = float(np.random.default_rng(seed).beta(alpha, alpha))
+    perm = torch.randperm(batch_size, generator=generator, device=dev)
+    return lam, perm.to(device) if device is not None else perm
+
+
+def mix(x: Tensor, lam: float, perm: Tensor) -> Tensor:
+    r""":math:`\lambda x + (1 - \lambda) x_{\pi}` (identity for
+    :math:`\lambda = 1`)."""
+    if lam == 1.0:
+        return x
+    return lam * x + (1.0 - lam) * x[perm.to(x.device)]
+
+
 def mixup(x: Tensor, y_onehot: Tensor, alpha: float,
           generator: torch.Generator | None = None, return_perm: bool = False):
     r"""Mixup (Zhang et al., 2018): convex combinations of a batch with itself.
 
     Draws :math:`\lambda \sim \mathrm{Beta}(\alpha, \alpha)` and a random
-    permutation :math:`\pi` of the batch and returns
-    :math:`\lambda x + (1 - \lambda) x_{\pi}` and the same for the targets.
+    permutation :math:`\pi` of the batch (:func:`mixup_draw`) and returns
+    :math:`\lambda x + (1 - \lambda) x_{\pi}` and the same for the targets
+    (:func:`mix`).
 
     Args:
         x (Tensor): float inputs ``[B, ...]``.
@@ -197,17 +223,6 @@ def mixup(x: Tensor, y_onehot: Tensor, alpha: float,
     if x.size(0) != y_onehot.size(0):
         raise ValueError(f"x and y_onehot disagree on the batch size "
                          f"({x.size(0)} vs {y_onehot.size(0)}).")
-    b = x.size(0)
-    if alpha <= 0:
-        perm = torch.arange(b, device=x.device)
-        out = (x, y_onehot, 1.0)
-        return (*out, perm) if return_perm else out
-    dev = _gen_device(generator)
-    # torch's Beta sampler takes no generator: seed numpy from the generator.
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=dev))
-    lam = float(np.random.default_rng(seed).beta(alpha, alpha))
-    perm = torch.randperm(b, generator=generator, device=dev).to(x.device)
-    x_mix = lam * x + (1.0 - lam) * x[perm]
-    y_mix = lam * y_onehot + (1.0 - lam) * y_onehot[perm]
-    out = (x_mix, y_mix, lam)
+    lam, perm = mixup_draw(x.size(0), alpha, generator, x.device)
+    out = (mix(x, lam, perm), mix(y_onehot, lam, perm), lam)
     return (*out, perm) if return_perm else out

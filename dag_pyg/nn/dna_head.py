@@ -58,6 +58,12 @@ class DNAHead(Module):
             (default: :obj:`0.0`)
         trim (bool, optional): Trim the batch layer by layer when its per-hop
             counts are given. (default: :obj:`True`)
+        temperature (float, optional): Attention temperature of the
+            :class:`DensityAwareConv` layers. (default: :obj:`1.0`)
+        learn_temperature (bool, optional): Learn each layer's temperature.
+            (default: :obj:`False`)
+        learn_beta (bool, optional): Learn a weight :math:`\beta` of each
+            layer's neighbour sum. (default: :obj:`False`)
 
     Shapes:
         - **input:** node features :math:`(|\mathcal{V}|, F_{in})` with the
@@ -69,7 +75,8 @@ class DNAHead(Module):
     def __init__(self, in_channels: int, num_classes: int, hops: int = 1,
                  aggregator: str = "dna", hidden_channels: int | None = None,
                  act: str | None = "relu", dropout: float = 0.0,
-                 trim: bool = True):
+                 trim: bool = True, temperature: float = 1.0,
+                 learn_temperature: bool = False, learn_beta: bool = False):
         super().__init__()
         if aggregator not in AGGREGATORS:
             raise ValueError(f"Unknown aggregator '{aggregator}'. Choose one of "
@@ -80,6 +87,16 @@ class DNAHead(Module):
         for name, v in (("in_channels", in_channels), ("num_classes", num_classes)):
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive integer (got {v!r}).")
+        attention = {"temperature": float(temperature),
+                     "learn_temperature": learn_temperature,
+                     "learn_beta": learn_beta}
+        if aggregator == "gat" and attention != {"temperature": 1.0,
+                                                  "learn_temperature": False,
+                                                  "learn_beta": False}:
+            raise ValueError("temperature, learn_temperature and learn_beta "
+                             "belong to DensityAwareConv: use aggregator 'dna' "
+                             "or 'dna_no_density', or leave them at their "
+                             "defaults with 'gat'.")
         self.in_channels, self.num_classes = in_channels, num_classes
         self.aggregator = aggregator
         self.hops = 0 if aggregator == "none" else hops
@@ -93,7 +110,8 @@ class DNAHead(Module):
                 conv = GATRootConv(width, self.hidden_channels)
             else:
                 conv = DensityAwareConv(width, self.hidden_channels,
-                                        use_density=aggregator == "dna")
+                                        use_density=aggregator == "dna",
+                                        **attention)
             self.convs.append(conv)
             width = self.hidden_channels
         self.classifier = Linear(width, num_classes, weight_initializer="glorot")
@@ -113,8 +131,13 @@ class DNAHead(Module):
                 num_sampled_edges_per_hop: list[int] | None = None) -> Tensor:
         r"""Logits of the head on a (sampled) graph: :meth:`embed`, dropout,
         then the classifier (same arguments as :meth:`embed`)."""
-        x = self.embed(x, edge_index, density, batch_size,
-                       num_sampled_nodes_per_hop, num_sampled_edges_per_hop)
+        return self.classify(self.embed(x, edge_index, density, batch_size,
+                                        num_sampled_nodes_per_hop,
+                                        num_sampled_edges_per_hop))
+
+    def classify(self, x: Tensor) -> Tensor:
+        r"""Logits of classifier inputs (:meth:`embed`'s output): dropout,
+        then the classifier. Manifold mixup mixes between the two."""
         x = F.dropout(x, p=self.dropout, training=self.training)
         return self.classifier(x)
 

@@ -8,9 +8,11 @@ from dag_pyg.propagation.dplp import (
     path_lengths,
 )
 from dag_pyg.propagation.pseudo_labels import (
+    ADMISSIONS,
     SOURCES,
     WEIGHTINGS,
     PseudoLabels,
+    admit_pseudo_labels,
     check_sigma,
     has_target_weights,
     pseudo_labels,
@@ -26,9 +28,11 @@ __all__ = [
     "dplp",
     "parent_step_distances",
     "path_lengths",
+    "ADMISSIONS",
     "SOURCES",
     "WEIGHTINGS",
     "PseudoLabels",
+    "admit_pseudo_labels",
     "check_sigma",
     "has_target_weights",
     "pseudo_labels",

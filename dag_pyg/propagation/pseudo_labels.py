@@ -1,6 +1,7 @@
 r"""Pseudo labels for training from a graph and the Label Bank: DPLP, the
 model's own predictions, or none; the threshold :math:`\sigma` in its
-quantile form; and the per-sample weight of each pseudo label."""
+quantile form; which pseudo labels are admitted; and the per-sample weight
+of each pseudo label."""
 from __future__ import annotations
 
 import math
@@ -18,6 +19,7 @@ from dag_pyg.propagation.dplp import (
 
 SOURCES = ("dplp", "model", "none")
 WEIGHTINGS = ("none", "certainty")
+ADMISSIONS = ("all", "agree")
 
 
 class PseudoLabels(NamedTuple):
@@ -107,6 +109,43 @@ def pseudo_labels(graph: Data, y: Tensor, labelled_mask: Tensor, prior: Tensor,
     targets = prior.clone() if source == "model" else \
         torch.where(labelled_mask, y, -1)
     return PseudoLabels(targets, torch.zeros_like(unl), parents, sigma)
+
+
+def admit_pseudo_labels(targets: Tensor, logits: Tensor, labelled_mask: Tensor,
+                        threshold: float = 0.0, admit: str = "all") -> Tensor:
+    r"""The targets with the pseudo labels that are not admitted set to
+    ``-1`` (no target; labelled nodes always keep theirs).
+
+    An unlabelled node keeps its pseudo label where the Label Bank's
+    confidence :math:`\max_c \mathrm{softmax}(\text{logits}_i)_c` is at least
+    ``threshold`` (FixMatch's admission, Sohn et al., 2020) and, with
+    ``admit="agree"``, where it equals the Label Bank's prediction
+    :math:`\arg\max_c \text{logits}_{ic}` (a DPLP label the model
+    contradicts is left out).
+
+    Args:
+        targets (torch.Tensor): Targets ``[N]`` (``-1``: none), e.g.
+            :attr:`PseudoLabels.targets`.
+        logits (torch.Tensor): The Label Bank's logits ``[N, C]``.
+        labelled_mask (torch.Tensor): Labelled nodes ``[N]``.
+        threshold (float): Confidence in :math:`[0, 1)`; ``0`` admits all.
+        admit (str): ``"all"`` or ``"agree"``.
+    """
+    if admit not in ADMISSIONS:
+        raise ValueError(f"Unknown admission '{admit}'. Choose one of "
+                         f"{list(ADMISSIONS)}.")
+    if not 0.0 <= threshold < 1.0:
+        raise ValueError(f"threshold must be in [0, 1) (got {threshold!r}).")
+    if logits.dim() != 2 or logits.size(0) != targets.numel():
+        raise ValueError(f"logits must be [N={targets.numel()}, C] (got "
+                         f"{tuple(logits.shape)}).")
+    keep = labelled_mask.clone()
+    probs = torch.softmax(logits.double(), dim=1)
+    admitted = probs.amax(1) >= threshold
+    if admit == "agree":
+        admitted &= targets == logits.argmax(1)
+    keep |= admitted
+    return torch.where(keep, targets, torch.full_like(targets, -1))
 
 
 def has_target_weights(source: str, weighting: str = "none",

@@ -1,5 +1,6 @@
 """One epoch: batch composition (labelled + unlabelled seeds), the training
-steps (augmentation, mixup, the sub-graph of every batch, Eq. 2), mid-epoch
+steps (augmentation, mixup of images or of the head's input, the sub-graph
+of every batch, Eq. 2, the online Feature Bank's writes), mid-epoch
 refreshes, and where an interrupted epoch stands."""
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from torch import Tensor
 from torch_geometric.data import Data
 
 from dag_pyg.config import Config, OptimConfig
-from dag_pyg.data.transforms import mixup
+from dag_pyg.data.transforms import mix, mixup_draw
 from dag_pyg.distributed import DistContext
 from dag_pyg.sampler import make_loader
 from dag_pyg.train.interrupt import StopRequest
@@ -23,6 +24,10 @@ from dag_pyg.train.losses import dag_loss
 from dag_pyg.train.optim import autocast
 from dag_pyg.train.refresh import Banks, drift_stats, needs_banks, refresh
 from dag_pyg.train.setup import Model, TrainData
+
+# Where mixup mixes (loss.mixup_at): the images, or the head's input after
+# each image was aggregated with its own sub-graph (manifold mixup).
+MIXUP_PLACES = ("input", "feature")
 
 
 def epoch_batches(num_labelled: int, num_nodes: int, o: OptimConfig,
@@ -81,6 +86,9 @@ def train_steps(cfg: Config, model: Model, data: TrainData,
     sums = dict(sums or {})
     done, signum = 0, None
     use_graph = model.uses_graph_head and not pretrain
+    at_input = cfg.loss.mixup_at == "input"
+    online = cfg.graph.bank == "online" and not pretrain
+    reads_bank = not pretrain and banks is not None and banks.features.numel() > 0
     model.backbone.train()
     model.head.train()
     if use_graph:
@@ -99,20 +107,28 @@ def train_steps(cfg: Config, model: Model, data: TrainData,
         # shared generator (mixup pairs cross the ranks' slices), then
         # keeps its own slice.
         x = data.train_tf(data.train_set.images[data.nodes[seeds]], generator=gen)
-        # Mixed samples keep the sub-graph of their first component.
-        x, target, _ = mixup(x, onehot, cfg.loss.mixup_alpha, generator=gen)
+        lam, perm = mixup_draw(seeds.numel(), cfg.loss.mixup_alpha, generator=gen)
+        target = mix(onehot, lam, perm)
+        mixing = None
+        if at_input:  # a mixed sample keeps the sub-graph of its first image
+            x = mix(x, lam, perm)
+        else:
+            mixing = (lam, perm.to(device))
         mine = dist.shard(torch.arange(seeds.numel()))
         x, target = x[mine].to(device), target[mine]
         if cfg.model.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         # The whole batch's sub-graph, sampled on the CPU.
         batch = loader(seeds).to(device) if use_graph else None
+        keep = mine if dist.enabled else None
         with autocast(cfg.optim.amp, device):
             if use_graph:
-                logits = model.net(x, batch, bank, density,
-                                   keep=mine if dist.enabled else None)
+                out = model.net(x, batch, bank, density, keep=keep,
+                                mixing=mixing, features=reads_bank)
             else:
-                logits = model.net(x, self_only=model.uses_graph_head)
+                out = model.net(x, self_only=model.uses_graph_head, keep=keep,
+                                mixing=mixing, features=reads_bank)
+        logits, live = out if reads_bank else (out, None)
         # The loss in float32 whatever the forward pass ran in.
         terms = dag_loss(logits.float(), target.to(device),
                          0.0 if pretrain else cfg.loss.entropy_weight,
@@ -123,6 +139,16 @@ def train_steps(cfg: Config, model: Model, data: TrainData,
         scaler.update()
         for key, value in terms.items():
             sums[key] = sums.get(key, 0.0) + float(value.detach())
+        if live is not None:
+            # The gap between a seed's live feature and its bank row.
+            live = live.float().cpu()
+            rows = banks.features[seeds]
+            sums["live_bank_cos"] = sums.get("live_bank_cos", 0.0) + float(
+                torch.nn.functional.cosine_similarity(live, rows, dim=1).mean())
+            if online:  # later steps read the new rows
+                banks.features[seeds] = live
+                if use_graph and bank is not banks.features:
+                    bank[seeds.to(device)] = live.to(device)
         done += 1
         if stop is not None and (signum := stop.requested(dist)):
             break
@@ -155,6 +181,9 @@ class EpochProgress:
     drift: list[dict[str, float]] = dataclasses.field(default_factory=list)
     # Every rank's loss sums (under torchrun each rank sums its own slice).
     sums_ranks: list[dict[str, float]] | None = None
+    # An online bank: the Feature Bank the current graph was built on (the
+    # steps since wrote into a copy), for the next refresh's drift.
+    built: Tensor | None = None
 
     def for_rank(self, dist: DistContext) -> EpochProgress:
         """This rank's share of a checkpoint's progress: its own loss sums,
@@ -202,6 +231,10 @@ def train_epoch(cfg: Config, model: Model, data: TrainData,
     parts = split_for_refreshes(progress.batches,
                                 cfg.graph.refresh_per_epoch if mid else 1)
     desc = f"{'pretrain' if pretrain else 'train'} {epoch}"
+    online = mid and cfg.graph.bank == "online" and banks is not None
+    built = banks  # the banks the current graph was built on
+    if online and progress.built is not None:
+        built = dataclasses.replace(banks, features=progress.built)
     ends = itertools.accumulate(len(part) for part in parts)
     for i, (part, end) in enumerate(zip(parts, ends, strict=True)):
         start = end - len(part)
@@ -209,12 +242,17 @@ def train_epoch(cfg: Config, model: Model, data: TrainData,
             continue  # finished before the interruption
         if i and start >= progress.done:  # not refreshed before it
             t = time.perf_counter()
-            new = refresh(cfg, model, data, device, dist, log)
+            new = refresh(cfg, model, data, device, dist, log,
+                          features=banks.features if online else None)
             progress.mid_s += time.perf_counter() - t
-            if step_drift := drift_stats(banks, new.banks, new.graph, cfg.dna.k,
+            if step_drift := drift_stats(built, new.banks, new.graph, cfg.dna.k,
                                          device):
                 progress.drift.append(step_drift)
             banks, graph = new.banks, new.graph
+            built = banks
+        if online:  # the steps write into a copy: `built` stays as it was
+            banks = dataclasses.replace(banks, features=banks.features.clone())
+            progress.built = built.features
         shown = desc if len(parts) == 1 else f"{desc} ({i + 1}/{len(parts)})"
         todo = part[max(0, progress.done - start):]
         progress.sums, taken, signum = train_steps(

@@ -214,7 +214,11 @@ def run(cfg: Config, run_dir: str | Path, resume: bool = False,
                  f"labelled), {len(data.test_set)} test, "
                  f"epochs {start}..{total - 1}")
         if banks is not None and banks.features.numel():
-            graph = shared_graph(banks.features, cfg, device, dist)
+            # An online bank stopped mid-epoch was written since its graph
+            # was built: the graph comes from the bank as it was then.
+            built = banks.features if progress is None or progress.built is None \
+                else progress.built
+            graph = shared_graph(built, cfg, device, dist)
         rec: dict = history.get("last", {})
         for epoch in range(start, total):
             pretrain = epoch < cfg.optim.pretrain_epochs
@@ -247,7 +251,11 @@ def run(cfg: Config, run_dir: str | Path, resume: bool = False,
             # The last pre-training epoch builds epoch 0's banks.
             if not pretrain or epoch == cfg.optim.pretrain_epochs - 1:
                 main_epoch = epoch - cfg.optim.pretrain_epochs + 1
-                new = refresh(cfg, model, data, device, dist, log)
+                # An online bank was written by this epoch's steps; the one
+                # after pre-training is extracted.
+                online = cfg.graph.bank == "online" and not pretrain
+                new = refresh(cfg, model, data, device, dist, log,
+                              features=banks.features if online else None)
                 banks, graph = new.banks, new.graph
                 path_lengths = new.path_lengths
                 rec.update(new.stats)

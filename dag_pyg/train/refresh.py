@@ -18,6 +18,7 @@ from dag_pyg.distributed import DistContext, broadcast_data
 from dag_pyg.graph import bank_drift, build_density_graph
 from dag_pyg.nn import DNAHead
 from dag_pyg.propagation import (
+    admit_pseudo_labels,
     has_target_weights,
     path_lengths,
     pseudo_labels,
@@ -30,6 +31,9 @@ from dag_pyg.train.setup import Model, TrainData
 
 # Where the graph, Label Bank and DPLP run under torchrun.
 GRAPH_PLACEMENTS = ("rank0", "replicate")
+# How the Feature Bank is renewed (graph.bank): re-extracted at every refresh,
+# or written by the training steps (see dag_pyg.train.epoch).
+BANK_UPDATES = ("refresh", "online")
 
 
 @dataclass
@@ -133,15 +137,20 @@ def graph_and_labels(cfg: Config, head: DNAHead, feats: Tensor, data: TrainData,
     rec["time_dplp"] = time.perf_counter() - t
 
     unl = ~mask
+    targets = out.targets
+    if pl.threshold > 0 or pl.admit != "all":
+        targets = admit_pseudo_labels(targets, logits, mask, pl.threshold,
+                                      pl.admit)
     lengths = path_lengths(out.parents).float()
-    rec.update(label_stats(out.targets, prior, out.covered, truth, unl, lengths,
+    rec.update(label_stats(targets, prior, out.covered, truth, unl, lengths,
                            out.sigma))
+    rec["pl_admitted"] = float((targets[unl] >= 0).float().mean()) \
+        if bool(unl.any()) else math.nan
     weights = target_weights(logits, mask, pl.source, pl.weighting, pl.weight)
     if weights is not None:
         has = unl & (out.targets >= 0)
         rec["pl_weight_mean"] = float(weights[has].mean()) if has.any() else 0.0
-    return Refreshed(Banks(feats, prior, out.targets, weights), graph, rec,
-                     lengths)
+    return Refreshed(Banks(feats, prior, targets, weights), graph, rec, lengths)
 
 
 def broadcast_refresh(dist: DistContext, out: Refreshed | None, feats: Tensor,
@@ -177,23 +186,30 @@ def shared_graph(feats: Tensor, cfg: Config, device: torch.device,
 
 
 def refresh(cfg: Config, model: Model, data: TrainData, device: torch.device,
-            dist: DistContext, log: RunLogger | QuietLogger) -> Refreshed:
+            dist: DistContext, log: RunLogger | QuietLogger,
+            features: Tensor | None = None) -> Refreshed:
     """Feature Bank, graph, Label Bank and pseudo labels from the current
-    model. A run that reads no bank (:func:`needs_banks`) gets the labels
-    alone, no graph."""
+    model; with ``features`` (an online bank, identical on every rank; it
+    becomes the new bank, not copied) the bank is not re-extracted. A run
+    that reads no bank (:func:`needs_banks`) gets the labels alone, no
+    graph."""
     if not needs_banks(cfg, model.uses_graph_head):
         targets = torch.where(data.labelled_mask, data.true_y, -1)
         return Refreshed(Banks(torch.empty(0), targets.clone(), targets), None, {})
     rec: dict[str, float] = {}
     t = time.perf_counter()
-    feats, gather_s = extract_bank(model.backbone, data.eval_tf, data.train_set,
-                                   data.nodes, device, cfg.eval.batch_size, dist,
-                                   log, "feature bank", cfg.optim.amp,
-                                   cfg.model.channels_last)
+    if features is None:
+        feats, gather_s = extract_bank(model.backbone, data.eval_tf,
+                                       data.train_set, data.nodes, device,
+                                       cfg.eval.batch_size, dist, log,
+                                       "feature bank", cfg.optim.amp,
+                                       cfg.model.channels_last)
+        if dist.enabled:
+            rec["time_bank_gather"] = gather_s
+    else:
+        feats = features
     rec["time_bank"] = time.perf_counter() - t
     rec["bank_mb"] = feats.numel() * feats.element_size() / 2**20
-    if dist.enabled:
-        rec["time_bank_gather"] = gather_s
 
     if dist.enabled and cfg.distributed.graph == "rank0":
         pl = cfg.pseudo_label

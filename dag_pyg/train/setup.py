@@ -15,7 +15,14 @@ from torch.nn.parallel import DistributedDataParallel
 from torch_geometric.data import Data
 
 from dag_pyg.config import Config
-from dag_pyg.data import ArrayDataset, BatchTransform, Split, load_dataset, make_split
+from dag_pyg.data import (
+    ArrayDataset,
+    BatchTransform,
+    Split,
+    load_dataset,
+    make_split,
+    mix,
+)
 from dag_pyg.distributed import DistContext, convert_sync_batchnorm
 from dag_pyg.models import build_backbone
 from dag_pyg.nn import DNAHead
@@ -147,18 +154,38 @@ class TrainNet(nn.Module):
 
     def forward(self, x: Tensor, batch: Data | None = None,
                 bank: Tensor | None = None, density: Tensor | None = None,
-                self_only: bool = False, keep: Tensor | None = None) -> Tensor:
+                self_only: bool = False, keep: Tensor | None = None,
+                mixing: tuple[float, Tensor] | None = None,
+                features: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """Logits of a training batch; ``mixing`` (``lam``, ``perm`` of the
+        whole batch) mixes the head's input (manifold mixup) after
+        aggregation; ``features`` also returns the whole batch's backbone
+        features (detached: what an online Feature Bank stores)."""
         feats = self.backbone.features(x)
+        # The whole batch on every rank where a seed reads other seeds:
+        # neighbours in the sub-graph, mixing partners.
+        whole = self.dist.enabled and (batch is not None or mixing is not None)
+        if whole:
+            n = batch.batch_size if batch is not None else mixing[1].numel()
+            feats = self.dist.all_gather_rows_grad(feats, self.dist.shard_sizes(n))
         if batch is not None:
-            feats = self.dist.all_gather_rows_grad(
-                feats, self.dist.shard_sizes(batch.batch_size)
-                if self.dist.enabled else None)
-            logits = self.head.forward_batch(feats, bank, batch, density)
-            return logits if keep is None else logits[keep.to(logits.device)]
-        if self_only:  # a graph head before the first graph: self term only
+            h = self.head.forward_batch(feats, bank, batch, density, embed=True)
+        elif self_only:  # a graph head before the first graph: self term only
             empty = torch.empty(2, 0, dtype=torch.long, device=feats.device)
-            return self.head(feats, empty, feats.new_zeros(feats.size(0)))
-        return self.head(feats)
+            h = self.head.embed(feats, empty, feats.new_zeros(feats.size(0)))
+        else:
+            h = self.head.embed(feats)
+        if mixing is not None:
+            h = mix(h, *mixing)
+        logits = self.head.classify(h)
+        if whole and keep is not None:
+            logits = logits[keep.to(logits.device)]
+        if not features:
+            return logits
+        live = feats.detach()
+        if self.dist.enabled and not whole:
+            live = self.dist.all_gather_rows(live)
+        return logits, live
 
 
 @dataclass
@@ -193,8 +220,11 @@ def build_model(cfg: Config, data: TrainData, device: torch.device,
                               **opts).to(device)
     if cfg.model.channels_last:  # NHWC kernels (tensor cores under AMP)
         backbone = backbone.to(memory_format=torch.channels_last)
-    head = DNAHead(backbone.feat_dim, data.num_classes, hops=cfg.dna.hops,
-                   aggregator=cfg.dna.aggregator).to(device)
+    d = cfg.dna
+    head = DNAHead(backbone.feat_dim, data.num_classes, hops=d.hops,
+                   aggregator=d.aggregator, temperature=d.temperature,
+                   learn_temperature=d.learn_temperature,
+                   learn_beta=d.learn_beta).to(device)
     if cfg.distributed.sync_batchnorm:
         backbone = convert_sync_batchnorm(backbone, dist, device)
     net: nn.Module = TrainNet(backbone, head, dist)

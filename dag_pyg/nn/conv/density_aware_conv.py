@@ -38,7 +38,11 @@ class DensityAwareConv(MessagePassing):
     "NA w/o density"); a temperature :math:`\tau` (default 1, the paper)
     divides the logits :math:`\cos(\mathbf{x}_i, \mathbf{x}_j) + \rho_j`:
     :math:`\tau \to 0` attends to the most similar neighbour alone, large
-    :math:`\tau` averages the neighbours. No self loops are added: the centre
+    :math:`\tau` averages the neighbours. With :obj:`learn_beta=True` a
+    learned scalar :math:`\beta` (starting at 1, the paper) weighs the
+    neighbour sum, :math:`\mathbf{\Theta}(\mathbf{x}_i + \beta \sum_j
+    \alpha_{i,j} \mathbf{x}_j) + \mathbf{b}`, so training can turn an impure
+    neighbourhood down. No self loops are added: the centre
     node enters through the explicit :math:`\mathbf{x}_i` term, so a node
     without neighbours maps to :math:`\mathbf{\Theta}\mathbf{x}_i +
     \mathbf{b}`.
@@ -61,6 +65,9 @@ class DensityAwareConv(MessagePassing):
         learn_temperature (bool, optional): If set to :obj:`True`,
             :math:`\tau` is learned (as :math:`\log \tau`, starting at
             :obj:`temperature`). (default: :obj:`False`)
+        learn_beta (bool, optional): If set to :obj:`True`, a learned scalar
+            :math:`\beta` (starting at 1) weighs the neighbour sum.
+            (default: :obj:`False`)
         dropout (float, optional): Dropout probability of the normalized
             attention coefficients, as in
             :class:`~torch_geometric.nn.conv.GATConv`. (default: :obj:`0`)
@@ -91,6 +98,7 @@ class DensityAwareConv(MessagePassing):
         use_density: bool = True,
         temperature: float = 1.0,
         learn_temperature: bool = False,
+        learn_beta: bool = False,
         dropout: float = 0.0,
         bias: bool = True,
         **kwargs,
@@ -111,6 +119,10 @@ class DensityAwareConv(MessagePassing):
             self.log_temperature = Parameter(torch.empty(()))
         else:
             self.register_parameter('log_temperature', None)
+        if learn_beta:
+            self.beta = Parameter(torch.empty(()))
+        else:
+            self.register_parameter('beta', None)
 
         self.lin = Linear(in_channels, out_channels, bias=False,
                           weight_initializer='glorot')
@@ -128,6 +140,9 @@ class DensityAwareConv(MessagePassing):
         if self.log_temperature is not None:
             with torch.no_grad():
                 self.log_temperature.fill_(math.log(self.initial_temperature))
+        if self.beta is not None:
+            with torch.no_grad():
+                self.beta.fill_(1.0)
 
     @property
     def temperature(self) -> Tensor | float:
@@ -190,11 +205,11 @@ class DensityAwareConv(MessagePassing):
         if self.out_channels <= x_src.size(-1):
             h_src = self.lin(x_src)
             h_dst = h_src if x_dst is x_src else self.lin(x_dst)
-            out = h_dst + self._aggregate(edge_index, h_src, h_dst, alpha, k,
-                                          size)
+            out = h_dst + self._neighbours(edge_index, h_src, h_dst, alpha, k,
+                                           size)
         else:
-            out = self.lin(x_dst + self._aggregate(edge_index, x_src, x_dst,
-                                                   alpha, k, size))
+            out = self.lin(x_dst + self._neighbours(edge_index, x_src, x_dst,
+                                                    alpha, k, size))
 
         if self.bias is not None:
             out = out + self.bias
@@ -229,6 +244,12 @@ class DensityAwareConv(MessagePassing):
         rho_j = None if rho is None else rho.index_select(0, src)
         alpha = self._logits(cos, rho_j).view(-1, k).softmax(dim=-1).view(-1)
         return F.dropout(alpha, p=self.dropout, training=self.training)
+
+    def _neighbours(self, edge_index: Adj, h_src: Tensor, h_dst: Tensor,
+                    alpha: Tensor, k: int | None, size: Size) -> Tensor:
+        # beta * sum_j alpha_ij h_j
+        out = self._aggregate(edge_index, h_src, h_dst, alpha, k, size)
+        return out if self.beta is None else self.beta * out
 
     def _aggregate(self, edge_index: Adj, h_src: Tensor, h_dst: Tensor,
                    alpha: Tensor, k: int | None, size: Size) -> Tensor:
@@ -271,5 +292,7 @@ class DensityAwareConv(MessagePassing):
             extra = ', learn_temperature=True'
         elif self.initial_temperature != 1.0:
             extra = f', temperature={self.initial_temperature:g}'
+        if self.beta is not None:
+            extra += ', learn_beta=True'
         return (f'{self.__class__.__name__}({self.in_channels}, '
                 f'{self.out_channels}, use_density={self.use_density}{extra})')
