@@ -176,6 +176,18 @@ def test_two_processes_equal_one(tmp_path):
 
 
 @pytest.mark.slow  # spawns processes
+def test_two_processes_equal_one_with_the_levers(tmp_path):
+    # Mixing partners and online-bank rows cross the ranks' slices.
+    levers = [a for o in ("loss.mixup_at=feature", "graph.bank=online",
+                          "dna.temperature=0.1", "dna.learn_beta=true",
+                          "pseudo_label.threshold=0.3") for a in ("--set", o)]
+    _train(tmp_path / "one", 1, *levers)
+    _train(tmp_path / "two", WORLD, *levers)
+    _assert_same_run(tmp_path / "one", tmp_path / "two")
+    assert 0 < _records(tmp_path / "one")[-1]["pl_admitted"] < 1
+
+
+@pytest.mark.slow  # spawns processes
 def test_resume_across_world_sizes(tmp_path):
     _train(tmp_path / "ref", 1, *THREE)
     # Two processes stop after epoch 1; one process finishes the run...

@@ -80,6 +80,19 @@ def test_grid_runs_skips_and_tabulates(tmp_path, capsys):
     assert "(../RESULTS.md)" in detail
 
 
+def test_a_row_may_name_its_own_config():
+    reproduce = load("reproduce")
+    grid = {**TINY, "rows": {**TINY["rows"], "plus": {
+        "config": "configs/other.yaml", "set": ["dna.k=3"]}, "bare": {
+        "config": "configs/other.yaml"}, "bad": {"set": []}}}
+    assert reproduce.row_spec(grid, "dag") == ("configs/digits.yaml", [])
+    assert reproduce.row_spec(grid, "baseline")[1] == TINY["rows"]["baseline"]
+    assert reproduce.row_spec(grid, "plus") == ("configs/other.yaml", ["dna.k=3"])
+    assert reproduce.row_spec(grid, "bare") == ("configs/other.yaml", [])
+    with pytest.raises(SystemExit, match="mapping of 'config' and 'set'"):
+        reproduce.row_spec(grid, "bad")
+
+
 def _comparable(records):
     return [{k: v for k, v in m.items() if not k.startswith(("time_", "mem_"))}
             for m in records]

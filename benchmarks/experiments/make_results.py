@@ -63,9 +63,11 @@ PUBLISHED_GAP = {"mnist_100": (
     "unsupervised cost of their own (the Ladder network's reconstruction "
     "at every layer, Improved GAN's generator)")}
 
-SPEED = ("bench_epoch", "bench_knn", "bench_knn_ivf", "bench_conv", "bench_kernels",
-         "bench_planetoid", "bench_dplp",
+SPEED = ("bench_epoch", "bench_epoch_dagplus", "bench_knn", "bench_knn_ivf",
+         "bench_conv", "bench_kernels", "bench_planetoid", "bench_dplp",
          "bench_sampling", "bench_distributed", "gpu_check")
+# result JSON -> the speed script that wrote it, where the names differ (--name)
+SPEED_SCRIPTS = {"bench_epoch_dagplus": "bench_epoch"}
 # result JSON -> the analysis script that wrote it (its --name)
 ANALYSES = {"neighbour_purity": "neighbour_purity",
             "neighbour_purity_mnist_100_val": "neighbour_purity",
@@ -461,7 +463,7 @@ def bench_section(name: str, results: Path = SPEED_RESULTS,
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     m = data.get("machine", {})
-    module = module or f"benchmarks.speed.{name}"
+    module = module or f"benchmarks.speed.{SPEED_SCRIPTS.get(name, name)}"
     lines += [f"Machine: {m.get('processor') or m.get('platform')}, "
               f"{m.get('cpus')} CPUs, torch {m.get('torch')}. Command: "
               f"{command(module, data)}. Source: `{shown(path)}`.", ""]

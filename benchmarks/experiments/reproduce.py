@@ -13,6 +13,7 @@ A grid YAML names a base config, the seeds, and rows of overrides::
     rows:
       baseline: [dna.aggregator=none, pseudo_label.source=none]
       dag: []
+      dagplus: {config: configs/digits_dagplus.yaml}   # a row of its own config
 
 Each run goes to ``benchmarks/runs/<grid>/<row>/seed<k>`` (not committed)
 and its result to ``benchmarks/experiments/results/<grid>/<row>__seed<k>.json``
@@ -54,22 +55,36 @@ def load_grid(path: Path) -> dict:
     return grid
 
 
+def row_spec(grid: dict, row: str) -> tuple[str, list[str]]:
+    """A row's config file and overrides: a list of overrides of the grid's
+    ``config``, or a mapping ``{config: FILE, set: [...]}`` (a preset file)."""
+    spec = grid["rows"][row]
+    if isinstance(spec, dict):
+        unknown = sorted(set(spec) - {"config", "set"})
+        if unknown or "config" not in spec:
+            raise SystemExit(f"grid row '{row}' must be a list of overrides or "
+                             f"a mapping of 'config' and 'set' (got {spec!r})")
+        return spec["config"], list(spec.get("set") or [])
+    return grid["config"], list(spec or [])
+
+
 def run_one(grid: dict, row: str, seed: int, extra: list[str], force: bool,
             results: Path = RESULTS, runs: Path = RUNS) -> dict:
     out = results / grid["name"] / f"{row}__seed{seed}.json"
     if out.exists() and not force:
         print(f"[skip] {grid['name']}/{row} seed {seed}: {out.name} exists")
         return json.loads(out.read_text())
-    overrides = [*grid["set"], *grid["rows"][row], f"seed={seed}",
+    config, row_set = row_spec(grid, row)
+    overrides = [*grid["set"], *row_set, f"seed={seed}",
                  f"name={grid['name']}_{row}", *extra]
-    cfg = load_config(ROOT / grid["config"], overrides)
+    cfg = load_config(ROOT / config, overrides)
     run_dir = runs / grid["name"] / row / f"seed{seed}"
     resume = (run_dir / CHECKPOINT).is_file() and not force
     if run_dir.exists() and not resume:
         # --force, or an earlier attempt that died before its first checkpoint.
         shutil.rmtree(run_dir)
     shown = run_dir.relative_to(ROOT) if run_dir.is_relative_to(ROOT) else run_dir
-    cmd = ["dag-pyg", "train", grid["config"], "--out", str(shown),
+    cmd = ["dag-pyg", "train", config, "--out", str(shown),
            *[a for o in overrides for a in ("--set", o)]]
     verb = "[resume]" if resume else "[run ]"
     print(f"{verb} {grid['name']}/{row} seed {seed}: {shlex.join(cmd)}"

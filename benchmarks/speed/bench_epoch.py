@@ -10,7 +10,7 @@ every row once (1 pre-training + ``--epochs`` main epochs, seed 0), rows
 interleaved so that drifts in machine speed hit all rows alike. Reports the
 best round's mean main-epoch time and its parts, and each row's ratio to the
 first row. Prints a table and writes
-``benchmarks/speed/results/bench_epoch.json``.
+``benchmarks/speed/results/bench_epoch.json`` (``--name``: another stem).
 """
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from pathlib import Path
 import yaml
 
 from benchmarks.common import GRIDS, ROOT, SPEED_RESULTS, print_table, write_json
+from benchmarks.experiments.reproduce import row_spec
 
 PARTS = ["time_epoch", "time_train", "time_bank", "time_graph", "time_label_bank",
          "time_dplp", "time_eval"]
@@ -57,6 +58,8 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--name", default="bench_epoch",
+                   help="result file stem (benchmarks/speed/results/NAME.json)")
     args = p.parse_args()
     grid = yaml.safe_load((ROOT / args.grid).read_text())
     unknown = [r for r in args.rows if r not in grid["rows"]]
@@ -67,7 +70,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for rnd in range(args.rounds):
             for row in args.rows:
-                t = run(args.config, grid["rows"][row], args.epochs,
+                config, overrides = row_spec(grid, row)
+                if config == grid["config"]:  # the row's own preset file wins
+                    config = args.config
+                t = run(config, overrides, args.epochs,
                         Path(tmp) / f"{row}_{rnd}", args.threads)
                 print(f"round {rnd} {row}: {t}", flush=True)
                 if row not in best or t["time_epoch"] < best[row]["time_epoch"]:
@@ -76,7 +82,7 @@ def main() -> None:
     rows = [{"row": r, **best[r], "vs_" + args.rows[0]: best[r]["time_epoch"] / first}
             for r in args.rows]
     print_table(rows, ["row", *PARTS, "vs_" + args.rows[0]])
-    write_json("bench_epoch", {"args": vars(args), "rows": rows}, SPEED_RESULTS)
+    write_json(args.name, {"args": vars(args), "rows": rows}, SPEED_RESULTS)
 
 
 if __name__ == "__main__":
