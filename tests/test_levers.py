@@ -196,6 +196,13 @@ def test_refresh_admits_by_confidence_and_agreement():
         assert torch.equal(out.banks.targets, want)
         assert out.stats["pl_admitted"] == pytest.approx(
             float((want[unl] >= 0).double().mean()))
+        # DPLP's statistics count the covered labels that were admitted.
+        assert out.stats["pl_coverage"] <= full.stats["pl_coverage"]
+        if "agree" in extra:  # admitted DPLP labels are the model's
+            assert out.stats["pl_acc"] == out.stats["model_acc_on_covered"]
+        has = unl & (want >= 0)
+        assert out.stats["pl_acc_all"] == pytest.approx(
+            float((want[has] == data.true_y[has]).double().mean()))
         assert 0.2 < out.stats["pl_admitted"] < 1
     with pytest.raises(ConfigError, match="pseudo_label.threshold"):
         load_config("configs/digits.yaml", ["pseudo_label.threshold=1.5"])
@@ -217,6 +224,16 @@ def test_head_passes_attention_options_to_its_layers():
     names = {n for n, _ in model.head.named_parameters()}
     assert "convs.0.beta" in names
     assert model.head.convs[0].temperature == 0.1
+    # The learned scalars take no weight decay; everything else does.
+    opt, _ = build_optimizer(model.trainable_parameters(), cfg.optim)
+    decay = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    assert decay[id(model.head.convs[0].beta)] == 0.0
+    assert decay[id(model.head.classifier.weight)] == cfg.optim.weight_decay > 0
+    assert len(decay) == len(list(model.head.parameters())) + len(
+        [n for n, _ in model.backbone.named_parameters()
+         if not n.startswith("classifier.")])
+    _, _, plain = digits_setup()
+    assert len(plain.trainable_parameters()) == 1  # the paper's: one group
     for bad, match in ((["dna.temperature=0"], "dna.temperature"),
                        (["dna.aggregator=gat", "dna.learn_beta=true"], "'gat'"),
                        (["loss.mixup_at=hidden"], "loss.mixup_at")):

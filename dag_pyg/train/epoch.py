@@ -140,15 +140,22 @@ def train_steps(cfg: Config, model: Model, data: TrainData,
         for key, value in terms.items():
             sums[key] = sums.get(key, 0.0) + float(value.detach())
         if live is not None:
-            # The gap between a seed's live feature and its bank row.
-            live = live.float().cpu()
-            rows = banks.features[seeds]
+            if live.size(0) != seeds.numel():  # this rank's slice: the whole batch
+                live = dist.all_gather_rows(live, dist.shard_sizes(seeds.numel()))
+            live = live.float()
+            # The gap between a seed's live feature and its bank row (with
+            # input mixup: the feature of the mixed image whose first
+            # component the seed is).
+            rows = banks.features[seeds].to(live.device)
             sums["live_bank_cos"] = sums.get("live_bank_cos", 0.0) + float(
                 torch.nn.functional.cosine_similarity(live, rows, dim=1).mean())
             if online:  # later steps read the new rows
-                banks.features[seeds] = live
+                # An overflowed fp16 step must not poison the bank for good.
+                ok = torch.isfinite(live).all(1)
+                live, rows_ok = live[ok], seeds[ok.cpu()]
+                banks.features[rows_ok] = live.cpu()
                 if use_graph and bank is not banks.features:
-                    bank[seeds.to(device)] = live.to(device)
+                    bank[rows_ok.to(device)] = live.to(bank.device)
         done += 1
         if stop is not None and (signum := stop.requested(dist)):
             break

@@ -24,11 +24,12 @@ def lr_factor(epoch: int, o: OptimConfig) -> float:
     return o.gamma ** sum(e >= m for m in o.milestones)
 
 
-def build_optimizer(params: Iterable[nn.Parameter], o: OptimConfig
-                    ) -> tuple[torch.optim.Optimizer,
-                               torch.optim.lr_scheduler.LambdaLR]:
+def build_optimizer(params: Iterable[nn.Parameter] | Iterable[dict],
+                    o: OptimConfig) -> tuple[torch.optim.Optimizer,
+                                             torch.optim.lr_scheduler.LambdaLR]:
     """SGD (Nesterov where asked and momentum > 0) and its per-epoch
-    schedule (:func:`lr_factor`)."""
+    schedule (:func:`lr_factor`); ``params`` may be parameter groups, whose
+    own settings (e.g. ``weight_decay``) win."""
     optimizer = torch.optim.SGD(list(params), lr=o.lr, momentum=o.momentum,
                                 nesterov=o.nesterov and o.momentum > 0,
                                 weight_decay=o.weight_decay)

@@ -142,13 +142,14 @@ def graph_and_labels(cfg: Config, head: DNAHead, feats: Tensor, data: TrainData,
         targets = admit_pseudo_labels(targets, logits, mask, pl.threshold,
                                       pl.admit)
     lengths = path_lengths(out.parents).float()
-    rec.update(label_stats(targets, prior, out.covered, truth, unl, lengths,
-                           out.sigma))
+    # Covered: propagated by DPLP and admitted.
+    rec.update(label_stats(targets, prior, out.covered & (targets >= 0), truth,
+                           unl, lengths, out.sigma))
     rec["pl_admitted"] = float((targets[unl] >= 0).float().mean()) \
         if bool(unl.any()) else math.nan
     weights = target_weights(logits, mask, pl.source, pl.weighting, pl.weight)
     if weights is not None:
-        has = unl & (out.targets >= 0)
+        has = unl & (targets >= 0)
         rec["pl_weight_mean"] = float(weights[has].mean()) if has.any() else 0.0
     return Refreshed(Banks(feats, prior, targets, weights), graph, rec, lengths)
 

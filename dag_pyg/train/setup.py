@@ -159,8 +159,9 @@ class TrainNet(nn.Module):
                 features: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         """Logits of a training batch; ``mixing`` (``lam``, ``perm`` of the
         whole batch) mixes the head's input (manifold mixup) after
-        aggregation; ``features`` also returns the whole batch's backbone
-        features (detached: what an online Feature Bank stores)."""
+        aggregation; ``features`` also returns the backbone features
+        (detached; the whole batch's where they were gathered, else this
+        rank's slice)."""
         feats = self.backbone.features(x)
         # The whole batch on every rank where a seed reads other seeds:
         # neighbours in the sub-graph, mixing partners.
@@ -182,10 +183,7 @@ class TrainNet(nn.Module):
             logits = logits[keep.to(logits.device)]
         if not features:
             return logits
-        live = feats.detach()
-        if self.dist.enabled and not whole:
-            live = self.dist.all_gather_rows(live)
-        return logits, live
+        return logits, feats.detach()
 
 
 @dataclass
@@ -200,10 +198,22 @@ class Model:
     def uses_graph_head(self) -> bool:
         return self.head.hops > 0
 
-    def trainable_parameters(self) -> list[nn.Parameter]:
+    def trainable_parameters(self) -> list[dict]:
+        """The optimiser's parameter groups. The attention's learned scalars
+        (``beta``, ``log_temperature``) start at the paper's values and take
+        no weight decay, which would pull them to 0 (neighbours off, or
+        :math:`\tau = 1`) instead."""
         # The backbone's own classifier is unused: the head classifies.
-        return [p for n, p in self.backbone.named_parameters()
-                if not n.startswith("classifier.")] + list(self.head.parameters())
+        params = [p for n, p in self.backbone.named_parameters()
+                  if not n.startswith("classifier.")]
+        scalars = []
+        for name, p in self.head.named_parameters():
+            leaf = name.rsplit(".", 1)[-1]
+            (scalars if leaf in ("beta", "log_temperature") else params).append(p)
+        groups = [{"params": params}]
+        if scalars:
+            groups.append({"params": scalars, "weight_decay": 0.0})
+        return groups
 
 
 def build_model(cfg: Config, data: TrainData, device: torch.device,
