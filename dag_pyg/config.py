@@ -110,6 +110,9 @@ class GraphConfig:
     # every refresh; online: each batch's live seed features overwrite their
     # rows (a memory bank), no extraction after pre-training.
     bank: str = "refresh"          # refresh | online
+    # Autocast of the bank's extraction pass (null: optim.amp's); the bank
+    # is kept in float32. bf16 halves the pass on CPUs with bf16 kernels.
+    bank_amp: str | None = None    # none | bf16 | fp16
 
 
 @dataclass
@@ -360,6 +363,11 @@ def _check(cfg: Config) -> None:
                           f"number >= 0 (got {cfg.pseudo_label.weight}).")
     if cfg.optim.pretrain_epochs < 0:
         raise ConfigError("Config key 'optim.pretrain_epochs' must be >= 0.")
+    amp_modes = choices()["optim.amp"]
+    if cfg.graph.bank_amp is not None and cfg.graph.bank_amp not in amp_modes:
+        raise ConfigError(f"Config key 'graph.bank_amp' must be one of "
+                          f"{list(amp_modes)} or null for optim.amp's (got "
+                          f"'{cfg.graph.bank_amp}').")
     if not 0.0 <= cfg.pseudo_label.threshold < 1.0:
         raise ConfigError("Config key 'pseudo_label.threshold' must be in [0, 1) "
                           f"(a softmax confidence; got {cfg.pseudo_label.threshold}).")

@@ -240,3 +240,15 @@ def test_head_passes_attention_options_to_its_layers():
         with pytest.raises(ConfigError, match=match):
             load_config("configs/digits.yaml", bad)
     assert math.isclose(load_config("configs/digits.yaml").dna.temperature, 1.0)
+
+
+def test_bank_extraction_precision():
+    cfg, data, model = digits_setup("model.backbone=cnn")
+    ref = refresh(cfg, model, data, CPU, DistContext(), QUIET).banks.features
+    cfg.graph.bank_amp = "bf16"
+    out = refresh(cfg, model, data, CPU, DistContext(), QUIET).banks.features
+    assert out.dtype == torch.float32 and not torch.equal(out, ref)
+    cos = torch.nn.functional.cosine_similarity(out, ref, dim=1)
+    assert float(cos.min()) > 0.99  # bf16 rounding, nothing more
+    with pytest.raises(ConfigError, match="graph.bank_amp"):
+        load_config("configs/digits.yaml", ["graph.bank_amp=fp8"])

@@ -203,7 +203,8 @@ def refresh(cfg: Config, model: Model, data: TrainData, device: torch.device,
         feats, gather_s = extract_bank(model.backbone, data.eval_tf,
                                        data.train_set, data.nodes, device,
                                        cfg.eval.batch_size, dist, log,
-                                       "feature bank", cfg.optim.amp,
+                                       "feature bank",
+                                       cfg.graph.bank_amp or cfg.optim.amp,
                                        cfg.model.channels_last)
         if dist.enabled:
             rec["time_bank_gather"] = gather_s
