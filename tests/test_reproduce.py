@@ -265,6 +265,12 @@ def test_headline_table_compares_with_a_second_row(tmp_path):
     assert by["dagplus"][3] == "-3.00 ± 1.41"   # 46-50, 50-52
     assert by["dagplus"][4] == "-2.00 ± 1.41"   # 46-47, 50-53
     assert by["dag (= main/dag)"][4] == "–"
+    # The headline's one line per preset grid.
+    lines = make_results.preset_table([res / "plus"], grids)
+    (line,) = [x[2:-2].split(" | ") for x in lines if x.startswith("| [")]
+    assert line[1] == "0, 1" and line[3:] == [
+        "51.00 ± 1.41", "50.00 ± 4.24", "48.00 ± 2.83", "-3.00 ± 1.41",
+        "-2.00 ± 1.41", "-1.00 ± 2.83"]   # dag - baseline: -3, +1
 
 
 def test_neighbour_purity_hand_computed():

@@ -132,6 +132,13 @@ def _last(run: dict, key: str) -> float | None:
     return vals[-1] if vals else None
 
 
+def _epoch_mean(run: dict, key: str) -> float | None:
+    """The mean over the main epochs of a per-epoch metric."""
+    vals = [m[key] for m in run["metrics"]
+            if m.get("phase") == "train" and m.get(key) is not None]
+    return statistics.fmean(vals) if vals else None
+
+
 def _full(run: dict) -> float | None:
     """Test error of the run's last checkpoint on the whole test set."""
     return (run.get("full_test") or {}).get("test_error")
@@ -262,6 +269,43 @@ def _published(grid_dir: Path, runs: list[dict]) -> list[str]:
             f"re-run): {quoted}. {PUBLISHED_GAP[stem]}."]
 
 
+def preset_table(grid_dirs: list[Path], grids: Path = GRIDS) -> list[str]:
+    """One line per preset grid (``compare: {preset: reference}``): the
+    baseline, the reference (the paper's DAG) and the preset, mean ± std over
+    seeds, and the preset's seed-paired Δ to both."""
+    lines = []
+    for grid_dir in grid_dirs:
+        rows, borrowed, _ = _load_rows(grid_dir, grids)
+        grid = yaml.safe_load((grids / f"{grid_dir.name}.yaml").read_text())
+        for preset, ref in (grid.get("compare") or {}).items():
+            if preset not in rows or ref not in rows or "baseline" not in rows:
+                continue
+            runs_all = rows[preset] + rows[ref] + rows["baseline"]
+            err = _full if all(_full(r) is not None for r in runs_all) else _own
+            base = _by_seed(rows["baseline"], err)
+            other = _by_seed(rows[ref], err)
+            seeds = sorted(_by_seed(rows[preset], err))
+            where = ("all test images (`full_test`)" if err is _full
+                     else _num_test(rows[preset][0]))
+            lines.append("| " + " | ".join([
+                f"[{grid_dir.name}](details/{grid_dir.name}.md)",
+                ", ".join(map(str, seeds)), where,
+                fmt([err(r) for r in rows["baseline"]]),
+                fmt([err(r) for r in rows[ref]]), fmt([err(r) for r in rows[preset]]),
+                fmt(_paired(rows[preset], base, err)),
+                fmt(_paired(rows[preset], other, err)),
+                fmt(_paired(rows[ref], base, err))]) + " |")
+    if not lines:
+        return []
+    head = ["grid", "seeds", "test set", "baseline", "DAG (paper)", "DAG+",
+            "Δ DAG+ vs baseline", "Δ DAG+ vs DAG", "Δ DAG vs baseline"]
+    return ["### DAG+ against the paper's DAG and the baseline",
+            "Test error %, mean ± std over seeds; Δ paired by seed (negative: "
+            "DAG+ better). DAG+ is `configs/*_dagplus.yaml`; the paper's DAG "
+            "stays the default.", "",
+            "| " + " | ".join(head) + " |", "|" + "---|" * len(head), *lines, ""]
+
+
 # --------------------------------------------------------------------------- #
 # details/<grid>.md
 # --------------------------------------------------------------------------- #
@@ -270,6 +314,8 @@ def grid_table(grid_dir: Path, grids: Path = GRIDS) -> list[str]:
     runs_all = [r for runs in rows.values() for r in runs]
     has_val = any(_last(r, "val_error") is not None for r in runs_all)
     has_drift = any(_last(r, "knn_kept") is not None for r in runs_all)
+    has_live = any(_last(r, "live_bank_cos") is not None for r in runs_all)
+    has_admit = any((_last(r, "pl_admitted") or 1.0) < 1.0 for r in runs_all)
     full = sorted({r["full_test"]["num_test"] for r in runs_all if "full_test" in r})
     head = ["row", "seeds", "test error % (last)", "test error % at best val",
             "Δ vs baseline (paired by seed)"]
@@ -281,6 +327,10 @@ def grid_table(grid_dir: Path, grids: Path = GRIDS) -> list[str]:
     head += ["DPLP coverage", "DPLP acc. on covered", "model acc. on covered"]
     if has_drift:
         head += ["bank cos to previous (last)", "kNN kept (last)"]
+    if has_live:  # the live-vs-bank gap
+        head += ["live-bank cos (mean of epochs)"]
+    if has_admit:
+        head += ["pseudo labels admitted (last)", "pseudo-label acc. (last)"]
     head += ["s / epoch", "wall s / run"]
     lines = [f"### {grid_dir.name}", "", "| " + " | ".join(head) + " |",
              "|" + "---|" * len(head)]
@@ -313,6 +363,11 @@ def grid_table(grid_dir: Path, grids: Path = GRIDS) -> list[str]:
         if has_drift:
             cells += [fmt([_last(r, "bank_cos_prev") for r in runs], 3),
                       fmt([_last(r, "knn_kept") for r in runs], 3)]
+        if has_live:
+            cells.append(fmt([_epoch_mean(r, "live_bank_cos") for r in runs], 3))
+        if has_admit:
+            cells += [fmt([_last(r, "pl_admitted") for r in runs], 3),
+                      fmt([_last(r, "pl_acc_all") for r in runs], 3)]
         cells += [fmt(per_epoch, 3), fmt([r["wall_time_s"] for r in runs], 1)]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Commands (seed 0 of each row; the other seeds differ in "
@@ -489,6 +544,7 @@ def write_pages(results: Path, out: Path, speed: Path = SPEED_RESULTS,
     pages: dict[str, list[str]] = {}
     heads: list[str] = []
     selections: list[str] = []
+    presets: list[Path] = []
     for grid_dir in sorted(d for d in results.iterdir() if d.is_dir()):
         rel = f"details/{grid_dir.name}.md"
         table = headline_table(grid_dir, grids, rel)
@@ -499,6 +555,8 @@ def write_pages(results: Path, out: Path, speed: Path = SPEED_RESULTS,
             # Choices made on a validation split: their tables are on the
             # detail page; the headline shows test-split grids.
             selections.append(f"- [{grid_dir.name}]({rel})")
+        elif grid_dir.name.endswith("_dagplus"):
+            presets.append(grid_dir)  # one line each in the preset table
         else:
             heads += table
     others: list[str] = []
@@ -537,7 +595,7 @@ def write_pages(results: Path, out: Path, speed: Path = SPEED_RESULTS,
             "on a 1,000-image test subset while training; `eval_full_test` "
             "re-classifies the whole test set with the final checkpoints, and "
             "the tables use that where it exists.", "",
-            "## Experiment grids", "", *heads,
+            "## Experiment grids", "", *preset_table(presets, grids), *heads,
             *(["## Validation grids (settings chosen there, not test results)",
                "", *selections, ""] if selections else []),
             "## Speed, analyses, figures", "", *others]
