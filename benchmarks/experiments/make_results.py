@@ -72,6 +72,7 @@ SPEED_SCRIPTS = {"bench_epoch_dagplus": "bench_epoch"}
 ANALYSES = {"neighbour_purity": "neighbour_purity",
             "neighbour_purity_mnist_100_val": "neighbour_purity",
             "neighbour_purity_mnist_100": "neighbour_purity",
+            "neighbour_purity_dagplus": "neighbour_purity",
             "dplp_diagnostics": "dplp_diagnostics"}
 
 
