@@ -96,6 +96,23 @@ def test_drift_figure_from_metrics(tmp_path):
         figures.drift(runs, "t", tmp_path / "fig")
 
 
+def test_gap_figure_from_metrics(tmp_path):
+    import json
+
+    figures = importlib.import_module("benchmarks.analysis.figures")
+    run = tmp_path / "g" / "row" / "seed0"
+    run.mkdir(parents=True)
+    recs = [{"epoch": 0, "phase": "pretrain"}] + [
+        {"epoch": e, "phase": "train", "live_bank_cos": 0.5 + 0.1 * e}
+        for e in range(1, 4)]
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in recs))
+    out = figures.gap([run], "t", tmp_path / "fig")
+    assert out.name == "gap_t.png" and _png_size(out)[0] > 500
+    (run / "metrics.jsonl").write_text(json.dumps({"epoch": 0}))
+    with pytest.raises(SystemExit, match="live_bank_cos"):
+        figures.gap([run], "t", tmp_path / "fig")
+
+
 def test_schedule_figure_from_results(tmp_path):
     import json
 

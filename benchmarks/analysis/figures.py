@@ -3,6 +3,7 @@
     python -m benchmarks.analysis.figures tsne RUN_DIR [--max-points 1500]
     python -m benchmarks.analysis.figures path-lengths RUN_DIR
     python -m benchmarks.analysis.figures drift RUN_DIR [RUN_DIR ...] [--name NAME]
+    python -m benchmarks.analysis.figures gap RUN_DIR [RUN_DIR ...] [--name NAME]
     python -m benchmarks.analysis.figures schedule GRID [GRID ...] [--name NAME]
     # RUN_DIR e.g. benchmarks/runs/digits_table1/dag/seed0; GRID e.g. cifar10_cpu_e24
 
@@ -13,7 +14,9 @@ histogram of DPLP path lengths over the run's last Feature Bank. ``drift``:
 per epoch, the fraction of each node's ``dna.k`` nearest neighbours kept from
 one Feature Bank to the next and the mean cosine of a node's old and new
 feature (``metrics.jsonl``'s ``knn_kept``, ``bank_cos_prev``), one line per
-run: how stale the bank DNA reads is. ``schedule``: the ``baseline`` and
+run: how stale the bank DNA reads is. ``gap``: per epoch, the mean cosine
+between a seed's live training feature and its bank row (``live_bank_cos``).
+``schedule``: the ``baseline`` and
 ``dag`` rows of grids that differ in ``optim.epochs`` (their result JSONs),
 test error and the seed-paired difference against the number of main
 epochs, on the whole test set where ``eval_full_test.py`` measured it. All
@@ -143,6 +146,32 @@ def drift(run_dirs: list[Path], name: str, out_dir: Path = FIGURES) -> Path:
     return _save(fig, out_dir / f"drift_{name}.png")
 
 
+def gap(run_dirs: list[Path], name: str, out_dir: Path = FIGURES) -> Path:
+    """The live-vs-bank gap per main epoch: the mean cosine between a seed's
+    live feature (train mode, augmented; mixed with input mixup) and its
+    Feature Bank row (``live_bank_cos``)."""
+    import json
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for run in run_dirs:
+        recs = [json.loads(x) for x in (run / "metrics.jsonl").open()]
+        recs = [r for r in recs if r.get("live_bank_cos") is not None]
+        if not recs:
+            raise SystemExit(f"{run}: metrics.jsonl has no 'live_bank_cos' (a "
+                             "run that reads no bank, or from before it was "
+                             "recorded)")
+        ax.plot([r["epoch"] for r in recs], [r["live_bank_cos"] for r in recs],
+                marker=".", label="/".join(run.parts[-3:]))
+    ax.set(xlabel="epoch", ylabel="cos(live feature, bank row), mean")
+    ax.legend(fontsize=7)
+    ax.set_title("Live vs bank features")
+    return _save(fig, out_dir / f"gap_{name}.png")
+
+
 def schedule_points(grids: list[str], results: Path = RESULTS
                     ) -> tuple[dict[str, dict[int, dict[int, float]]], int | None]:
     """``{row: {epochs: {seed: test error}}}`` for the ``baseline`` and
@@ -200,16 +229,20 @@ def schedule(grids: list[str], name: str, out_dir: Path = FIGURES,
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("figure", choices=["tsne", "path-lengths", "drift", "schedule"])
+    p.add_argument("figure", choices=["tsne", "path-lengths", "drift", "gap",
+                                      "schedule"])
     p.add_argument("run_dirs", type=Path, nargs="+",
                    help="run folders (schedule: grid names)")
     p.add_argument("--max-points", type=int, default=1500)
-    p.add_argument("--name", default="runs", help="drift, schedule: the PNG's name")
+    p.add_argument("--name", default="runs",
+                   help="drift, gap, schedule: the PNG's name")
     args = p.parse_args()
     if args.figure == "schedule":
         out = schedule([str(g) for g in args.run_dirs], args.name)
     elif args.figure == "drift":
         out = drift(args.run_dirs, args.name)
+    elif args.figure == "gap":
+        out = gap(args.run_dirs, args.name)
     elif len(args.run_dirs) > 1:
         raise SystemExit(f"'{args.figure}' takes one run folder.")
     elif args.figure == "tsne":
