@@ -39,6 +39,8 @@ from benchmarks.common import (
 HERE = Path(__file__).resolve().parent
 RESULTS = EXPERIMENT_RESULTS
 MAX_LINES = 150  # RESULTS.md stays one page of headline tables
+# Grids sweeping one switch (their tables live on their detail pages).
+SWEEPS = ("_hops", "_ksub", "_sigma")
 
 # Published test errors (%) of Li et al., CVPR 2020 (final results, 400 epochs),
 # by the config (configs/<key>.yaml) of the setting.
@@ -546,6 +548,7 @@ def write_pages(results: Path, out: Path, speed: Path = SPEED_RESULTS,
     heads: list[str] = []
     selections: list[str] = []
     presets: list[Path] = []
+    sweeps: list[str] = []
     for grid_dir in sorted(d for d in results.iterdir() if d.is_dir()):
         rel = f"details/{grid_dir.name}.md"
         table = headline_table(grid_dir, grids, rel)
@@ -558,6 +561,9 @@ def write_pages(results: Path, out: Path, speed: Path = SPEED_RESULTS,
             selections.append(f"- [{grid_dir.name}]({rel})")
         elif grid_dir.name.endswith("_dagplus"):
             presets.append(grid_dir)  # one line each in the preset table
+        elif grid_dir.name.endswith(SWEEPS):
+            # One switch swept over values: linked, so the page stays one page.
+            sweeps.append(f"- [{grid_dir.name}]({rel})")
         else:
             heads += table
     others: list[str] = []
@@ -597,6 +603,8 @@ def write_pages(results: Path, out: Path, speed: Path = SPEED_RESULTS,
             "re-classifies the whole test set with the final checkpoints, and "
             "the tables use that where it exists.", "",
             "## Experiment grids", "", *preset_table(presets, grids), *heads,
+            *(["## Sweeps of one switch (test split; tables on their pages)", "",
+               *sweeps, ""] if sweeps else []),
             *(["## Validation grids (settings chosen there, not test results)",
                "", *selections, ""] if selections else []),
             "## Speed, analyses, figures", "", *others]
