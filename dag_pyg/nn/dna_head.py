@@ -90,9 +90,8 @@ class DNAHead(Module):
         attention = {"temperature": float(temperature),
                      "learn_temperature": learn_temperature,
                      "learn_beta": learn_beta}
-        if aggregator == "gat" and attention != {"temperature": 1.0,
-                                                  "learn_temperature": False,
-                                                  "learn_beta": False}:
+        if aggregator == "gat" and (temperature != 1.0 or learn_temperature
+                                    or learn_beta):
             raise ValueError("temperature, learn_temperature and learn_beta "
                              "belong to DensityAwareConv: use aggregator 'dna' "
                              "or 'dna_no_density', or leave them at their "

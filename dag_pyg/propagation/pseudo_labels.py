@@ -139,13 +139,11 @@ def admit_pseudo_labels(targets: Tensor, logits: Tensor, labelled_mask: Tensor,
     if logits.dim() != 2 or logits.size(0) != targets.numel():
         raise ValueError(f"logits must be [N={targets.numel()}, C] (got "
                          f"{tuple(logits.shape)}).")
-    keep = labelled_mask.clone()
-    probs = torch.softmax(logits.double(), dim=1)
-    admitted = probs.amax(1) >= threshold
+    admitted = torch.softmax(logits.double(), dim=1).amax(1) >= threshold
     if admit == "agree":
         admitted &= targets == logits.argmax(1)
-    keep |= admitted
-    return torch.where(keep, targets, torch.full_like(targets, -1))
+    return torch.where(labelled_mask | admitted, targets,
+                       torch.full_like(targets, -1))
 
 
 def has_target_weights(source: str, weighting: str = "none",

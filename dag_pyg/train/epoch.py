@@ -22,7 +22,13 @@ from dag_pyg.train.interrupt import StopRequest
 from dag_pyg.train.logger import QuietLogger, RunLogger
 from dag_pyg.train.losses import dag_loss
 from dag_pyg.train.optim import autocast
-from dag_pyg.train.refresh import Banks, drift_stats, needs_banks, refresh
+from dag_pyg.train.refresh import (
+    Banks,
+    drift_stats,
+    needs_banks,
+    refresh,
+    writes_bank,
+)
 from dag_pyg.train.setup import Model, TrainData
 
 # Where mixup mixes (loss.mixup_at): the images, or the head's input after
@@ -87,10 +93,11 @@ def train_steps(cfg: Config, model: Model, data: TrainData,
     done, signum = 0, None
     use_graph = model.uses_graph_head and not pretrain
     at_input = cfg.loss.mixup_at == "input"
-    online = cfg.graph.bank == "online" and not pretrain
+    online = writes_bank(cfg, pretrain)
     reads_bank = not pretrain and banks is not None and banks.features.numel() > 0
     model.backbone.train()
     model.head.train()
+    loader, bank, density = None, None, None
     if use_graph:
         loader = make_loader(graph, cfg.dna.k, cfg.dna.hops, sampler=cfg.dna.sampler)
         bank, density = banks.features.to(device), graph.density.to(device)
@@ -122,12 +129,10 @@ def train_steps(cfg: Config, model: Model, data: TrainData,
         batch = loader(seeds).to(device) if use_graph else None
         keep = mine if dist.enabled else None
         with autocast(cfg.optim.amp, device):
-            if use_graph:
-                out = model.net(x, batch, bank, density, keep=keep,
-                                mixing=mixing, features=reads_bank)
-            else:
-                out = model.net(x, self_only=model.uses_graph_head, keep=keep,
-                                mixing=mixing, features=reads_bank)
+            # Without a batch graph, a graph head takes the self term only.
+            out = model.net(x, batch, bank, density,
+                            self_only=model.uses_graph_head, keep=keep,
+                            mixing=mixing, features=reads_bank)
         logits, live = out if reads_bank else (out, None)
         # The loss in float32 whatever the forward pass ran in.
         terms = dag_loss(logits.float(), target.to(device),
@@ -238,7 +243,7 @@ def train_epoch(cfg: Config, model: Model, data: TrainData,
     parts = split_for_refreshes(progress.batches,
                                 cfg.graph.refresh_per_epoch if mid else 1)
     desc = f"{'pretrain' if pretrain else 'train'} {epoch}"
-    online = mid and cfg.graph.bank == "online" and banks is not None
+    online = mid and writes_bank(cfg, pretrain) and banks is not None
     built = banks  # the banks the current graph was built on
     if online and progress.built is not None:
         built = dataclasses.replace(banks, features=progress.built)

@@ -53,6 +53,7 @@ from dag_pyg.train.refresh import (
     drift_stats,
     refresh,
     shared_graph,
+    writes_bank,
 )
 from dag_pyg.train.setup import (
     CHECKPOINT,
@@ -253,9 +254,9 @@ def run(cfg: Config, run_dir: str | Path, resume: bool = False,
                 main_epoch = epoch - cfg.optim.pretrain_epochs + 1
                 # An online bank was written by this epoch's steps; the one
                 # after pre-training is extracted.
-                online = cfg.graph.bank == "online" and not pretrain
                 new = refresh(cfg, model, data, device, dist, log,
-                              features=banks.features if online else None)
+                              features=banks.features
+                              if writes_bank(cfg, pretrain) else None)
                 banks, graph = new.banks, new.graph
                 path_lengths = new.path_lengths
                 rec.update(new.stats)

@@ -62,6 +62,13 @@ def needs_banks(cfg: Config, uses_graph_head: bool) -> bool:
             or cfg.log.bank_stats)
 
 
+def writes_bank(cfg: Config, pretrain: bool) -> bool:
+    """Whether the training steps write the Feature Bank (``graph.bank:
+    online``, main epochs), so that the next refresh builds on it instead of
+    extracting one."""
+    return cfg.graph.bank == "online" and not pretrain
+
+
 def build_graph(feats: Tensor, cfg: Config, device: torch.device) -> Data:
     """The density-aware graph of a Feature Bank, built on ``device`` (the
     kNN search is the costly part) and kept on the CPU, where the sampler
