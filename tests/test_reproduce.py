@@ -155,6 +155,14 @@ def _record(row, seed, test, val=None, kept=None, full=None):
     return rec
 
 
+def _write_records(res, by_grid):
+    """Result JSONs as reproduce.py names them, ``{grid: [record, ...]}``."""
+    for grid, recs in by_grid.items():
+        for r in recs:
+            (res / grid / f"{r['row']}__seed{r['seed']}.json").write_text(
+                json.dumps(r))
+
+
 def test_grid_table_borrows_rows_and_pairs_seeds(tmp_path):
     make_results = load("make_results")
     res, grids = tmp_path / "res", tmp_path / "grids"
@@ -167,10 +175,7 @@ def test_grid_table_borrows_rows_and_pairs_seeds(tmp_path):
                          _record("h2", 1, 56.0, 45.0, 0.7),
                          _record("h1", 0, 60.0),  # its own seed 0 wins
                          _record("long", 0, 45.0), _record("dag_long", 0, 44.0)]}
-    for grid, recs in records.items():
-        for r in recs:
-            (res / grid / f"{r['row']}__seed{r['seed']}.json").write_text(
-                json.dumps(r))
+    _write_records(res, records)
     (grids / "sweep.yaml").write_text(yaml.safe_dump({
         "name": "sweep", "config": "c.yaml", "rows": {"h2": []},
         "borrow": {"baseline": "main/baseline", "h1": "main/dag"},
@@ -249,10 +254,7 @@ def test_headline_table_compares_with_a_second_row(tmp_path):
     recs = {"main": [_record("baseline", 0, 50.0), _record("baseline", 1, 52.0),
                      _record("dag", 0, 47.0), _record("dag", 1, 53.0)],
             "plus": [_record("dagplus", 0, 46.0), _record("dagplus", 1, 50.0)]}
-    for grid, rs in recs.items():
-        for r in rs:
-            (res / grid / f"{r['row']}__seed{r['seed']}.json").write_text(
-                json.dumps(r))
+    _write_records(res, recs)
     (grids / "plus.yaml").write_text(yaml.safe_dump({
         "name": "plus", "config": "c.yaml", "rows": {"dagplus": []},
         "borrow": {"baseline": "main/baseline", "dag": "main/dag"},
