@@ -127,20 +127,20 @@ def test_schedule_figure_from_results(tmp_path):
         (res / grid).mkdir(parents=True, exist_ok=True)
         (res / grid / f"{row}__seed{seed}.json").write_text(json.dumps(rec))
 
-    write("short", "baseline", 0, 8, 50.0, 49.0)
+    write("short", "labels_only", 0, 8, 50.0, 49.0)
     write("short", "dag", 0, 8, 52.0, 51.0)
     write("short", "dna", 0, 8, 40.0, 40.0)  # other rows are not read
-    write("long", "baseline", 0, 24, 47.0, 46.5)
+    write("long", "labels_only", 0, 24, 47.0, 46.5)
     write("long", "dag", 0, 24, 46.0, 45.0)
     write("long", "dag", 1, 24, 48.0, 47.0)
     pts, n = figures.schedule_points(["short", "long"], res)
     assert n == 10000
-    assert pts == {"baseline": {8: {0: 49.0}, 24: {0: 46.5}},
+    assert pts == {"labels_only": {8: {0: 49.0}, 24: {0: 46.5}},
                    "dag": {8: {0: 51.0}, 24: {0: 45.0, 1: 47.0}}}
     write("long", "dag", 1, 24, 48.0)  # not re-evaluated: every row falls back
     pts, n = figures.schedule_points(["short", "long"], res)
     assert n is None and pts["dag"][24] == {0: 46.0, 1: 48.0}
     out = figures.schedule(["short", "long"], "t", tmp_path / "fig", res)
     assert out.name == "schedule_t.png" and _png_size(out)[0] > 500
-    with pytest.raises(SystemExit, match="no baseline/dag results"):
+    with pytest.raises(SystemExit, match="no labels_only/dag results"):
         figures.schedule_points(["missing"], res)

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.cpu_only  # files, configs, logs: CPU by nature
 TINY = {"name": "tiny", "config": "configs/digits.yaml", "seeds": [0],
         "set": ["optim.epochs=1", "optim.pretrain_epochs=1", "log.progress=false",
                 "log.tensorboard=false", "log.plots=false"],
-        "rows": {"baseline": ["dna.aggregator=none", "pseudo_label.source=none"],
+        "rows": {"labels_only": ["dna.aggregator=none", "pseudo_label.source=none"],
                  "dag": []}}
 
 
@@ -32,16 +32,16 @@ def test_grid_runs_skips_and_tabulates(tmp_path, capsys):
     args = [str(grid), "--results", str(tmp_path / "res"), "--runs",
             str(tmp_path / "runs")]
     # A run that died before its first checkpoint: cleared, run again.
-    stale = tmp_path / "runs" / "tiny" / "baseline" / "seed0"
+    stale = tmp_path / "runs" / "tiny" / "labels_only" / "seed0"
     stale.mkdir(parents=True)
     (stale / "metrics.jsonl").write_text('{"epoch": 0, "phase": "stale"}\n')
     reproduce.main(args)
     assert all(m["phase"] != "stale" for m in
-               json.loads((tmp_path / "res" / "tiny" / "baseline__seed0.json")
+               json.loads((tmp_path / "res" / "tiny" / "labels_only__seed0.json")
                           .read_text())["metrics"])
     files = sorted((tmp_path / "res" / "tiny").glob("*.json"))
-    assert [f.name for f in files] == ["baseline__seed0.json", "dag__seed0.json"]
-    result = json.loads(files[1].read_text())
+    assert [f.name for f in files] == ["dag__seed0.json", "labels_only__seed0.json"]
+    result = json.loads(files[0].read_text())
     assert result["row"] == "dag" and "--set seed=0" in result["command"]
     assert result["summary"]["test_error_last"] == result["metrics"][-1]["test_error"]
     capsys.readouterr()
@@ -53,7 +53,7 @@ def test_grid_runs_skips_and_tabulates(tmp_path, capsys):
     eargs = ["tiny", "--results", str(tmp_path / "res"),
              "--runs", str(tmp_path / "runs")]
     full_test.main(eargs)
-    rec = json.loads(files[1].read_text())
+    rec = json.loads(files[0].read_text())
     assert rec["full_test"]["test_error"] == result["summary"]["test_error_last"]
     assert rec["full_test"]["epoch"] == result["summary"]["last_epoch"]
     assert rec["metrics"] == result["metrics"]  # the record is otherwise kept
@@ -86,7 +86,7 @@ def test_a_row_may_name_its_own_config():
         "config": "configs/other.yaml", "set": ["dna.k=3"]}, "bare": {
         "config": "configs/other.yaml"}, "bad": {"set": []}}}
     assert reproduce.row_spec(grid, "dag") == ("configs/digits.yaml", [])
-    assert reproduce.row_spec(grid, "baseline")[1] == TINY["rows"]["baseline"]
+    assert reproduce.row_spec(grid, "labels_only")[1] == TINY["rows"]["labels_only"]
     assert reproduce.row_spec(grid, "plus") == ("configs/other.yaml", ["dna.k=3"])
     assert reproduce.row_spec(grid, "bare") == ("configs/other.yaml", [])
     with pytest.raises(SystemExit, match="mapping of 'config' and 'set'"):
@@ -211,7 +211,7 @@ def test_grid_table_full_test_columns(tmp_path):
     lines = make_results.grid_table(res, tmp_path)
     table = [line[2:-2].split(" | ") for line in lines if line.startswith("| ")]
     assert table[0][5:7] == ["test error % on all 10,000 (seeds)",
-                             "Δ on all 10,000 (paired)"]
+                             "Δ vs baseline on all 10,000 (paired)"]
     by = {r[0]: r for r in table[1:]}
     assert by["baseline"][5] == "50.25 ± 1.77 (2)" and by["baseline"][6] == "–"
     assert by["dag"][5] == "48.50 ± 2.12 (2)"
@@ -240,7 +240,7 @@ def test_headline_table(tmp_path):
     (res / "baseline__seed1.json").unlink()  # now all have it: whole test set
     (res / "baseline__seed0.json").unlink()
     lines = make_results.headline_table(res, tmp_path)
-    assert "on all 10,000 test images" in lines[1] and "no baseline row" in lines[1]
+    assert "on all 10,000 test images" in lines[1] and "no reference row" in lines[1]
     table = [line[2:-2].split(" | ") for line in lines if line.startswith("| ")]
     assert table == [["row", "seeds", "test error %", "paper (400 epochs)"],
                      ["dag", "2", "48.00 ± 2.83", "6.13"]]
@@ -252,27 +252,39 @@ def test_headline_table_compares_with_a_second_row(tmp_path):
     for d in (res / "main", res / "plus", grids):
         d.mkdir(parents=True)
     recs = {"main": [_record("baseline", 0, 50.0), _record("baseline", 1, 52.0),
+                     _record("labels_only", 0, 49.0), _record("labels_only", 1, 55.0),
                      _record("dag", 0, 47.0), _record("dag", 1, 53.0)],
             "plus": [_record("dagplus", 0, 46.0), _record("dagplus", 1, 50.0)]}
     _write_records(res, recs)
     (grids / "plus.yaml").write_text(yaml.safe_dump({
         "name": "plus", "config": "c.yaml", "rows": {"dagplus": []},
-        "borrow": {"baseline": "main/baseline", "dag": "main/dag"},
+        "borrow": {"baseline": "main/baseline", "labels_only": "main/labels_only",
+                   "dag": "main/dag"},
         "compare": {"dagplus": "dag"}}))
     lines = make_results.headline_table(res / "plus", grids)
     table = [line[2:-2].split(" | ") for line in lines if line.startswith("| ")]
     assert table[0] == ["row", "seeds", "test error %", "Δ vs baseline (paired)",
-                        "Δ vs dag (paired)"]
+                        "Δ vs labels_only (paired)", "Δ vs dag (paired)",
+                        "paper's ablation"]
+    assert [r[0] for r in table[1:]] == [
+        "labels_only (= main/labels_only)", "baseline (= main/baseline)",
+        "dag (= main/dag)", "dagplus"]
     by = {r[0]: r for r in table[1:]}
-    assert by["dagplus"][3] == "-3.00 ± 1.41"   # 46-50, 50-52
-    assert by["dagplus"][4] == "-2.00 ± 1.41"   # 46-47, 50-53
-    assert by["dag (= main/dag)"][4] == "–"
+    assert by["dagplus"][3:6] == ["-3.00 ± 1.41",    # 46-50, 50-52
+                                  "-4.00 ± 1.41",    # 46-49, 50-55
+                                  "-2.00 ± 1.41"]    # 46-47, 50-53
+    assert by["dag (= main/dag)"][5] == "–"
+    # The baseline against the labels alone, and the labels alone against it.
+    assert by["baseline (= main/baseline)"][3:5] == ["–", "-1.00 ± 2.83"]
+    assert by["labels_only (= main/labels_only)"][3:5] == [
+        "1.00 ± 2.83", "–"]
     # The headline's one line per preset grid.
     lines = make_results.preset_table([res / "plus"], grids)
     (line,) = [x[2:-2].split(" | ") for x in lines if x.startswith("| [")]
     assert line[1] == "0, 1" and line[3:] == [
-        "51.00 ± 1.41", "50.00 ± 4.24", "48.00 ± 2.83", "-3.00 ± 1.41",
-        "-2.00 ± 1.41", "-1.00 ± 2.83"]   # dag - baseline: -3, +1
+        "52.00 ± 4.24", "51.00 ± 1.41", "50.00 ± 4.24", "48.00 ± 2.83",
+        "-3.00 ± 1.41", "-4.00 ± 1.41", "-2.00 ± 1.41",
+        "-1.00 ± 2.83"]   # dag - baseline: -3, +1
 
 
 def test_neighbour_purity_hand_computed():
@@ -327,3 +339,35 @@ def test_neighbour_purity_reads_the_heads_attention():
     alpha = attention(DNAHead(6, 3, aggregator="gat"), x, g).view(-1)
     torch.testing.assert_close(torch.zeros(30).scatter_add(0, dst, alpha),
                                torch.ones(30))  # a softmax per centre node
+
+
+@pytest.mark.slow  # a whole (tiny) training run
+def test_a_renamed_rows_run_folder_moves_and_still_evaluates(tmp_path, capsys):
+    """A run made under a row's old name (``pseudo_label``) moves to the new
+    name with its result; the moved folder still resumes nothing, evaluates,
+    and the runner skips the row."""
+    reproduce = load("reproduce")
+    old = {**TINY, "rows": {"pseudo_label": ["dna.aggregator=none",
+                                             "pseudo_label.source=model"]}}
+    grid = tmp_path / "g.yaml"
+    grid.write_text(yaml.safe_dump(old))
+    args = [str(grid), "--results", str(tmp_path / "res"), "--runs",
+            str(tmp_path / "runs")]
+    reproduce.main(args)
+    before = json.loads((tmp_path / "res" / "tiny" / "pseudo_label__seed0.json")
+                        .read_text())
+    grid.write_text(yaml.safe_dump({
+        **TINY, "rows": {"baseline": old["rows"]["pseudo_label"]},
+        "renamed": {"pseudo_label": "baseline"}}))
+    capsys.readouterr()
+    reproduce.main(args)
+    out = capsys.readouterr().out
+    assert "[renamed] tiny: pseudo_label -> baseline seed 0" in out
+    assert "[skip] tiny/baseline seed 0" in out and "[run" not in out
+    after = json.loads((tmp_path / "res" / "tiny" / "baseline__seed0.json").read_text())
+    assert after["renamed_from"] == "pseudo_label"
+    assert after["summary"] == before["summary"]
+    run_dir = tmp_path / "runs" / "tiny" / "baseline" / "seed0"
+    assert not (tmp_path / "runs" / "tiny" / "pseudo_label").exists()
+    from dag_pyg.train import evaluate_run
+    assert evaluate_run(run_dir)["test_error"] == before["summary"]["test_error_last"]

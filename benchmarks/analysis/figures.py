@@ -16,7 +16,7 @@ one Feature Bank to the next and the mean cosine of a node's old and new
 feature (``metrics.jsonl``'s ``knn_kept``, ``bank_cos_prev``), one line per
 run: how stale the bank DNA reads is. ``gap``: per epoch, the mean cosine
 between a seed's live training feature and its bank row (``live_bank_cos``).
-``schedule``: the ``baseline`` and
+``schedule``: the ``labels_only`` and
 ``dag`` rows of grids that differ in ``optim.epochs`` (their result JSONs),
 test error and the seed-paired difference against the number of main
 epochs, on the whole test set where ``eval_full_test.py`` measured it. All
@@ -174,17 +174,17 @@ def gap(run_dirs: list[Path], name: str, out_dir: Path = FIGURES) -> Path:
 
 def schedule_points(grids: list[str], results: Path = RESULTS
                     ) -> tuple[dict[str, dict[int, dict[int, float]]], int | None]:
-    """``{row: {epochs: {seed: test error}}}`` for the ``baseline`` and
-    ``dag`` rows of ``grids``, on the whole test set (``full_test``, its size
-    returned beside) when every record has it, else on the run's own test
-    set (size ``None``)."""
+    """``{row: {epochs: {seed: test error}}}`` for the ``labels_only`` and
+    ``dag`` rows of ``grids`` (the rows every schedule grid has), on the
+    whole test set (``full_test``, its size returned beside) when every
+    record has it, else on the run's own test set (size ``None``)."""
     import json
 
     recs = [json.loads(p.read_text()) for g in grids
-            for row in ("baseline", "dag")
+            for row in ("labels_only", "dag")
             for p in sorted((results / g).glob(f"{row}__seed*.json"))]
     if not recs:
-        raise SystemExit(f"no baseline/dag results in {', '.join(grids)}")
+        raise SystemExit(f"no labels_only/dag results in {', '.join(grids)}")
     full = all("full_test" in r for r in recs)
     out: dict[str, dict[int, dict[int, float]]] = {}
     for r in recs:
@@ -208,7 +208,7 @@ def schedule(grids: list[str], name: str, out_dir: Path = FIGURES,
         std = [np.std(list(by_epochs[x].values()), ddof=1)
                if len(by_epochs[x]) > 1 else 0.0 for x in xs]
         axes[0].errorbar(xs, mean, yerr=std, marker="o", capsize=3, label=row)
-    base, dag = pts.get("baseline", {}), pts.get("dag", {})
+    base, dag = pts.get("labels_only", {}), pts.get("dag", {})
     xs = sorted(set(base) & set(dag))
     diffs = [[dag[x][s] - base[x][s] for s in dag[x] if s in base[x]] for x in xs]
     for x, d in zip(xs, diffs, strict=True):
@@ -219,7 +219,8 @@ def schedule(grids: list[str], name: str, out_dir: Path = FIGURES,
     axes[1].axhline(0.0, color="black", lw=0.8)
     where = f"all {n_test:,} test images" if n_test else "the runs' test set"
     axes[0].set(xlabel="main epochs", ylabel=f"test error % ({where})")
-    axes[1].set(xlabel="main epochs", ylabel="DAG − baseline, paired by seed (points)")
+    axes[1].set(xlabel="main epochs",
+                ylabel="DAG − labels only, paired by seed (points)")
     axes[0].legend()
     axes[1].legend(fontsize=8)
     fig.suptitle(f"Schedule length: {', '.join(grids)}")

@@ -35,6 +35,7 @@ from benchmarks.common import (
     ROOT,
     SPEED_RESULTS,
 )
+from benchmarks.experiments.paper_rows import PAPER_ABLATION, PAPER_ROWS, TABLE4
 
 HERE = Path(__file__).resolve().parent
 RESULTS = EXPERIMENT_RESULTS
@@ -98,15 +99,16 @@ def shown(path: Path) -> str:
 
 def _load_rows(grid_dir: Path, grids: Path
                ) -> tuple[dict[str, list[dict]], dict[str, str], dict[str, str]]:
-    """Result records by row, in the grid file's order (baseline first), with
-    the rows the grid borrows from another grid (``borrow: {row: grid/row}``:
-    the same configuration, run there) filling the seeds not run here."""
+    """Result records by row, in the paper's order (labels only, baseline,
+    the module rows, DAG; :data:`paper_rows.TABLE4`) and then the grid file's,
+    with the rows the grid borrows from another grid (``borrow: {row:
+    grid/row}``: the same configuration, run there) filling the seeds not run
+    here."""
     rows: dict[str, list[dict]] = {}
     for path in sorted(grid_dir.glob("*__seed*.json")):
         r = json.loads(path.read_text())
         rows.setdefault(r["row"], []).append(r)
-    grid_file = grids / f"{grid_dir.name}.yaml"
-    grid = yaml.safe_load(grid_file.read_text()) if grid_file.exists() else {}
+    grid = _grid(grid_dir, grids)
     borrowed: dict[str, str] = {}
     for row, source in (grid.get("borrow") or {}).items():
         own = {r["seed"] for r in rows.get(row, [])}
@@ -119,16 +121,47 @@ def _load_rows(grid_dir: Path, grids: Path
     if grid.get("borrow"):  # sweeps (h0 h1 h2, k2 k4 k8 k16): numeric order
         def key(name: str) -> tuple:
             digits = "".join(c for c in name if c.isdigit() or c == ".")
-            return (name != "baseline", name.rstrip("0123456789."),
+            first = ("labels_only", "baseline")  # TABLE4's order
+            return (name not in first, first.index(name) if name in first else 0,
+                    name.rstrip("0123456789."),
                     float(digits) if digits.strip(".") else 0.0)
         rows = dict(sorted(rows.items(), key=lambda kv: key(kv[0])))
     elif grid:
-        order = ["baseline", *grid["rows"]]
+        order = [*TABLE4, *PAPER_ROWS, *grid["rows"]]
         rows = dict(sorted(rows.items(), key=lambda kv: order.index(kv[0])
                            if kv[0] in order else len(order)))
-    # A row's Δ columns compare with "baseline" unless the grid pairs it with
-    # another row (``pair_with: {dag_e24: baseline_e24}``: same schedule).
+    # A row's Δ columns compare with "baseline" and "labels_only" unless the
+    # grid pairs it with another row of the same kind (``pair_with: {dag_e24:
+    # labels_only_e24}``: same schedule).
     return rows, borrowed, dict(grid.get("pair_with") or {})
+
+
+def _grid(grid_dir: Path, grids: Path) -> dict:
+    """A results folder's grid file (empty where there is none)."""
+    path = grids / f"{grid_dir.name}.yaml"
+    return (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
+
+
+# The paired references, in column order: the paper's baseline (Label Bank
+# pseudo labels) and training on the labels alone.
+REFS = ("baseline", "labels_only")
+
+
+def _ref(row: str, ref: str, pair_with: dict[str, str]) -> str:
+    """The row that a row's Δ column of reference ``ref`` subtracts: the
+    grid's ``pair_with`` row where it is of that kind (``labels_only_e24`` in
+    the ``labels_only`` column) or of no reference's kind (every column),
+    else ``ref``."""
+    other = pair_with.get(row)
+    if other is None or (not other.startswith(ref)
+                         and any(other.startswith(r) for r in REFS)):
+        return ref
+    return other
+
+
+def _is_ref(row: str, ref: str, pair_with: dict[str, str]) -> bool:
+    """A reference row, whose Δ to its own kind is not shown."""
+    return row == ref or row in pair_with.values()
 
 
 def _last(run: dict, key: str) -> float | None:
@@ -171,6 +204,8 @@ def _by_seed(runs: list[dict], key: Callable[[dict], float | None]
 
 def _row_name(row: str, borrowed: dict[str, str], pair_with: dict[str, str]) -> str:
     name = f"{row} (= {borrowed[row]})" if row in borrowed else row
+    if row in PAPER_ROWS and PAPER_ROWS[row][0].lower().replace(" ", "_") != row:
+        name += f" ({PAPER_ROWS[row][0]})"
     if row in pair_with:
         name += f" (Δ vs {pair_with[row]})"
     return name
@@ -200,9 +235,14 @@ def _config_stem(run: dict) -> str | None:
 def headline_table(grid_dir: Path, grids: Path = GRIDS,
                    details: str | None = None) -> list[str]:
     """A grid's rows, mean ± std over seeds, and their seed-paired Δ to the
-    reference row: on the whole test set where every record has
-    ``full_test``, else on the runs' own test set (the note says which)."""
+    paper's baseline and to training on the labels alone: on the whole test
+    set where every record has ``full_test``, else on the runs' own test set
+    (the note says which). A grid of the paper's ablation rows (labels only,
+    baseline, DAG) also gets the paper's numbers beside and, in one line,
+    whether the paper's ordering holds (:func:`ordering`)."""
     rows, borrowed, pair_with = _load_rows(grid_dir, grids)
+    grid = _grid(grid_dir, grids)
+    rows = {r: v for r, v in rows.items() if r not in (grid.get("legacy") or ())}
     runs_all = [r for runs in rows.values() for r in runs]
     if not runs_all:
         return []
@@ -222,46 +262,88 @@ def headline_table(grid_dir: Path, grids: Path = GRIDS,
     paper = {row: PAPER[_config_stem(runs[0])] for row, runs in rows.items()
              if (row == "dag" or borrowed.get(row, "").endswith("/dag"))
              and _config_stem(runs[0]) in PAPER}
-    refs = set(pair_with.values()) | {"baseline"}
-    paired = any(r in rows for r in refs)  # else no Δ columns
+    refs = [ref for ref in REFS if ref in rows]
+    ablation = all(r in rows for r in ("labels_only", "baseline", "dag"))
     note = f"Test error % {where}"
-    note += ("; Δ: minus the baseline row, paired by seed" if paired
-             else "; no baseline row")
+    note += (f"; Δ: minus the {' / '.join(refs)} row, paired by seed (negative: "
+             "better)" if refs else "; no reference row")
     if details:
         note += f". Details, per seed, commands: [{details}]({details})"
-    head = ["row", "seeds", "test error %"] + (["Δ vs baseline (paired)"] * paired)
+    head = ["row", "seeds", "test error %"] + [f"Δ vs {ref} (paired)" for ref in refs]
     # A second reference (``compare: {dagplus: dag}``): Δ to it, by seed.
-    grid_file = grids / f"{grid_dir.name}.yaml"
-    compare = dict((yaml.safe_load(grid_file.read_text()) or {}).get("compare")
-                   or {}) if grid_file.exists() else {}
-    compare = {row: other for row, other in compare.items() if other in rows}
+    compare = {row: other for row, other in (grid.get("compare") or {}).items()
+               if other in rows}
     for other in sorted(set(compare.values())):
         head.append(f"Δ vs {other} (paired)")
     if has_val:
-        head += ["val error % (last)"] + (["Δ val (paired)"] * paired)
+        head += ["val error % (last)"] + [f"Δ val vs {ref} (paired)" for ref in refs]
     if paper:
         head += ["paper (400 epochs)"]
+    if ablation:
+        head += ["paper's ablation"]
     lines = [f"### {grid_dir.name}", note + ".", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def delta(row: str, runs: list[dict], ref: str, key) -> str:
+        other = _ref(row, ref, pair_with)
+        return "–" if _is_ref(row, ref, pair_with) else fmt(
+            _paired(runs, _by_seed(rows.get(other, []), key), key))
+
     for row, runs in rows.items():
-        ref = rows.get(pair_with.get(row, "baseline"), [])
-        is_ref = row in refs
         cells = [_row_name(row, borrowed, pair_with), str(len(runs)),
                  fmt([err(r) for r in runs])]
-        if paired:
-            cells.append(fmt([] if is_ref else _paired(runs, _by_seed(ref, err), err)))
+        cells += [delta(row, runs, ref, err) for ref in refs]
         for other in sorted(set(compare.values())):
             cells.append(fmt(_paired(runs, _by_seed(rows[other], err), err))
                          if compare.get(row) == other else "–")
         if has_val:
             cells.append(fmt([_val(r) for r in runs]))
-            if paired:
-                cells.append(fmt([] if is_ref else
-                                 _paired(runs, _by_seed(ref, _val), _val)))
+            cells += [delta(row, runs, ref, _val) for ref in refs]
         if paper:
             cells.append(f"{paper[row]:.2f}" if row in paper else "")
+        if ablation:
+            got = PAPER_ABLATION["errors"].get(row)
+            cells.append("" if got is None else f"{got:.2f}")
         lines.append("| " + " | ".join(cells) + " |")
+    if ablation:
+        lines += ["", f"Paper's ablation: {PAPER_ABLATION['setting']}, quoted for "
+                  "the shape of the gains only (a 13-layer CNN, 400 epochs on a "
+                  "GPU: not comparable in absolute terms); "
+                  f"{PAPER_ABLATION['missing']}", "", ordering(rows, err)]
     return lines + _published(grid_dir, runs_all) + [""]
+
+
+# The paper's claims, as (claim, row, reference row): row below reference.
+CLAIMS = (("DNA < baseline", "dna", "baseline"),
+          ("DPLP < baseline", "dplp", "baseline"),
+          ("DAG < DNA", "dag", "dna"), ("DAG < DPLP", "dag", "dplp"),
+          ("DAG < baseline", "dag", "baseline"),
+          ("baseline < labels only", "baseline", "labels_only"),
+          ("DAG < labels only", "dag", "labels_only"))
+
+
+def verdict(diffs: list[float]) -> str:
+    """``holds`` where the seed-paired differences (row minus reference) are
+    negative beyond their spread (mean + std < 0), ``reversed`` where positive
+    beyond it (mean - std > 0), else ``within the spread``; ``one seed`` where
+    there is no spread to judge by."""
+    if len(diffs) < 2:
+        return "one seed"
+    mean, std = statistics.fmean(diffs), statistics.stdev(diffs)
+    return ("holds" if mean + std < 0 else "reversed" if mean - std > 0
+            else "within the spread")
+
+
+def ordering(rows: dict[str, list[dict]], err) -> str:
+    """One line: each of the paper's claims (:data:`CLAIMS`) on this grid."""
+    parts = []
+    for claim, row, ref in CLAIMS:
+        if row in rows and ref in rows:
+            diffs = _paired(rows[row], _by_seed(rows[ref], err), err)
+            parts.append(f"{claim}: **{verdict(diffs)}** ({fmt(diffs)})")
+    return ("The paper's ordering, paired by seed (holds: mean + std of the "
+            "paired Δ below 0; reversed: mean − std above 0): "
+            + "; ".join(parts) + ".")
 
 
 def _published(grid_dir: Path, runs: list[dict]) -> list[str]:
@@ -275,38 +357,38 @@ def _published(grid_dir: Path, runs: list[dict]) -> list[str]:
 
 
 def preset_table(grid_dirs: list[Path], grids: Path = GRIDS) -> list[str]:
-    """One line per preset grid (``compare: {preset: reference}``): the
-    baseline, the reference (the paper's DAG) and the preset, mean ± std over
-    seeds, and the preset's seed-paired Δ to both."""
+    """One line per preset grid (``compare: {preset: reference}``): labels
+    only, the paper's baseline, the reference (the paper's DAG) and the
+    preset, mean ± std over seeds, and the preset's seed-paired Δ to each."""
     lines = []
     for grid_dir in grid_dirs:
-        rows, borrowed, _ = _load_rows(grid_dir, grids)
-        grid = yaml.safe_load((grids / f"{grid_dir.name}.yaml").read_text())
-        for preset, ref in (grid.get("compare") or {}).items():
-            if preset not in rows or ref not in rows or "baseline" not in rows:
+        rows, _, _ = _load_rows(grid_dir, grids)
+        for preset, ref in (_grid(grid_dir, grids).get("compare") or {}).items():
+            if any(r not in rows for r in (preset, ref, *REFS)):
                 continue
-            runs_all = rows[preset] + rows[ref] + rows["baseline"]
+            runs_all = [r for row in (preset, ref, *REFS) for r in rows[row]]
             err = _full if all(_full(r) is not None for r in runs_all) else _own
-            base = _by_seed(rows["baseline"], err)
-            other = _by_seed(rows[ref], err)
+            by_seed = {row: _by_seed(rows[row], err) for row in (ref, *REFS)}
             seeds = sorted(_by_seed(rows[preset], err))
             where = ("all test images (`full_test`)" if err is _full
                      else _num_test(rows[preset][0]))
             lines.append("| " + " | ".join([
                 f"[{grid_dir.name}](details/{grid_dir.name}.md)",
                 ", ".join(map(str, seeds)), where,
-                fmt([err(r) for r in rows["baseline"]]),
-                fmt([err(r) for r in rows[ref]]), fmt([err(r) for r in rows[preset]]),
-                fmt(_paired(rows[preset], base, err)),
-                fmt(_paired(rows[preset], other, err)),
-                fmt(_paired(rows[ref], base, err))]) + " |")
+                *[fmt([err(r) for r in rows[row]])
+                  for row in ("labels_only", "baseline", ref, preset)],
+                *[fmt(_paired(rows[preset], by_seed[row], err))
+                  for row in ("baseline", "labels_only", ref)],
+                fmt(_paired(rows[ref], by_seed["baseline"], err))]) + " |")
     if not lines:
         return []
-    head = ["grid", "seeds", "test set", "baseline", "DAG (paper)", "DAG+",
-            "Δ DAG+ vs baseline", "Δ DAG+ vs DAG", "Δ DAG vs baseline"]
-    return ["### DAG+ against the paper's DAG and the baseline",
+    head = ["grid", "seeds", "test set", "labels only", "baseline", "DAG (paper)",
+            "DAG+", "Δ DAG+ vs baseline", "Δ DAG+ vs labels only",
+            "Δ DAG+ vs DAG", "Δ DAG vs baseline"]
+    return ["### DAG+ against the paper's DAG, its baseline and the labels alone",
             "Test error %, mean ± std over seeds; Δ paired by seed (negative: "
-            "DAG+ better). DAG+ is `configs/*_dagplus.yaml`; the paper's DAG "
+            "DAG+ better). Baseline: the paper's (Label Bank pseudo labels, "
+            "Eq. 2, mixup); DAG+ is `configs/*_dagplus.yaml`; the paper's DAG "
             "stays the default.", "",
             "| " + " | ".join(head) + " |", "|" + "---|" * len(head), *lines, ""]
 
@@ -316,19 +398,22 @@ def preset_table(grid_dirs: list[Path], grids: Path = GRIDS) -> list[str]:
 # --------------------------------------------------------------------------- #
 def grid_table(grid_dir: Path, grids: Path = GRIDS) -> list[str]:
     rows, borrowed, pair_with = _load_rows(grid_dir, grids)
+    legacy = set(_grid(grid_dir, grids).get("legacy") or ())
     runs_all = [r for runs in rows.values() for r in runs]
     has_val = any(_last(r, "val_error") is not None for r in runs_all)
     has_drift = any(_last(r, "knn_kept") is not None for r in runs_all)
     has_live = any(_last(r, "live_bank_cos") is not None for r in runs_all)
     has_admit = any((_last(r, "pl_admitted") or 1.0) < 1.0 for r in runs_all)
     full = sorted({r["full_test"]["num_test"] for r in runs_all if "full_test" in r})
+    refs = [ref for ref in REFS if ref in rows]
     head = ["row", "seeds", "test error % (last)", "test error % at best val",
-            "Δ vs baseline (paired by seed)"]
+            *[f"Δ vs {ref} (paired by seed)" for ref in refs]]
     if full:  # eval_full_test.py: the same checkpoints, every test image
         n = "/".join(f"{v:,}" for v in full)
-        head += [f"test error % on all {n} (seeds)", f"Δ on all {n} (paired)"]
+        head += [f"test error % on all {n} (seeds)",
+                 *[f"Δ vs {ref} on all {n} (paired)" for ref in refs]]
     if has_val:
-        head += ["val error % (last)", "Δ val vs baseline (paired)"]
+        head += ["val error % (last)", *[f"Δ val vs {ref} (paired)" for ref in refs]]
     head += ["DPLP coverage", "DPLP acc. on covered", "model acc. on covered"]
     if has_drift:
         head += ["bank cos to previous (last)", "kNN kept (last)"]
@@ -339,29 +424,29 @@ def grid_table(grid_dir: Path, grids: Path = GRIDS) -> list[str]:
     head += ["s / epoch", "wall s / run"]
     lines = [f"### {grid_dir.name}", "", "| " + " | ".join(head) + " |",
              "|" + "---|" * len(head)]
-    def reference(row: str) -> tuple[dict, dict, dict]:
-        ref = rows.get(pair_with.get(row, "baseline"), [])
-        return (_by_seed(ref, _own), _by_seed(ref, lambda r: _last(r, "val_error")),
-                _by_seed(ref, _full))
+    def deltas(row: str, runs: list[dict], key) -> list[str]:
+        out = []
+        for ref in refs:
+            other = _ref(row, ref, pair_with)
+            out.append("–" if _is_ref(row, ref, pair_with) else fmt(
+                _paired(runs, _by_seed(rows.get(other, []), key), key)))
+        return out
 
     for row, runs in rows.items():
-        base, base_val, base_full = reference(row)
         s = [r["summary"] for r in runs]
         best = [(x.get("best_by_val") or {}).get("test_error") for x in s]
         per_epoch = [statistics.fmean([m["time_epoch"] for m in r["metrics"]
                                        if m.get("phase") == "train"]) for r in runs]
-        is_base = row == "baseline" or row in pair_with.values()
-        cells = [_row_name(row, borrowed, pair_with), str(len(runs)),
-                 fmt([x["test_error_last"] for x in s]),
-                 fmt(best), fmt([] if is_base else _paired(runs, base, _own))]
+        cells = [_row_name(row, borrowed, pair_with)
+                 + (" (not a paper row)" if row in legacy else ""), str(len(runs)),
+                 fmt([x["test_error_last"] for x in s]), fmt(best),
+                 *deltas(row, runs, _own)]
         if full:
             have = [r for r in runs if _full(r) is not None]
             cells += [fmt([_full(r) for r in have]) + f" ({len(have)})",
-                      fmt([] if is_base else _paired(have, base_full, _full))]
+                      *deltas(row, have, _full)]
         if has_val:
-            cells += [fmt([_last(r, "val_error") for r in runs]),
-                      fmt([] if is_base else _paired(
-                          runs, base_val, lambda r: _last(r, "val_error")))]
+            cells += [fmt([_val(r) for r in runs]), *deltas(row, runs, _val)]
         cells += [fmt([x.get("pl_coverage_last") for x in s], 3),
                   fmt([x.get("pl_acc_last") for x in s], 3),
                   fmt([x.get("model_acc_on_covered_last") for x in s], 3)]
@@ -407,7 +492,9 @@ def per_seed_table(grid_dir: Path, grids: Path = GRIDS) -> list[str]:
                      fmt([_own(r)])]
             cells += [fmt([_full(r)])] if has_full else []
             cells += [fmt([_last(r, "val_error")])] if has_val else []
-            cells.append(f"`{g}/{r['row']}__seed{r['seed']}.json`")
+            cells.append(f"`{g}/{r['row']}__seed{r['seed']}.json`" + (
+                f" (row `{r['renamed_from']}` until the rows took the paper's "
+                "names)" if r.get("renamed_from") else ""))
             lines.append("| " + " | ".join(cells) + " |")
     return lines + [""]
 
@@ -447,6 +534,43 @@ def pseudo_label_table(grid_dir: Path) -> list[str]:
     return lines
 
 
+def label_bank_table(grid_dir: Path, grids: Path = GRIDS) -> list[str]:
+    """Per epoch, mean over seeds, for the paper's rows that train on pseudo
+    labels: the accuracy of the targets on every unlabelled node
+    (``pl_acc_all``: the Label Bank's own predictions for ``baseline`` and
+    ``dna``, DPLP's labels where its paths reach for ``dplp`` and ``dag``)
+    and, for the DPLP rows, DPLP's accuracy on the nodes it covers against
+    the Label Bank's on the same nodes: what each row teaches, side by side."""
+    rows, _, _ = _load_rows(grid_dir, grids)
+    shown_rows = [r for r in (*TABLE4, "na_no_density", "lp_l", "gat")
+                  if r in rows and any(m.get("pl_acc_all") is not None
+                                       for run in rows[r] for m in run["metrics"])]
+    if not shown_rows:
+        return []
+    dplp_rows = [r for r in shown_rows if any(
+        m.get("pl_acc") is not None for run in rows[r] for m in run["metrics"])]
+    epochs = sorted({m["epoch"] for r in shown_rows for run in rows[r]
+                     for m in run["metrics"] if m.get("pl_acc_all") is not None})
+
+    def mean(row: str, epoch: int, key: str) -> str:
+        vals = [m[key] for run in rows[row] for m in run["metrics"]
+                if m["epoch"] == epoch and m.get(key) is not None]
+        return f"{statistics.fmean(vals):.3f}" if vals else "–"
+
+    head = ["epoch", *[f"{r}: targets right" for r in shown_rows],
+            *[f"{r}: DPLP / Label Bank on covered" for r in dplp_rows]]
+    lines = [f"#### {grid_dir.name}: what each row teaches, per epoch (mean over "
+             "seeds)", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for e in epochs:
+        cells = [str(e), *[mean(r, e, "pl_acc_all") for r in shown_rows],
+                 *[f"{mean(r, e, 'pl_acc')} / {mean(r, e, 'model_acc_on_covered')}"
+                   for r in dplp_rows]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + ["", "targets right: the share of unlabelled nodes whose "
+                    "training target (Label Bank prediction, or DPLP's label where "
+                    "it covers the node) is the true class (`pl_acc_all`).", ""]
+
+
 TIMING_NOTE = (
     "Grid runs use 1 thread each and ran two at a time beside other jobs, some "
     "paused while benchmarks ran: their seconds per epoch and wall times are "
@@ -470,7 +594,7 @@ def grid_page(grid_dir: Path, grids: Path = GRIDS) -> list[str]:
             "Generated by `python -m benchmarks.experiments.make_results`; do not "
             "edit by hand. Headline: [RESULTS.md](../RESULTS.md).", "", *notes,
             *grid_table(grid_dir, grids), *per_seed_table(grid_dir, grids),
-            *pseudo_label_table(grid_dir)]
+            *label_bank_table(grid_dir, grids), *pseudo_label_table(grid_dir)]
 
 
 # --------------------------------------------------------------------------- #

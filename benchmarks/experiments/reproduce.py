@@ -11,9 +11,12 @@ A grid YAML names a base config, the seeds, and rows of overrides::
     seeds: [0, 1, 2]
     set: [optim.epochs=30]            # applied to every row
     rows:
-      baseline: [dna.aggregator=none, pseudo_label.source=none]
+      labels_only: [dna.aggregator=none, pseudo_label.source=none]
+      baseline: [dna.aggregator=none, pseudo_label.source=model]
       dag: []
       dagplus: {config: configs/digits_dagplus.yaml}   # a row of its own config
+      dag_lp_l: [dplp.mode=L]
+    legacy: [dag_lp_l]                # run only when --rows names it; no headline
 
 Each run goes to ``benchmarks/runs/<grid>/<row>/seed<k>`` (not committed)
 and its result to ``benchmarks/experiments/results/<grid>/<row>__seed<k>.json``
@@ -24,20 +27,34 @@ the same result as an uninterrupted run), and one that died before its first
 checkpoint starts over. ``--force`` re-runs from scratch. Splits depend on the
 seed only, so they are shared across rows.
 ``python -m benchmarks.experiments.make_results`` turns the JSON into tables.
+
+Rows named as the paper's (``labels_only``, ``baseline``, ``dna``, ``dplp``,
+``dag``, ...; ``paper_rows.PAPER_ROWS``) must resolve to the paper's
+definition, and a result is reused only where its recorded configuration is
+the row's (:func:`same_config`). A grid's ``renamed: {old: new}`` names rows
+of earlier commits whose results now belong to another row name (the
+project's ``baseline`` trained on the labels alone until the rows took the
+paper's names): :func:`migrate` moves each such result, and its run folder,
+to the new name where the configuration matches, recording ``renamed_from``
+in the JSON (the command it ran is kept as it was). ``--migrate`` does only
+that.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import shlex
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from benchmarks.common import EXPERIMENT_RESULTS, ROOT, RUNS
-from dag_pyg.config import load_config
+from benchmarks.experiments.paper_rows import check_paper_row
+from dag_pyg.config import Config, load_config, upgrade
 from dag_pyg.train import train
 from dag_pyg.train.logger import read_metrics, write_json_atomic
 from dag_pyg.train.setup import CHECKPOINT
@@ -52,6 +69,11 @@ def load_grid(path: Path) -> dict:
             raise SystemExit(f"grid '{path}' lacks the key '{key}'")
     grid.setdefault("seeds", [0])
     grid.setdefault("set", [])
+    for row in grid["rows"]:
+        try:
+            check_paper_row(row, row_config(grid, row, 0))
+        except ValueError as e:
+            raise SystemExit(f"grid '{path}': {e}") from None
     return grid
 
 
@@ -68,16 +90,118 @@ def row_spec(grid: dict, row: str) -> tuple[str, list[str]]:
     return grid["config"], list(spec or [])
 
 
+def row_overrides(grid: dict, row: str, seed: int,
+                  extra: list[str] = ()) -> tuple[str, list[str]]:
+    """A run's config file and its overrides, in the order they apply."""
+    config, row_set = row_spec(grid, row)
+    return config, [*grid["set"], *row_set, f"seed={seed}",
+                    f"name={grid['name']}_{row}", *extra]
+
+
+def row_config(grid: dict, row: str, seed: int, extra: list[str] = ()) -> Config:
+    config, overrides = row_overrides(grid, row, seed, extra)
+    return load_config(ROOT / config, overrides)
+
+
+# Keys that say where a run reads and writes or what it prints, not what it
+# trains: results differing only there are the same experiment.
+NOT_TRAINING = ("name", "out", "device", "log", "data.root", "data.cache_dir",
+                "data.download")
+
+
+def _flat(data: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def same_config(record: dict, cfg: Config) -> list[str]:
+    """The training keys where a result's recorded configuration differs from
+    ``cfg`` (empty: the same experiment). Keys a record predates take their
+    defaults, which are what the run used; a recorded ``null`` is how the
+    JSON holds an infinite value (``dplp.sigma``)."""
+    recorded = {**_flat(Config().to_dict()),
+                **_flat(upgrade(record["summary"]["config"]))}
+
+    def same(old: Any, new: Any) -> bool:
+        return old == new or (old is None and isinstance(new, float)
+                               and not math.isfinite(new))
+
+    return [key for key, value in _flat(cfg.to_dict()).items()
+            if not same(recorded.get(key), value)
+            and key not in NOT_TRAINING and key.split(".")[0] not in NOT_TRAINING]
+
+
+def migrate(grid: dict, results: Path = RESULTS, runs: Path = RUNS) -> list[str]:
+    """Moves the results (and run folders) of the grid's ``renamed: {old:
+    new}`` rows to their new names where the recorded configuration is the
+    new row's; returns what it moved. Chains (``baseline`` -> ``labels_only``
+    while ``pseudo_label`` -> ``baseline``) go through temporary names."""
+    renamed = grid.get("renamed") or {}
+    res, run = results / grid["name"], runs / grid["name"]
+    moves = []
+    for old, new in renamed.items():
+        if new not in grid["rows"]:
+            raise SystemExit(f"grid '{grid['name']}': renamed row '{old}' -> "
+                             f"'{new}', but '{new}' is not one of its rows")
+        for path in sorted(res.glob(f"{old}__seed*.json")):
+            record = json.loads(path.read_text())
+            if "renamed_from" in record or (old in grid["rows"] and not same_config(
+                    record, row_config(grid, old, record["seed"]))):
+                continue  # migrated already, or the result of today's row 'old'
+            diff = same_config(record, row_config(grid, new, record["seed"]))
+            if diff:
+                print(f"[keep] {grid['name']}/{path.name}: not row '{new}' "
+                      f"(differs in {', '.join(diff)})")
+                continue
+            moves.append((old, new, record))
+    for stage in ("tmp", "final"):
+        for old, new, record in moves:
+            seed = record["seed"]
+            src = (f"{old}__seed{seed}.json", run / old / f"seed{seed}")
+            tmp = (f".{old}__seed{seed}.json.migrating", run / f".{old}.migrating"
+                   / f"seed{seed}")
+            dst = (f"{new}__seed{seed}.json", run / new / f"seed{seed}")
+            a, b = (src, tmp) if stage == "tmp" else (tmp, dst)
+            if stage == "final":
+                if (res / b[0]).exists() or b[1].exists():
+                    raise SystemExit(f"migrating {grid['name']}/{old} seed {seed}"
+                                     f" to '{new}': {b[0]} or {b[1]} exists")
+                record = {**record, "row": new, "renamed_from": old}
+                write_json_atomic(res / b[0], record)
+                (res / a[0]).unlink()
+            else:
+                (res / a[0]).rename(res / b[0])
+            if a[1].is_dir():
+                b[1].parent.mkdir(parents=True, exist_ok=True)
+                a[1].rename(b[1])
+    for old, _, _ in moves:
+        shutil.rmtree(run / f".{old}.migrating", ignore_errors=True)
+    done = [f"{old} -> {new} seed {r['seed']}" for old, new, r in moves]
+    for line in done:
+        print(f"[renamed] {grid['name']}: {line}")
+    return done
+
+
 def run_one(grid: dict, row: str, seed: int, extra: list[str], force: bool,
             results: Path = RESULTS, runs: Path = RUNS) -> dict:
     out = results / grid["name"] / f"{row}__seed{seed}.json"
-    if out.exists() and not force:
-        print(f"[skip] {grid['name']}/{row} seed {seed}: {out.name} exists")
-        return json.loads(out.read_text())
-    config, row_set = row_spec(grid, row)
-    overrides = [*grid["set"], *row_set, f"seed={seed}",
-                 f"name={grid['name']}_{row}", *extra]
+    config, overrides = row_overrides(grid, row, seed, extra)
     cfg = load_config(ROOT / config, overrides)
+    if out.exists() and not force:
+        record = json.loads(out.read_text())
+        diff = same_config(record, cfg)
+        if diff:
+            raise SystemExit(
+                f"{out} holds another configuration than row '{row}' (differs "
+                f"in {', '.join(diff)}): a renamed row? Name it in the grid's "
+                "'renamed:' to move it, or --force to run the row anew.")
+        print(f"[skip] {grid['name']}/{row} seed {seed}: {out.name} exists")
+        return record
     run_dir = runs / grid["name"] / row / f"seed{seed}"
     resume = (run_dir / CHECKPOINT).is_file() and not force
     if run_dir.exists() and not resume:
@@ -114,14 +238,24 @@ def main(argv: list[str] | None = None) -> None:
                    help="extra override for every run (key=value)")
     p.add_argument("--force", action="store_true",
                    help="re-run existing results, from scratch")
+    p.add_argument("--migrate", action="store_true",
+                   help="only move the results of the grid's 'renamed:' rows")
     p.add_argument("--results", type=Path, default=RESULTS, help=argparse.SUPPRESS)
     p.add_argument("--runs", type=Path, default=RUNS, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     grid = load_grid(args.grid)
-    rows = args.rows or list(grid["rows"])
+    migrate(grid, args.results, args.runs)
+    if args.migrate:
+        return
+    legacy = set(grid.get("legacy") or ())
+    rows = args.rows or [r for r in grid["rows"] if r not in legacy]
     unknown = sorted(set(rows) - set(grid["rows"]))
     if unknown:
-        raise SystemExit(f"unknown rows {unknown}; the grid has {list(grid['rows'])}")
+        renamed = grid.get("renamed") or {}
+        hints = "".join(f"; '{r}' is now '{renamed[r]}'" for r in unknown
+                        if r in renamed)
+        raise SystemExit(f"unknown rows {unknown}; the grid has "
+                         f"{list(grid['rows'])}{hints}")
     seeds = args.seeds or grid["seeds"]
     for seed in seeds:  # seed-major: every row gets a result early
         for row in rows:

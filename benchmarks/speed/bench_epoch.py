@@ -2,7 +2,7 @@
 quiet machine (the grids' wall times are not: grid runs share the machine).
 
     python -m benchmarks.speed.bench_epoch [--config configs/cifar10_cpu.yaml]
-        [--rows baseline dag dna gat] [--epochs 1] [--rounds 2]
+        [--rows labels_only baseline dag dna gat] [--epochs 1] [--rounds 2]
 
 Each row is a config plus the overrides of
 ``benchmarks/experiments/grids/cifar10_cpu_table1.yaml``; each round runs
@@ -54,7 +54,8 @@ def main() -> None:
     p.add_argument("--grid", default=str((GRIDS / "cifar10_cpu_table1.yaml")
                                          .relative_to(ROOT)),
                    help="where the rows' overrides come from")
-    p.add_argument("--rows", nargs="+", default=["baseline", "dag", "dna", "gat"])
+    p.add_argument("--rows", nargs="+",
+                   default=["labels_only", "baseline", "dag", "dna", "gat"])
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
