@@ -265,7 +265,7 @@ def test_headline_table_compares_with_a_second_row(tmp_path):
     table = [line[2:-2].split(" | ") for line in lines if line.startswith("| ")]
     assert table[0] == ["row", "seeds", "test error %", "Δ vs baseline (paired)",
                         "Δ vs labels_only (paired)", "Δ vs dag (paired)",
-                        "paper's ablation"]
+                        "paper, C10-1000 (Δ vs its baseline)"]
     assert [r[0] for r in table[1:]] == [
         "labels_only (= main/labels_only)", "baseline (= main/baseline)",
         "dag (= main/dag)", "dagplus"]

@@ -280,7 +280,7 @@ def headline_table(grid_dir: Path, grids: Path = GRIDS,
     if paper:
         head += ["paper (400 epochs)"]
     if ablation:
-        head += ["paper's ablation"]
+        head += [PAPER_HEAD]
     lines = [f"### {grid_dir.name}", note + ".", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
@@ -302,15 +302,68 @@ def headline_table(grid_dir: Path, grids: Path = GRIDS,
         if paper:
             cells.append(f"{paper[row]:.2f}" if row in paper else "")
         if ablation:
-            got = PAPER_ABLATION["errors"].get(row)
-            cells.append("" if got is None else f"{got:.2f}")
+            cells.append(_paper_cell(row))
         lines.append("| " + " | ".join(cells) + " |")
     if ablation:
-        lines += ["", f"Paper's ablation: {PAPER_ABLATION['setting']}, quoted for "
-                  "the shape of the gains only (a 13-layer CNN, 400 epochs on a "
-                  "GPU: not comparable in absolute terms); "
-                  f"{PAPER_ABLATION['missing']}", "", ordering(rows, err)]
+        lines += ["", ordering(rows, err)]
     return lines + _published(grid_dir, runs_all) + [""]
+
+
+PAPER_HEAD = "paper, C10-1000 (Δ vs its baseline)"
+
+
+def _paper_cell(row: str) -> str:
+    """The paper's ablation error of a row, with its Δ to the paper's
+    baseline (the shape of the gain)."""
+    errors = PAPER_ABLATION["errors"]
+    if row not in errors:
+        return ""
+    if row == "baseline":
+        return f"{errors[row]:.2f}"
+    return f"{errors[row]:.2f} ({errors[row] - errors['baseline']:+.2f})"
+
+
+def table4(grid_dirs: list[Path], grids: Path = GRIDS) -> list[str]:
+    """The paper's Table 4 at our scale: one column per ablation grid (those
+    with labels_only, baseline and dag rows), its rows labels only |
+    baseline | DNA | DPLP | DAG; each cell the test error and its paired Δ
+    to the paper's baseline and to the labels alone; the paper's own column
+    beside."""
+    cols = []
+    for grid_dir in grid_dirs:
+        rows, _, _ = _load_rows(grid_dir, grids)
+        if all(r in rows for r in ("labels_only", "baseline", "dag")):
+            runs = [r for row in TABLE4 for r in rows.get(row, [])]
+            err = _full if all(_full(r) is not None for r in runs) else _own
+            cols.append((grid_dir.name, rows, err))
+    if not cols:
+        return []
+    head = ["row", *[f"[{name}](details/{name}.md)" for name, _, _ in cols],
+            PAPER_HEAD]
+    lines = ["### The paper's Table 4 at CPU scale",
+             "Test error % (mean ± std over seeds; whole test sets), then in "
+             "brackets the seed-paired Δ to the paper's baseline / to the "
+             "labels alone (negative: better). The paper's baseline trains every "
+             "unlabelled image on its Label Bank entry (the model's own "
+             "prediction), with Eq. 2 and mixup; DNA and DPLP each add one module "
+             "to it, DAG both (definitions: README, `paper_rows.py`). Each grid's "
+             "own table below has the other rows and whether the paper's ordering "
+             "holds.", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in TABLE4:
+        cells = [PAPER_ROWS[row][0]]
+        for _, rows, err in cols:
+            if row not in rows:
+                cells.append("–")
+                continue
+            deltas = [fmt(_paired(rows[row], _by_seed(rows[ref], err), err))
+                      if ref != row else "–" for ref in REFS]
+            cells.append(f"{fmt([err(r) for r in rows[row]])} "
+                         f"({' / '.join(deltas)})")
+        cells.append(_paper_cell(row) or "not quoted")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + ["", f"Paper's column: {PAPER_ABLATION['setting']}; "
+                    f"{PAPER_ABLATION['missing']}", ""]
 
 
 # The paper's claims, as (claim, row, reference row): row below reference.
@@ -675,6 +728,7 @@ def write_pages(results: Path, out: Path, speed: Path = SPEED_RESULTS,
     selections: list[str] = []
     presets: list[Path] = []
     sweeps: list[str] = []
+    ablations: list[Path] = []
     for grid_dir in sorted(d for d in results.iterdir() if d.is_dir()):
         rel = f"details/{grid_dir.name}.md"
         table = headline_table(grid_dir, grids, rel)
@@ -692,6 +746,7 @@ def write_pages(results: Path, out: Path, speed: Path = SPEED_RESULTS,
             sweeps.append(f"- [{grid_dir.name}]({rel})")
         else:
             heads += table
+            ablations.append(grid_dir)
     others: list[str] = []
     body = [line for name in SPEED for line in bench_section(name, speed)]
     if body:
@@ -728,7 +783,8 @@ def write_pages(results: Path, out: Path, speed: Path = SPEED_RESULTS,
             "on a 1,000-image test subset while training; `eval_full_test` "
             "re-classifies the whole test set with the final checkpoints, and "
             "the tables use that where it exists.", "",
-            "## Experiment grids", "", *preset_table(presets, grids), *heads,
+            "## Experiment grids", "", *table4(ablations, grids),
+            *preset_table(presets, grids), *heads,
             *(["## Sweeps of one switch (test split; tables on their pages)", "",
                *sweeps, ""] if sweeps else []),
             *(["## Validation grids (settings chosen there, not test results)",
