@@ -22,10 +22,12 @@ pytestmark = pytest.mark.cpu_only  # data files and a CLI: CPU by nature
 NUM_TRAIN, NUM_VAL, NUM_EXTRA, NUM_TEST, DIM, CLASSES = 21, 500, 19, 40, 12, 3
 
 
-def write_planetoid(folder, name="Cora", seed=0):
+def write_planetoid(folder, name="Cora", seed=0, missing=()):
     """The 8 ``ind.<name>.*`` files of a class-clustered toy graph: the
     public split's 21 training nodes, PyG's 500 validation nodes after them,
-    a few unlabelled ones, and 40 test nodes (indices shuffled)."""
+    a few unlabelled ones, and 40 test nodes (indices shuffled). ``missing``:
+    test-range nodes without a row, which PyG's reader makes CiteSeer's
+    isolated all-zero nodes (name "CiteSeer")."""
     rng = np.random.default_rng(seed)
     n_all = NUM_TRAIN + NUM_VAL + NUM_EXTRA
     n = n_all + NUM_TEST
@@ -35,6 +37,7 @@ def write_planetoid(folder, name="Cora", seed=0):
     onehot = np.eye(CLASSES, dtype=np.int64)[y]
     # The reader puts row i of tx (and ty) at node test_index[i].
     test_index = rng.permutation(np.arange(n_all, n))
+    keep = ~np.isin(test_index, [n_all + m for m in missing])
     graph = {i: [] for i in range(n)}
     for i in range(n):
         for j in (i + CLASSES, i + 2 * CLASSES, i + 1):  # mostly same class
@@ -44,8 +47,11 @@ def write_planetoid(folder, name="Cora", seed=0):
     raw = folder / name / "raw"
     raw.mkdir(parents=True)
     prefix = f"ind.{name.lower()}."
-    arrays = {"x": x[:NUM_TRAIN], "allx": x[:n_all], "tx": x[n_all:],
-              "y": onehot[:NUM_TRAIN], "ally": onehot[:n_all], "ty": onehot[n_all:]}
+    # Row i of tx/ty belongs to node test_index[i]; missing nodes have none.
+    tx, ty = x[test_index[keep]], onehot[test_index[keep]]
+    test_index = test_index[keep]
+    arrays = {"x": x[:NUM_TRAIN], "allx": x[:n_all], "tx": tx,
+              "y": onehot[:NUM_TRAIN], "ally": onehot[:n_all], "ty": ty}
     for key, arr in {**arrays, "graph": graph}.items():
         with open(raw / (prefix + key), "wb") as f:
             pickle.dump(arr, f)
@@ -185,3 +191,25 @@ def test_main_measures_memory_in_a_subprocess(planetoid, tmp_path):
     if start_peak_rss() is not None:  # Linux: VmHWM is resettable
         assert 0 <= peak < 1024
     assert "not run" in payload["target"]
+
+
+def test_citeseer_with_featureless_isolated_nodes(tmp_path, capsys):
+    """PyG's CiteSeer reader pads the test range's missing nodes with
+    all-zero rows: every graph, model and the benchmark run on them."""
+    root = write_planetoid(tmp_path / "data", "CiteSeer", missing=(3, 17))
+    data, _ = bench.load_graph(root, "CiteSeer", tmp_path / "cache", "citation", 4)
+    zero = (data.x == 0).all(dim=1)
+    assert int(zero.sum()) == 2
+    # A zero row has similarity 0 to every neighbour (and density 0).
+    src, dst = data.edge_index
+    assert bool((data.sim[zero[src] | zero[dst]] == 0).all())
+    assert bool((data.density[zero] == 0).all())
+    bench.main(["--root", str(root), "--name", "CiteSeer", "--cache",
+                str(tmp_path / "cache"), "--seeds", "1", "--epochs", "2",
+                "--knn-k", "4", "--memory-epochs", "0", "--results",
+                str(tmp_path)])
+    payload = json.loads((tmp_path / "bench_planetoid_citeseer.json").read_text())
+    assert payload["dataset"] == "CiteSeer"
+    assert [(r["graph"], r["model"]) for r in payload["rows"]] == \
+        [(g, m) for g in bench.GRAPHS for m in MODELS]
+    assert not (tmp_path / "bench_planetoid.json").exists()  # Cora's file

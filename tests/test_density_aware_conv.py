@@ -6,7 +6,7 @@ import torch
 from torch_geometric.utils import scatter
 
 from dag_pyg import DensityAwareConv
-from dag_pyg.nn.functional import grouped_degree
+from dag_pyg.nn.functional import csr_layout
 
 
 def dense_reference(x_src, x_dst, edge_index, density, weight, bias,
@@ -218,7 +218,21 @@ def knn_graph(n, d, k, seed, dtype=torch.float64):
 
 
 def no_propagate(*args, **kwargs):
-    raise AssertionError("the grouped layout should not reach propagate()")
+    raise AssertionError("the CSR layout should not reach propagate()")
+
+
+class general_path:
+    """Sends a layer down PyG's propagate() (any message hook does), the
+    reference every CSR layout is checked against."""
+    def __init__(self, conv):
+        self.conv = conv
+
+    def __enter__(self):
+        self.handle = self.conv.register_message_forward_hook(lambda *a: None)
+        return self.conv
+
+    def __exit__(self, *exc):
+        self.handle.remove()
 
 
 @pytest.mark.parametrize("c_in,c_out", [(6, 3), (3, 6)])
@@ -227,30 +241,40 @@ def test_grouped_layout_equals_general_path(c_in, c_out, learn, device,
                                             monkeypatch):
     x, g = knn_graph(30, c_in, 5, 0)
     ei, rho = g.edge_index, g.density
-    assert grouped_degree(ei[1], 30) == 5
+    assert csr_layout(None, ei, 30).k == 5
     perm = torch.randperm(ei.size(1), generator=torch.Generator().manual_seed(1))
-    assert grouped_degree(ei[1, perm], 30) is None
+    shuffled = csr_layout(None, ei[:, perm], 30)
+    assert shuffled.k is None and torch.equal(shuffled.dst, ei[1])
     conv = DensityAwareConv(c_in, c_out, temperature=0.3,
                             learn_temperature=learn).double().to(device)
     torch.nn.init.normal_(conv.bias)
     x, ei, rho, perm = x.to(device), ei.to(device), rho.to(device), perm.to(device)
     outs, grads = [], []
-    for edges in (ei[:, perm], ei):
+    # General path (shuffled), then CSR: shuffled (sorted inside), grouped.
+    for edges, path in ((ei[:, perm], "general"), (ei[:, perm], "csr"),
+                        (ei, "csr")):
         xi = x.clone().requires_grad_()
         with monkeypatch.context() as m:
-            if edges is ei:
+            if path == "csr":
                 m.setattr(DensityAwareConv, "propagate", no_propagate)
-            out, (_, alpha) = conv(xi, edges, rho, return_attention_weights=True)
+                out, (_, alpha) = conv(xi, edges, rho, return_attention_weights=True)
+            else:
+                with general_path(conv):
+                    out, (_, alpha) = conv(xi, edges, rho,
+                                           return_attention_weights=True)
         out.pow(2).sum().backward()
         params = [p.grad.clone() for p in conv.parameters()]
         conv.zero_grad()
         outs.append((out.detach(), alpha.detach()))
         grads.append([xi.grad, *params])
-    (out_g, alpha_g), (out_d, alpha_d) = outs
+    (out_g, alpha_g), (out_s, alpha_s), (out_d, alpha_d) = outs
+    torch.testing.assert_close(out_s, out_g)
+    torch.testing.assert_close(alpha_s, alpha_g)  # in the caller's order
     torch.testing.assert_close(out_d, out_g)
     torch.testing.assert_close(alpha_d[perm], alpha_g)
-    for a, b in zip(grads[0], grads[1], strict=True):
-        torch.testing.assert_close(a, b)
+    for other in grads[1:]:
+        for a, b in zip(grads[0], other, strict=True):
+            torch.testing.assert_close(a, b)
     ref, ref_alpha = dense_reference(
         x.cpu(), x.cpu(), ei.cpu(), rho.cpu() / 0.3, conv.lin.weight.cpu(),
         conv.bias.cpu(), scale=1 / 0.3)
@@ -267,7 +291,7 @@ def test_sampled_layout_bipartite_with_edgeless_targets(device, monkeypatch):
     rho = torch.rand(10, generator=gen, dtype=torch.float64)
     ei = torch.stack([torch.randint(10, (12,), generator=gen),
                       torch.arange(4).repeat_interleave(3)])
-    assert grouped_degree(ei[1], 6) == 3 and grouped_degree(ei[1], 3) is None
+    assert csr_layout(None, ei, 6).k == 3 and csr_layout(None, ei, 3) is None
     conv = DensityAwareConv(4, 5).double()
     torch.nn.init.normal_(conv.bias)
     monkeypatch.setattr(DensityAwareConv, "propagate", no_propagate)
@@ -400,3 +424,307 @@ def test_bad_temperature_and_dropout_and_repr():
         "DensityAwareConv(3, 2, use_density=True, temperature=0.1)"
     assert repr(DensityAwareConv(3, 2, learn_temperature=True)) == \
         "DensityAwareConv(3, 2, use_density=True, learn_temperature=True)"
+
+
+# ------------------------------------------- every target-sorted layout: CSR
+def csr_graph():
+    """Bipartite, variable degree: targets 1 and 4 have no edges, target 0
+    has a duplicate edge (2 -> 0 twice), edges out of target order."""
+    ei = torch.tensor([[2, 5, 2, 0, 6, 1, 3, 2, 4],
+                       [3, 0, 0, 2, 2, 0, 5, 5, 2]])
+    gen = torch.Generator().manual_seed(3)
+    x_src = torch.randn(7, 4, generator=gen, dtype=torch.float64)
+    x_dst = torch.randn(6, 4, generator=gen, dtype=torch.float64)
+    rho = torch.rand(7, generator=gen, dtype=torch.float64)
+    return x_src, x_dst, ei, rho
+
+
+def layouts(ei, num_src, num_dst):
+    """The same graph in every form a PyG user passes a target-sorted one,
+    with the order of the attention values each returns."""
+    from torch_geometric import EdgeIndex
+    from torch_geometric.typing import WITH_TORCH_SPARSE, SparseTensor
+    from torch_geometric.utils import to_torch_csc_tensor
+
+    order = torch.argsort(ei[1] * num_src + ei[0], stable=True)
+    by_col = EdgeIndex(ei[:, torch.argsort(ei[1], stable=True)],
+                       sparse_size=(num_src, num_dst), sort_order="col")
+    by_row = EdgeIndex(ei[:, torch.argsort(ei[0], stable=True)],
+                       sparse_size=(num_src, num_dst), sort_order="row")
+    out = {"edge_index": (ei, None),
+           "edge_index sorted": (ei[:, order], None),
+           "EdgeIndex by col": (by_col, None), "EdgeIndex by row": (by_row, None),
+           # PyG's way to a transposed torch.sparse adjacency (CSR rows =
+           # targets; duplicates summed away, so a graph without them).
+           "torch.sparse adj_t": (to_torch_csc_tensor(ei[:, order], size=(
+               num_src, num_dst)).t(), order)}
+    if WITH_TORCH_SPARSE:
+        out["SparseTensor adj_t"] = (SparseTensor.from_edge_index(
+            ei, sparse_sizes=(num_src, num_dst)).t(), order)
+    return out
+
+
+def test_csr_layouts_match_the_loop_reference(device, monkeypatch):
+    x_src, x_dst, ei, rho = csr_graph()
+    ei = torch.unique(ei, dim=1)  # sparse adjacencies hold no duplicates
+    ei = ei[:, torch.randperm(ei.size(1), generator=torch.Generator().manual_seed(0))]
+    conv = DensityAwareConv(4, 3).double()
+    torch.nn.init.normal_(conv.bias)
+    ref, ref_alpha = dense_reference(x_src, x_dst, ei, rho, conv.lin.weight,
+                                     conv.bias)
+    monkeypatch.setattr(DensityAwareConv, "propagate", no_propagate)
+    conv = conv.to(device)
+    for name, (adj, _) in layouts(ei, 7, 6).items():
+        edges = adj.as_tensor() if hasattr(adj, "as_tensor") else None
+        out, att = conv((x_src.to(device), x_dst.to(device)), adj.to(device),
+                        rho.to(device), return_attention_weights=True)
+        torch.testing.assert_close(out.cpu(), ref, msg=name)
+        if name == "SparseTensor adj_t":  # GATConv's form: the adjacency
+            row, col, alpha = att.coo()
+            edges = torch.stack([col, row])
+        elif name == "torch.sparse adj_t":
+            adj_alpha, alpha = att
+            edges = adj_alpha.to_sparse_coo().indices().flip(0)
+            torch.testing.assert_close(adj_alpha.to_sparse_coo().values(), alpha)
+        else:
+            edges = edges if edges is not None else att[0]
+            alpha = att[1]
+        # Each edge's attention, wherever the layout put it.
+        want = {(int(s), int(t)): float(a) for (s, t), a in
+                zip(ei.t(), ref_alpha, strict=True)}
+        got = {(int(s), int(t)): float(a) for (s, t), a in
+               zip(edges.cpu().t(), alpha.cpu(), strict=True)}
+        assert got.keys() == want.keys(), name
+        for key, value in want.items():
+            assert math.isclose(got[key], value, rel_tol=1e-9), (name, key)
+
+
+@pytest.mark.parametrize("c_in,c_out", [(4, 3), (4, 6)])  # both projection orders
+def test_csr_path_gradients_with_duplicates_and_empty_rows(c_in, c_out, device):
+    """Unsorted, duplicate edges, empty targets: the CSR path's output,
+    attention and every gradient equal PyG's propagate() path, and its
+    gradients pass gradcheck."""
+    x_src, x_dst, ei, rho = csr_graph()
+    x_src, x_dst = x_src[:, :c_in], x_dst[:, :c_in]
+    conv = DensityAwareConv(c_in, c_out, learn_beta=True).double().to(device)
+    torch.nn.init.normal_(conv.bias)
+    results = []
+    for general in (True, False):
+        xs = x_src.to(device).requires_grad_()
+        xd = x_dst.to(device).requires_grad_()
+        r = rho.to(device).requires_grad_()
+        if general:
+            with general_path(conv):
+                out, (_, alpha) = conv((xs, xd), ei.to(device), r,
+                                       return_attention_weights=True)
+        else:
+            out, (_, alpha) = conv((xs, xd), ei.to(device), r,
+                                   return_attention_weights=True)
+        (out.pow(2).sum() + alpha.pow(3).sum()).backward()
+        results.append([out.detach(), alpha.detach(), xs.grad, xd.grad, r.grad,
+                        *[p.grad.clone() for p in conv.parameters()]])
+        conv.zero_grad()
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b)
+    ref, ref_alpha = dense_reference(x_src, x_dst, ei, rho, conv.lin.weight.cpu(),
+                                     conv.bias.cpu())
+    torch.testing.assert_close(results[1][0].cpu(), ref)
+    torch.testing.assert_close(results[1][1].cpu(), ref_alpha)
+    ei, rho = ei.to(device), rho.to(device).requires_grad_()
+    xs = x_src.to(device).requires_grad_()
+    xd = x_dst.to(device).requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, b, c: conv((a, b), ei, c),
+                                    (xs, xd, rho))
+
+
+def test_csr_layout_reads_the_order_in_one_check():
+    ei = torch.tensor([[0, 1, 2, 3], [0, 0, 2, 2]])
+    lay = csr_layout(None, ei, 4)
+    assert lay.rowptr.tolist() == [0, 2, 2, 4, 4] and lay.perm is None
+    assert lay.k is None  # target 1 has no edges: not k per target
+    lay = csr_layout(None, ei.flip(1), 4)
+    assert lay.perm.tolist() == [2, 3, 0, 1] and lay.dst.tolist() == [0, 0, 2, 2]
+    assert csr_layout(None, torch.tensor([[0, 1, 2, 3], [0, 0, 1, 1]]), 2).k == 2
+    assert csr_layout(None, torch.tensor([[0], [5]]), 4) is None  # past the targets
+    assert csr_layout(None, torch.empty(2, 0, dtype=torch.long), 4) is None
+    # Compressed rows as given, padded for targets past the last row.
+    lay = csr_layout(torch.tensor([0, 1, 3]), torch.tensor([4, 0, 2]), 4)
+    assert lay.rowptr.tolist() == [0, 1, 3, 3, 3] and lay.dst.tolist() == [0, 1, 1]
+
+
+# ------------------------------------------------------- explainers, any layout
+class _DNAModel(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = DensityAwareConv(4, 3)
+
+    def forward(self, x, edge_index, density):
+        return self.conv(x, edge_index, density)
+
+
+def _explainer_layouts():
+    x, g = knn_graph(12, 4, 3, 8, dtype=torch.float32)
+    grouped = g.edge_index
+    sorted_var = grouped[:, grouped[0] != 0]  # node 0 dropped as a source
+    shuffled = sorted_var[:, torch.randperm(sorted_var.size(1),
+                                            generator=torch.Generator().manual_seed(2))]
+    return x, g.density, {"grouped": grouped, "csr": sorted_var,
+                          "unsorted": shuffled}
+
+
+@pytest.mark.parametrize("layout", ["grouped", "csr", "unsorted"])
+def test_attention_explainer_on_every_layout(layout):
+    from torch_geometric.explain import Explainer
+    from torch_geometric.explain.algorithm import AttentionExplainer
+
+    x, rho, graphs = _explainer_layouts()
+    ei = graphs[layout]
+    torch.manual_seed(0)
+    model = _DNAModel().eval()
+    _, (_, alpha) = model.conv(x, ei, rho, return_attention_weights=True)
+    explainer = Explainer(model, AttentionExplainer(), explanation_type="model",
+                          edge_mask_type="object", model_config=dict(
+                              mode="multiclass_classification", task_level="node",
+                              return_type="raw"))
+    explanation = explainer(x, ei, density=rho)
+    # One layer: the explainer's mask is the layer's attention.
+    torch.testing.assert_close(explanation.edge_mask, alpha)
+
+
+@pytest.mark.parametrize("layout", ["grouped", "csr", "unsorted"])
+def test_gnn_explainer_on_every_layout(layout):
+    from torch_geometric.explain import Explainer, GNNExplainer
+
+    x, rho, graphs = _explainer_layouts()
+    ei = graphs[layout]
+    torch.manual_seed(0)
+    model = _DNAModel().eval()
+    explainer = Explainer(model, GNNExplainer(epochs=5), explanation_type="model",
+                          edge_mask_type="object", node_mask_type="attributes",
+                          model_config=dict(mode="multiclass_classification",
+                                            task_level="node", return_type="raw"))
+    explanation = explainer(x, ei, density=rho, index=3)
+    # Only the edges into node 3 reach its prediction: the rest get no mask.
+    into = ei[1] == 3
+    assert explanation.edge_mask.shape == (ei.size(1),)
+    assert bool((explanation.edge_mask[into] > 0).all())
+    assert float(explanation.edge_mask[~into].abs().sum()) == 0.0
+    assert model.conv.explain is False or model.conv.explain is None
+
+
+# ------------------------------------- PyG's test_gat_conv.py checks, one each
+def _pyg_inputs():
+    torch.manual_seed(12345)
+    x1 = torch.randn(4, 8)
+    x2 = torch.randn(2, 8)
+    edge_index = torch.tensor([[0, 1, 2, 3], [0, 0, 1, 1]])
+    return x1, x2, edge_index, torch.rand(4)
+
+
+def test_pyg_str_and_shape():
+    x1, _, edge_index, rho = _pyg_inputs()
+    conv = DensityAwareConv(8, 32)
+    assert str(conv) == "DensityAwareConv(8, 32, use_density=True)"
+    assert conv(x1, edge_index, rho).size() == (4, 32)
+
+
+def test_pyg_size_argument():
+    x1, _, edge_index, rho = _pyg_inputs()
+    conv = DensityAwareConv(8, 32)
+    out = conv(x1, edge_index, rho)
+    torch.testing.assert_close(conv(x1, edge_index, rho, size=(4, 4)), out)
+
+
+def test_pyg_torch_sparse_adjacency():
+    from torch_geometric.utils import to_torch_csc_tensor
+
+    x1, _, edge_index, rho = _pyg_inputs()
+    conv = DensityAwareConv(8, 32)
+    adj1 = to_torch_csc_tensor(edge_index, size=(4, 4))
+    torch.testing.assert_close(conv(x1, adj1.t(), rho), conv(x1, edge_index, rho))
+
+
+def test_pyg_sparse_tensor_adjacency():
+    from torch_geometric.typing import WITH_TORCH_SPARSE, SparseTensor
+
+    if not WITH_TORCH_SPARSE:
+        pytest.skip("torch_sparse is not installed")
+    x1, _, edge_index, rho = _pyg_inputs()
+    conv = DensityAwareConv(8, 32)
+    adj2 = SparseTensor.from_edge_index(edge_index, sparse_sizes=(4, 4))
+    torch.testing.assert_close(conv(x1, adj2.t(), rho), conv(x1, edge_index, rho))
+
+
+def test_pyg_return_attention_weights_edge_index():
+    x1, _, edge_index, rho = _pyg_inputs()
+    conv = DensityAwareConv(8, 32)
+    result = conv(x1, edge_index, rho, return_attention_weights=True)
+    torch.testing.assert_close(result[0], conv(x1, edge_index, rho))
+    # No self loops are added (the centre enters through x_i): 4 edges.
+    assert result[1][0].size() == (2, 4) and result[1][1].size() == (4,)
+    assert result[1][1].min() >= 0 and result[1][1].max() <= 1
+
+
+def test_pyg_return_attention_weights_torch_sparse():
+    from torch_geometric.utils import to_torch_csc_tensor
+
+    x1, _, edge_index, rho = _pyg_inputs()
+    conv = DensityAwareConv(8, 32)
+    adj1 = to_torch_csc_tensor(edge_index, size=(4, 4))
+    result = conv(x1, adj1.t(), rho, return_attention_weights=True)
+    torch.testing.assert_close(result[0], conv(x1, edge_index, rho))
+    assert result[1][0].size() == (4, 4) and result[1][0]._nnz() == 4
+
+
+def test_pyg_return_attention_weights_sparse_tensor():
+    from torch_geometric.typing import WITH_TORCH_SPARSE, SparseTensor
+
+    if not WITH_TORCH_SPARSE:
+        pytest.skip("torch_sparse is not installed")
+    x1, _, edge_index, rho = _pyg_inputs()
+    conv = DensityAwareConv(8, 32)
+    adj2 = SparseTensor.from_edge_index(edge_index, sparse_sizes=(4, 4))
+    result = conv(x1, adj2.t(), rho, return_attention_weights=True)
+    torch.testing.assert_close(result[0], conv(x1, edge_index, rho))
+    assert result[1].sizes() == [4, 4] and result[1].nnz() == 4
+
+
+def test_pyg_bipartite():
+    from torch_geometric.typing import WITH_TORCH_SPARSE, SparseTensor
+    from torch_geometric.utils import to_torch_csc_tensor
+
+    x1, x2, edge_index, rho = _pyg_inputs()
+    conv = DensityAwareConv(8, 32)
+    out1 = conv((x1, x2), edge_index, rho)
+    assert out1.size() == (2, 32)
+    torch.testing.assert_close(conv((x1, x2), edge_index, rho, size=(4, 2)), out1)
+    adj1 = to_torch_csc_tensor(edge_index, size=(4, 2))
+    torch.testing.assert_close(conv((x1, x2), adj1.t(), rho), out1)
+    if WITH_TORCH_SPARSE:
+        adj2 = SparseTensor.from_edge_index(edge_index, sparse_sizes=(4, 2))
+        torch.testing.assert_close(conv((x1, x2), adj2.t(), rho), out1)
+
+
+def test_pyg_bipartite_without_target_features():
+    # GATConv accepts (x1, None); DNA's self term x_i needs the targets.
+    x1, _, edge_index, rho = _pyg_inputs()
+    with pytest.raises(ValueError, match="target features"):
+        DensityAwareConv(8, 32)((x1, None), edge_index, rho, size=(4, 2))
+
+
+def test_pyg_edge_input_is_the_similarity():
+    # GATConv's edge input is edge_attr; DNA's is the edge similarity.
+    x1, _, edge_index, rho = _pyg_inputs()
+    conv = DensityAwareConv(8, 32)
+    xn = torch.nn.functional.normalize(x1, dim=-1)
+    sim = (xn[edge_index[0]] * xn[edge_index[1]]).sum(-1)
+    torch.testing.assert_close(conv(x1, edge_index, rho, sim=sim),
+                               conv(x1, edge_index, rho))
+
+
+def test_pyg_empty_edge_index(device):
+    x = torch.randn(0, 8, device=device)
+    edge_index = torch.empty(2, 0, dtype=torch.long, device=device)
+    conv = DensityAwareConv(8, 32).to(device)
+    out = conv(x, edge_index, torch.empty(0, device=device))
+    assert out.size() == (0, 32)

@@ -104,11 +104,38 @@ def test_graph_density_bad_input(edge_index, kw, match):
         graph_density(tiny_graph().x, edge_index, **kw)
 
 
-def test_graph_density_zero_row():
-    x = tiny_graph().x.clone()
+def test_graph_density_zero_rows_have_similarity_zero(device):
+    """CiteSeer-shaped: node 2 has no features (similarity 0 to everything)
+    and a fifth node has neither features nor edges."""
+    g = tiny_graph()
+    x = torch.cat([g.x, torch.zeros(1, 2)]).to(device)
     x[2] = 0
+    dens, sim = graph_density(x, g.edge_index.to(device))
+    # Edges 0->1, 1->2, 2->1, 0->3, 3->2: those touching node 2 score 0.
+    torch.testing.assert_close(sim.cpu(), torch.tensor([0.0, 0.0, 0.0, 0.6, 0.0]))
+    torch.testing.assert_close(dens.cpu(), torch.tensor([0.0, 0.0, 0.0, 0.6, 0.0]))
+    data = AddDensity()(Data(x=x, edge_index=g.edge_index.to(device)))
+    assert torch.equal(data.sim, sim) and torch.equal(data.density, dens)
+    # The layer's own cosine (F.normalize) agrees on every edge.
+    from dag_pyg import DensityAwareConv
+    conv = DensityAwareConv(2, 3).to(device)
+    out_own = conv(x, data.edge_index, data.density)
+    out_sim = conv(x, data.edge_index, data.density, sim=data.sim)
+    torch.testing.assert_close(out_own, out_sim)
+
+
+def test_density_knn_graph_zero_rows():
+    x = torch.tensor([[1., 0.], [0., 0.], [1., 1.], [0., 1.], [-1., 0.]])
+    data = DensityKNNGraph(k=2, backend="exact")(Data(x=x))
+    nbr = data.edge_index[0].view(5, 2)
+    # Node 1 scores 0 against all: its ties go to the smaller indices.
+    assert nbr[1].tolist() == [0, 2]
+    torch.testing.assert_close(data.sim.view(5, 2)[1], torch.zeros(2))
+    # Node 4 = (-1, 0): cos 0 to nodes 1 (zero) and 3, -1/sqrt(2) to 2, -1 to 0.
+    assert nbr[4].tolist() == [1, 3]
+    # A Feature Bank keeps refusing zero rows (there they signal a bug).
     with pytest.raises(ValueError, match="all-zero rows"):
-        graph_density(x, tiny_graph().edge_index)
+        build_density_graph(x, 2)
 
 
 def test_add_density(device):

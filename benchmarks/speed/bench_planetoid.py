@@ -226,7 +226,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="epochs of each model's memory subprocess (0: no "
                         "memory column)")
     p.add_argument("--results", default=str(SPEED_RESULTS),
-                   help="folder of bench_planetoid.json")
+                   help="folder of bench_planetoid.json (Cora; "
+                        "bench_planetoid_<name>.json the others)")
     p.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:
@@ -262,7 +263,10 @@ def main(argv: list[str] | None = None) -> None:
                        "peak_mib", "params", "published"])
     line = target_line(results)
     print(line)
-    write_json("bench_planetoid", {
+    # One result file per data set: bench_planetoid.json is Cora's.
+    stem = "bench_planetoid" + ("" if args.name == "Cora" else
+                                f"_{args.name.lower()}")
+    write_json(stem, {
         "dataset": args.name, "split": "public", "seeds": args.seeds,
         "epochs": args.epochs, "knn_k": args.knn_k,
         "knn_graph": "DensityKNNGraph: k in-edges per node, not symmetrised",

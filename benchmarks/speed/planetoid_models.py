@@ -5,7 +5,9 @@ reference recipe.
   ELU, one averaged output head; dropout 0.6 on both layers' inputs and on the
   attention; Adam, lr 0.005, weight decay 5e-4.
 - ``DNA``: the same widths, dropout and optimiser with ``DensityAwareConv``
-  (one 64-wide "head"; the attention dropout is the layer's ``dropout``);
+  (one 64-wide "head"; the attention dropout is the layer's ``dropout``;
+  the first layer's attention reads ``data.sim``, the edge cosines of the
+  clean features, as GAT's first layer reads no recomputed similarity);
   ``DNA-T`` the same with a learned attention temperature per layer
   (``learn_temperature=True``, starting at 1, the paper's).
 - ``GCN``: PyG's ``examples/gcn.py`` (Kipf & Welling 2017): 16 hidden, ReLU,
@@ -51,9 +53,13 @@ class DNA(torch.nn.Module):
         self.conv2 = DensityAwareConv(hidden, out_channels, dropout=dropout,
                                       learn_temperature=learn_temperature)
 
-    def forward(self, x: Tensor, edge_index: Tensor, density: Tensor) -> Tensor:
+    def forward(self, x: Tensor, edge_index: Tensor, density: Tensor,
+                sim: Tensor | None = None) -> Tensor:
         x = F.dropout(x, p=self.dropout, training=self.training)
-        x = F.elu(self.conv1(x, edge_index, density))
+        # The first layer's attention reads the features' edge cosines
+        # (AddDensity's data.sim, a constant of the graph), not recomputed
+        # over the wide raw inputs every call.
+        x = F.elu(self.conv1(x, edge_index, density, sim=sim))
         x = F.dropout(x, p=self.dropout, training=self.training)
         return self.conv2(x, edge_index, density)
 
@@ -98,7 +104,7 @@ def build_model(name: str, in_channels: int,
 def logits(model: torch.nn.Module, data: Data) -> Tensor:
     """The model's class scores for every node of ``data``."""
     if isinstance(model, DNA):
-        return model(data.x, data.edge_index, data.density)
+        return model(data.x, data.edge_index, data.density, data.get("sim"))
     return model(data.x, data.edge_index)
 
 

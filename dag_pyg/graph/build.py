@@ -13,7 +13,8 @@ def build_density_graph(x: Tensor, k: int = 64, *, backend: str = "auto",
                         density: str = "mean_sim",
                         density_threshold: float = 0.5,
                         chunk_size: int | None = None,
-                        ivf_nlist: int | None = None, ivf_nprobe: int = 16) -> Data:
+                        ivf_nlist: int | None = None, ivf_nprobe: int = 16,
+                        allow_zero_rows: bool = False) -> Data:
     r"""Builds the density-aware kNN graph of Sec. 4.1.
 
     Every node :math:`u` is joined to its :math:`k` most cosine-similar nodes
@@ -35,6 +36,8 @@ def build_density_graph(x: Tensor, k: int = 64, *, backend: str = "auto",
         ivf_nlist (int, optional): ``faiss_ivf`` cells (default about
             :math:`4\sqrt{N}`).
         ivf_nprobe (int): ``faiss_ivf`` cells scanned per query.
+        allow_zero_rows (bool): Accept all-zero rows (similarity 0 to every
+            node). Off by default: in a Feature Bank they signal a bug.
 
     Returns:
         :class:`torch_geometric.data.Data` with ``edge_index [2, N*k]``
@@ -44,7 +47,7 @@ def build_density_graph(x: Tensor, k: int = 64, *, backend: str = "auto",
         ``k``, ``backend`` (the engine that ran) and ``density_kind``.
     """
     check_density(density)
-    xn = normalize_rows(x)
+    xn = normalize_rows(x, allow_zero=allow_zero_rows)
     n = xn.size(0)
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive integer (got {k!r}).")

@@ -64,8 +64,10 @@ def graph_density(x: Tensor, edge_index: Tensor, kind: str = "mean_sim",
     copy.
 
     Args:
-        x (torch.Tensor): Node features ``[N, d]`` (L2-normalised internally;
-            no row may be all zero).
+        x (torch.Tensor): Node features ``[N, d]`` (L2-normalised
+            internally). An all-zero row (e.g. PyG's CiteSeer's isolated
+            nodes without features) has similarity :obj:`0` to every node,
+            as in :class:`~dag_pyg.nn.DensityAwareConv`.
         edge_index (torch.Tensor): Edge indices ``[2, E]``, row 0 the source
             (neighbour), row 1 the target (centre).
         kind (str): ``"mean_sim"`` (Eq. 3) or ``"count"``.
@@ -79,7 +81,7 @@ def graph_density(x: Tensor, edge_index: Tensor, kind: str = "mean_sim",
         ``(density [num_nodes], sim [E])``, in ``x``'s dtype.
     """
     check_density(kind)
-    xn = normalize_rows(x)
+    xn = normalize_rows(x, allow_zero=True)
     n = xn.size(0) if num_nodes is None else num_nodes
     _check_edge_index(edge_index, xn.size(0), n)
     src, dst = edge_index[0].long(), edge_index[1].long()

@@ -69,8 +69,10 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return "exact"
 
 
-def normalize_rows(x: Tensor, name: str = "x") -> Tensor:
-    """L2-normalises rows after checking that they can be normalised."""
+def normalize_rows(x: Tensor, name: str = "x", allow_zero: bool = False) -> Tensor:
+    """L2-normalises rows after checking that they can be normalised; with
+    ``allow_zero`` an all-zero row stays zero (cosine similarity 0 to every
+    row, as ``F.normalize`` gives the layers), else it is an error."""
     if x.dim() != 2:
         raise ValueError(f"'{name}' must be a 2-D tensor [num_nodes, num_features]"
                          f" (got shape {tuple(x.shape)}); reshape it with "
@@ -84,6 +86,8 @@ def normalize_rows(x: Tensor, name: str = "x") -> Tensor:
                          f"{bad[:5].tolist()}); clean the features before "
                          "building the graph.")
     norm = x.norm(dim=1)
+    if allow_zero:
+        return x / norm.clamp_min(torch.finfo(x.dtype).tiny).unsqueeze(1)
     if bool((norm == 0).any()):
         bad = (norm == 0).nonzero().view(-1)
         raise ValueError(f"'{name}' has {bad.numel()} all-zero rows (first: "

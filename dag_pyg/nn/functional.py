@@ -4,16 +4,16 @@ linear in the number of edges."""
 from __future__ import annotations
 
 import warnings
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
+from torch_geometric.index import index2ptr
 
 
 def _csr(rows: Tensor, cols: Tensor, values: Tensor, shape: tuple[int, int]) -> Tensor:
     """A CSR matrix from row-sorted coordinates."""
-    crow = rows.new_zeros(shape[0] + 1)
-    torch.cumsum(torch.bincount(rows, minlength=shape[0]), 0, out=crow[1:])
-    return _csr_from_ptr(crow, cols, values, shape)
+    return _csr_from_ptr(index2ptr(rows, shape[0]), cols, values, shape)
 
 
 def _csr_from_ptr(rowptr: Tensor, col: Tensor, values: Tensor,
@@ -43,35 +43,40 @@ class _EdgeDot(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, a: Tensor, b: Tensor, ia: Tensor, ib: Tensor) -> Tensor:
+    def forward(ctx, a: Tensor, b: Tensor, ia: Tensor, ib: Tensor,
+                rowptr: Tensor | None) -> Tensor:
         perm = None
-        if ia.numel() > 1 and not bool((ia[1:] >= ia[:-1]).all()):
-            perm = torch.argsort(ia, stable=True)
-            ia, ib = ia[perm], ib[perm]
+        if rowptr is None:
+            if ia.numel() > 1 and not bool((ia[1:] >= ia[:-1]).all()):
+                perm = torch.argsort(ia, stable=True)
+                ia, ib = ia[perm], ib[perm]
+            rowptr = index2ptr(ia, a.size(0))
         zeros = a.new_zeros(ia.numel())
-        pattern = _csr(ia, ib, zeros, (a.size(0), b.size(0)))
+        pattern = _csr_from_ptr(rowptr, ib, zeros, (a.size(0), b.size(0)))
         out = torch.sparse.sampled_addmm(pattern, a, b.t(), beta=0.0).values()
         if perm is not None:
             out = torch.empty_like(out).scatter_(0, perm, out)
-        ctx.save_for_backward(a, b, ia, ib, perm)
+        ctx.save_for_backward(a, b, ia, ib, perm, rowptr)
         return out
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        a, b, ia, ib, perm = ctx.saved_tensors
+        a, b, ia, ib, perm, rowptr = ctx.saved_tensors
         if perm is not None:
             grad = grad[perm]
         ga = gb = None
         if ctx.needs_input_grad[0]:
-            ga = torch.sparse.mm(_csr(ia, ib, grad, (a.size(0), b.size(0))), b)
+            ga = torch.sparse.mm(_csr_from_ptr(rowptr, ib, grad,
+                                               (a.size(0), b.size(0))), b)
         if ctx.needs_input_grad[1]:
             order = torch.argsort(ib, stable=True)
             gb = torch.sparse.mm(_csr(ib[order], ia[order], grad[order],
                                       (b.size(0), a.size(0))), a)
-        return ga, gb, None, None
+        return ga, gb, None, None, None
 
 
-def edge_dot(a: Tensor, b: Tensor, index_a: Tensor, index_b: Tensor) -> Tensor:
+def edge_dot(a: Tensor, b: Tensor, index_a: Tensor, index_b: Tensor,
+             rowptr: Tensor | None = None) -> Tensor:
     r"""Computes :math:`\langle \mathbf{a}_{i_e}, \mathbf{b}_{j_e} \rangle` for
     every edge :math:`e`, with memory linear in the number of edges.
 
@@ -80,11 +85,14 @@ def edge_dot(a: Tensor, b: Tensor, index_a: Tensor, index_b: Tensor) -> Tensor:
         b (torch.Tensor): Node features :math:`[N_b, d]`.
         index_a (torch.Tensor): Row of ``a`` per edge :math:`[E]`.
         index_b (torch.Tensor): Row of ``b`` per edge :math:`[E]`.
+        rowptr (torch.Tensor, optional): CSR row pointers of ``index_a``
+            where the edges are sorted by it (skips the order check, a host
+            synchronisation). (default: :obj:`None`)
     """
     if torch.compiler.is_compiling() or index_a.numel() == 0:
         # The compiler fuses gather, product and sum without materialising.
         return (a[index_a] * b[index_b]).sum(-1)
-    return _EdgeDot.apply(a, b, index_a, index_b)
+    return _EdgeDot.apply(a, b, index_a, index_b, rowptr)
 
 
 class _CSRAggregate(torch.autograd.Function):
@@ -147,18 +155,50 @@ def csr_aggregate(value: Tensor, rowptr: Tensor, col: Tensor, x: Tensor) -> Tens
         return _CSRAggregate.apply(value, rowptr, col, x)
 
 
-def grouped_degree(index: Tensor, num_targets: int) -> int | None:
-    """The degree ``k`` if ``index`` (the target of every edge) is laid out as
-    ``k`` consecutive edges for each of the targets ``0, 1, ..., E/k - 1`` in
-    order (``E/k <= num_targets``; later targets have none), else
-    :obj:`None`. Graphs of :func:`~dag_pyg.build_density_graph` and the
-    sub-graphs of :class:`~dag_pyg.KNNHopSampler` have this layout."""
-    e = index.numel()
-    if e == 0 or index.dim() != 1:
+class CSRLayout(NamedTuple):
+    """A graph's edges sorted by target, as compressed rows."""
+    rowptr: Tensor        # [N_dst + 1]: the edges of target u are rowptr[u]:rowptr[u+1]
+    src: Tensor           # [E]: the source of every edge, in that order
+    dst: Tensor           # [E]: the target of every edge, in that order
+    perm: Tensor | None   # [E]: each edge's position in the caller's order
+    k: int | None         # k edges for each of the first E/k targets, or None
+
+
+def csr_layout(rowptr: Tensor | None, index: Tensor, num_dst: int,
+               perm: Tensor | None = None) -> CSRLayout | None:
+    """The :class:`CSRLayout` of a graph given as compressed rows (``rowptr``
+    and the sources ``index``: no host synchronisation) or as an
+    ``edge_index`` (``rowptr=None``, ``index`` ``[2, E]``): one host
+    synchronisation checks the target order and the fixed degree, and edges
+    out of target order are sorted (stably; ``perm`` records it). ``None``
+    for a graph without edges or with targets past ``num_dst``."""
+    if rowptr is not None:
+        if rowptr.numel() > num_dst + 1:
+            return None
+        if rowptr.numel() < num_dst + 1:  # later targets have no edges
+            rowptr = torch.cat([rowptr, rowptr[-1:].expand(
+                num_dst + 1 - rowptr.numel())])
+        return CSRLayout(rowptr, index, _rows(rowptr, index.numel()), perm, None)
+    if index.dim() != 2 or index.size(1) == 0:
         return None
-    k = int((index == index[0]).sum())
-    if int(index[0]) != 0 or e % k or e // k > num_targets:
+    src, dst = index[0], index[1]
+    e = dst.numel()
+    in_order = (dst[1:] >= dst[:-1]).all()
+    # Valid where in order: the degree of target 0, and whether every target
+    # u has edges u*k .. u*k+k-1 (targets past E/k none).
+    rowptr = index2ptr(dst, num_dst) if num_dst > 0 else None
+    if rowptr is None:
         return None
-    groups = index.view(-1, k)
-    ar = torch.arange(groups.size(0), device=index.device).unsqueeze(1)
-    return k if bool((groups == ar).all()) else None
+    k = rowptr[1] - rowptr[0]
+    ar = torch.arange(num_dst + 1, device=dst.device)
+    grouped = (rowptr == (ar * k).clamp_max(e)).all() & (k > 0)
+    in_order, grouped, k, last = torch.stack(
+        [in_order, grouped, k, dst.max()]).tolist()
+    if last >= num_dst:
+        return None
+    if not in_order:
+        perm = torch.argsort(dst, stable=True)
+        src, dst = src[perm], dst[perm]
+        rowptr = index2ptr(dst, num_dst)
+        return CSRLayout(rowptr, src, dst, perm, None)
+    return CSRLayout(rowptr, src, dst, None, int(k) if grouped else None)

@@ -19,7 +19,9 @@ class AddDensity(BaseTransform):
     (or :math:`|\{v \in \mathcal{N}(u) : \mathrm{sim}_{v \to u} > \tau\}|`
     for :obj:`kind="count"`), where :math:`\mathcal{N}(u)` are the sources of
     the edges that end in :math:`u` (PyG's ``source_to_target`` flow). A node
-    without incoming edges gets density :obj:`0`. The result goes to
+    without incoming edges gets density :obj:`0`; a node whose features are
+    all zero (PyG's CiteSeer has some) has similarity :obj:`0` to every node,
+    as in :class:`~dag_pyg.nn.DensityAwareConv`. The result goes to
     :obj:`data.density` ``[num_nodes]`` and :obj:`data.sim` ``[num_edges]``:
     :class:`~dag_pyg.nn.DensityAwareConv` takes :obj:`data.density` as the
     density of each source node, and optionally :obj:`data.sim` as the

@@ -25,8 +25,10 @@ class DensityKNNGraph(BaseTransform):
         \rho_u = \frac{1}{k} \sum_{v \in \mathcal{N}_k(u)}
         \cos(\mathbf{x}_u, \mathbf{x}_v)
 
-    A stale :obj:`edge_attr` or :obj:`edge_weight` (features of the old
-    edges) is removed; every other attribute (:obj:`y`, masks, ...) is kept.
+    A node whose features are all zero (PyG's CiteSeer has some) has
+    similarity :obj:`0` to every node, as in
+    :class:`~dag_pyg.nn.DensityAwareConv`. A stale :obj:`edge_attr` or
+    :obj:`edge_weight` (features of the old edges) is removed; every other attribute (:obj:`y`, masks, ...) is kept.
     The graph spans all nodes of :obj:`data`, which must be a single graph.
 
     Args:
@@ -68,7 +70,8 @@ class DensityKNNGraph(BaseTransform):
                              "apply it to each graph before batching.")
         graph = build_density_graph(x, self.k, backend=self.backend,
                                     density=self.density,
-                                    density_threshold=self.density_threshold)
+                                    density_threshold=self.density_threshold,
+                                    allow_zero_rows=True)
         data.edge_index = graph.edge_index
         data.sim = graph.sim
         data.density = graph.density

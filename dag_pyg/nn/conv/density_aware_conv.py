@@ -6,14 +6,24 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import Parameter
+from torch_geometric import EdgeIndex
 from torch_geometric.nn.conv import MessagePassing
 from torch_geometric.nn.dense.linear import Linear
 from torch_geometric.nn.inits import zeros
-from torch_geometric.typing import Adj, OptPairTensor, OptTensor, Size
+from torch_geometric.typing import Adj, OptPairTensor, OptTensor, Size, SparseTensor
 from torch_geometric.utils import is_torch_sparse_tensor, softmax
 from torch_geometric.utils.sparse import set_sparse_value
 
-from dag_pyg.nn.functional import csr_aggregate, edge_dot, grouped_degree
+from dag_pyg.nn.functional import CSRLayout, csr_aggregate, csr_layout, edge_dot
+
+# MessagePassing's hook registries: a module with any of them registered (an
+# explainer, a user's hook) runs propagate(), where the hooks fire.
+_HOOKS = ("_propagate_forward_pre_hooks", "_propagate_forward_hooks",
+          "_message_forward_pre_hooks", "_message_forward_hooks",
+          "_aggregate_forward_pre_hooks", "_aggregate_forward_hooks",
+          "_message_and_aggregate_forward_pre_hooks",
+          "_message_and_aggregate_forward_hooks",
+          "_edge_update_forward_pre_hooks", "_edge_update_forward_hooks")
 
 
 class DensityAwareConv(MessagePassing):
@@ -47,12 +57,19 @@ class DensityAwareConv(MessagePassing):
     without neighbours maps to :math:`\mathbf{\Theta}\mathbf{x}_i +
     \mathbf{b}`.
 
-    On graphs laid out as :func:`~dag_pyg.build_density_graph` and
-    :class:`~dag_pyg.KNNHopSampler` make them (``k`` consecutive edges per
-    target, targets in order) the softmax is a dense ``[N, k]`` operation and
-    the aggregation a CSR sparse-dense product; any other ``edge_index`` (or
-    a sparse adjacency) takes the general message-passing path, with the
-    same result.
+    Every graph runs as compressed rows by target (CSR): a segment softmax
+    over each target's edges and one sparse-dense product, memory linear in
+    the number of edges. A :obj:`torch.sparse` CSR adjacency, a
+    :class:`torch_sparse.SparseTensor` ``adj_t`` and a sorted
+    :class:`~torch_geometric.EdgeIndex` give their rows as they are (no host
+    synchronisation); a plain ``edge_index`` is checked for target order in
+    one synchronisation (and sorted by target where it is not), and where
+    it holds ``k`` edges for each target in order (the layout of
+    :func:`~dag_pyg.build_density_graph` and
+    :class:`~dag_pyg.KNNHopSampler`) the softmax is a dense ``[N, k]``
+    operation. Explain mode, registered message-passing hooks,
+    :obj:`torch.compile` and other sparse layouts take PyG's
+    :meth:`propagate`, with the same result.
 
     Args:
         in_channels (int): Size of each input sample, or :obj:`-1` to derive
@@ -88,8 +105,10 @@ class DensityAwareConv(MessagePassing):
         - **output:** node features :math:`(|\mathcal{V}|, F_{out})` or
           :math:`(|\mathcal{V}_t|, F_{out})` if bipartite.
           If :obj:`return_attention_weights=True`, additionally
-          :math:`((2, |\mathcal{E}|), (|\mathcal{E}|))` (or the sparse
-          adjacency holding the attention values).
+          :math:`((2, |\mathcal{E}|), (|\mathcal{E}|))` (a :obj:`torch.sparse`
+          adjacency: it holding the attention values, and them; a
+          :class:`torch_sparse.SparseTensor`: it holding them, as
+          :class:`~torch_geometric.nn.conv.GATConv` returns them).
     """
     def __init__(
         self,
@@ -192,44 +211,59 @@ class DensityAwareConv(MessagePassing):
         # Attention on the raw inputs (Eq. 5 measures similarity of x, not of
         # the projected features).
         rho = density if self.use_density else None
-        k = self._grouped_degree(edge_index, x_dst.size(0), size)
-        if k is None:
+        csr = self._csr_layout(edge_index, x_dst.size(0), size)
+        if csr is None:
             alpha = self.edge_updater(edge_index, x_src=x_src, x_dst=x_dst,
                                       rho=(rho, None), sim=sim, size=size)
         else:
-            alpha = self._grouped_attention(x_src, x_dst, edge_index, rho, sim,
-                                            k)
+            alpha = self._csr_attention(x_src, x_dst, csr, rho, sim)
 
         # Theta(x_i + sum_j alpha x_j) is linear, so project first when it
         # shrinks the features and aggregate first otherwise.
         if self.out_channels <= x_src.size(-1):
             h_src = self.lin(x_src)
             h_dst = h_src if x_dst is x_src else self.lin(x_dst)
-            out = h_dst + self._neighbours(edge_index, h_src, h_dst, alpha, k,
+            out = h_dst + self._neighbours(edge_index, h_src, h_dst, alpha, csr,
                                            size)
         else:
             out = self.lin(x_dst + self._neighbours(edge_index, x_src, x_dst,
-                                                    alpha, k, size))
+                                                    alpha, csr, size))
+        if csr is not None and csr.perm is not None:
+            # Attention in the caller's edge order.
+            alpha = torch.empty_like(alpha).scatter_(0, csr.perm, alpha)
 
         if self.bias is not None:
             out = out + self.bias
 
         if return_attention_weights:
+            if isinstance(edge_index, SparseTensor):  # as GATConv returns it
+                return out, edge_index.set_value(alpha, layout='coo')
             if is_torch_sparse_tensor(edge_index):
                 return out, (set_sparse_value(edge_index, alpha), alpha)
             return out, (edge_index, alpha)
         return out
 
-    def _grouped_degree(self, edge_index: Adj, num_dst: int,
-                        size: Size) -> int | None:
-        # The dense path bypasses propagate(): explainers (which mask
-        # messages there) and the compiler take the general one.
-        if (not isinstance(edge_index, Tensor) or is_torch_sparse_tensor(
-                edge_index) or self.explain or torch.compiler.is_compiling()
+    def _csr_layout(self, edge_index: Adj, num_dst: int,
+                    size: Size) -> CSRLayout | None:
+        if (self.explain or torch.compiler.is_compiling()
+                or any(getattr(self, h, None) for h in _HOOKS)
                 or (size is not None and size[1] is not None
                     and size[1] != num_dst)):
             return None
-        return grouped_degree(edge_index[1], num_dst)
+        if isinstance(edge_index, EdgeIndex) and edge_index.sort_order is not None:
+            (colptr, row), perm = edge_index.get_csc()
+            return csr_layout(colptr, row, num_dst, perm=perm)
+        if isinstance(edge_index, SparseTensor):
+            rowptr, col, _ = edge_index.csr()
+            return csr_layout(rowptr, col, num_dst)
+        if is_torch_sparse_tensor(edge_index):
+            if edge_index.layout != torch.sparse_csr:
+                return None  # COO / CSC: rows not compressed by target
+            return csr_layout(edge_index.crow_indices(), edge_index.col_indices(),
+                              num_dst)
+        if isinstance(edge_index, EdgeIndex):
+            edge_index = edge_index.as_tensor()
+        return csr_layout(None, edge_index, num_dst)
 
     def _logits(self, cos: Tensor, rho_j: OptTensor) -> Tensor:
         if rho_j is not None:
@@ -237,33 +271,33 @@ class DensityAwareConv(MessagePassing):
         t = self.temperature
         return cos / t if isinstance(t, Tensor) or t != 1.0 else cos
 
-    def _grouped_attention(self, x_src: Tensor, x_dst: Tensor, edge_index: Tensor,
-                           rho: OptTensor, sim: OptTensor, k: int) -> Tensor:
-        src, dst = edge_index
-        cos = self._cosine(x_src, x_dst, dst, src) if sim is None else sim
-        rho_j = None if rho is None else rho.index_select(0, src)
-        alpha = self._logits(cos, rho_j).view(-1, k).softmax(dim=-1).view(-1)
+    def _csr_attention(self, x_src: Tensor, x_dst: Tensor, csr: CSRLayout,
+                       rho: OptTensor, sim: OptTensor) -> Tensor:
+        if sim is None:
+            cos = self._cosine(x_src, x_dst, csr.dst, csr.src, csr.rowptr)
+        else:
+            cos = sim if csr.perm is None else sim.index_select(0, csr.perm)
+        rho_j = None if rho is None else rho.index_select(0, csr.src)
+        logits = self._logits(cos, rho_j)
+        if csr.k is not None:  # k edges per target: a dense softmax
+            alpha = logits.view(-1, csr.k).softmax(dim=-1).view(-1)
+        else:
+            alpha = softmax(logits, ptr=csr.rowptr, num_nodes=csr.rowptr.numel() - 1)
         return F.dropout(alpha, p=self.dropout, training=self.training)
 
     def _neighbours(self, edge_index: Adj, h_src: Tensor, h_dst: Tensor,
-                    alpha: Tensor, k: int | None, size: Size) -> Tensor:
+                    alpha: Tensor, csr: CSRLayout | None, size: Size) -> Tensor:
         # beta * sum_j alpha_ij h_j
-        out = self._aggregate(edge_index, h_src, h_dst, alpha, k, size)
+        if csr is None:
+            out = self.propagate(edge_index, x=(h_src, h_dst), alpha=alpha,
+                                 size=size)
+        else:
+            out = csr_aggregate(alpha, csr.rowptr, csr.src, h_src)
         return out if self.beta is None else self.beta * out
-
-    def _aggregate(self, edge_index: Adj, h_src: Tensor, h_dst: Tensor,
-                   alpha: Tensor, k: int | None, size: Size) -> Tensor:
-        if k is None:
-            return self.propagate(edge_index, x=(h_src, h_dst), alpha=alpha,
-                                  size=size)
-        num_dst = h_dst.size(0)
-        rowptr = torch.arange(num_dst + 1, device=alpha.device).mul_(k)
-        rowptr.clamp_(max=alpha.numel())  # targets past the edges have none
-        return csr_aggregate(alpha, rowptr, edge_index[0], h_src)
 
     @staticmethod
     def _cosine(x_src: Tensor, x_dst: Tensor, index_dst: Tensor,
-                index_src: Tensor) -> Tensor:
+                index_src: Tensor, rowptr: OptTensor = None) -> Tensor:
         # cos(x_i, x_j) is not a sum of per-node terms (unlike GAT's logits):
         # a fused per-edge dot avoids keeping two [E, d] gathers for backward.
         if x_src.dtype in (torch.float16, torch.bfloat16):
@@ -272,7 +306,7 @@ class DensityAwareConv(MessagePassing):
             x_src, x_dst = x_src.float(), x_dst.float()
         xn_src = F.normalize(x_src, p=2., dim=-1)
         xn_dst = xn_src if x_dst is x_src else F.normalize(x_dst, p=2., dim=-1)
-        return edge_dot(xn_dst, xn_src, index_dst, index_src)
+        return edge_dot(xn_dst, xn_src, index_dst, index_src, rowptr=rowptr)
 
     def edge_update(self, x_src: Tensor, x_dst: Tensor, rho_j: OptTensor,
                     sim: OptTensor, edge_index_i: Tensor, edge_index_j: Tensor,
