@@ -28,7 +28,8 @@ class DensityKNNGraph(BaseTransform):
     A node whose features are all zero (PyG's CiteSeer has some) has
     similarity :obj:`0` to every node, as in
     :class:`~dag_pyg.nn.DensityAwareConv`. A stale :obj:`edge_attr` or
-    :obj:`edge_weight` (features of the old edges) is removed; every other attribute (:obj:`y`, masks, ...) is kept.
+    :obj:`edge_weight` (features of the old edges) is removed; every other
+    attribute (:obj:`y`, masks, ...) is kept.
     The graph spans all nodes of :obj:`data`, which must be a single graph.
 
     Args:
