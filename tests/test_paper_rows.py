@@ -238,3 +238,17 @@ def test_what_each_row_teaches_per_epoch(tmp_path):
                       "dag: DPLP / Label Bank on covered"],
                      ["1", "0.600", "0.600", "0.800 / 0.700"],
                      ["2", "0.700", "0.900", "0.950 / 0.850"]]
+
+
+def test_migrate_moves_nothing_where_a_destination_is_taken(tmp_path):
+    res, runs = tmp_path / "res", tmp_path / "runs"
+    (res / "g").mkdir(parents=True)
+    (res / "g" / "pseudo_label__seed0.json").write_text(
+        json.dumps(_old_record(GRID, "pseudo_label", "baseline", 0, 40.0)))
+    # Today's baseline already ran (the labels-only one was never renamed).
+    taken = _old_record(GRID, "baseline", "baseline", 0, 41.0)
+    (res / "g" / "baseline__seed0.json").write_text(json.dumps(taken))
+    with pytest.raises(SystemExit, match="nothing was moved"):
+        reproduce.migrate(GRID, res, runs)
+    assert sorted(p.name for p in (res / "g").iterdir()) == [
+        "baseline__seed0.json", "pseudo_label__seed0.json"]

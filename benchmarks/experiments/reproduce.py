@@ -159,26 +159,28 @@ def migrate(grid: dict, results: Path = RESULTS, runs: Path = RUNS) -> list[str]
                       f"(differs in {', '.join(diff)})")
                 continue
             moves.append((old, new, record))
-    for stage in ("tmp", "final"):
-        for old, new, record in moves:
-            seed = record["seed"]
-            src = (f"{old}__seed{seed}.json", run / old / f"seed{seed}")
-            tmp = (f".{old}__seed{seed}.json.migrating", run / f".{old}.migrating"
-                   / f"seed{seed}")
-            dst = (f"{new}__seed{seed}.json", run / new / f"seed{seed}")
-            a, b = (src, tmp) if stage == "tmp" else (tmp, dst)
-            if stage == "final":
-                if (res / b[0]).exists() or b[1].exists():
-                    raise SystemExit(f"migrating {grid['name']}/{old} seed {seed}"
-                                     f" to '{new}': {b[0]} or {b[1]} exists")
-                record = {**record, "row": new, "renamed_from": old}
-                write_json_atomic(res / b[0], record)
-                (res / a[0]).unlink()
-            else:
-                (res / a[0]).rename(res / b[0])
-            if a[1].is_dir():
-                b[1].parent.mkdir(parents=True, exist_ok=True)
-                a[1].rename(b[1])
+    # Every destination must be free once the moves' own sources have left
+    # (a chain frees its names): checked before anything moves.
+    leaving = {(old, r["seed"]) for old, _, r in moves}
+    for _, new, r in moves:
+        s = r["seed"]
+        if (new, s) not in leaving and ((res / f"{new}__seed{s}.json").exists()
+                                        or (run / new / f"seed{s}").exists()):
+            raise SystemExit(f"{grid['name']}: renaming a result to '{new}' seed "
+                             f"{s}, but one is there already; nothing was moved")
+
+    def move(row_a: str, row_b: str, seed: int) -> None:
+        (res / f"{row_a}__seed{seed}.json").rename(res / f"{row_b}__seed{seed}.json")
+        if (run / row_a / f"seed{seed}").is_dir():
+            (run / row_b).mkdir(parents=True, exist_ok=True)
+            (run / row_a / f"seed{seed}").rename(run / row_b / f"seed{seed}")
+
+    for old, _, r in moves:  # out of the way first, so chains cannot collide
+        move(old, f".{old}.migrating", r["seed"])
+    for old, new, r in moves:
+        move(f".{old}.migrating", new, r["seed"])
+        write_json_atomic(res / f"{new}__seed{r['seed']}.json",
+                          {**r, "row": new, "renamed_from": old})
     for old, _, _ in moves:
         shutil.rmtree(run / f".{old}.migrating", ignore_errors=True)
     done = [f"{old} -> {new} seed {r['seed']}" for old, new, r in moves]
