@@ -572,20 +572,27 @@ def _explainer_layouts():
                           "unsorted": shuffled}
 
 
-@pytest.mark.parametrize("layout", ["grouped", "csr", "unsorted"])
-def test_attention_explainer_on_every_layout(layout):
+def _explain(algorithm, layout, **kwargs):
+    """A one-layer DNA model explained on one of the layouts."""
     from torch_geometric.explain import Explainer
-    from torch_geometric.explain.algorithm import AttentionExplainer
 
     x, rho, graphs = _explainer_layouts()
     ei = graphs[layout]
     torch.manual_seed(0)
     model = _DNAModel().eval()
-    _, (_, alpha) = model.conv(x, ei, rho, return_attention_weights=True)
-    explainer = Explainer(model, AttentionExplainer(), explanation_type="model",
+    explainer = Explainer(model, algorithm, explanation_type="model",
                           edge_mask_type="object", model_config=dict(
                               mode="multiclass_classification", task_level="node",
-                              return_type="raw"))
+                              return_type="raw"), **kwargs)
+    return model, x, ei, rho, explainer
+
+
+@pytest.mark.parametrize("layout", ["grouped", "csr", "unsorted"])
+def test_attention_explainer_on_every_layout(layout):
+    from torch_geometric.explain.algorithm import AttentionExplainer
+
+    model, x, ei, rho, explainer = _explain(AttentionExplainer(), layout)
+    _, (_, alpha) = model.conv(x, ei, rho, return_attention_weights=True)
     explanation = explainer(x, ei, density=rho)
     # One layer: the explainer's mask is the layer's attention.
     torch.testing.assert_close(explanation.edge_mask, alpha)
@@ -593,16 +600,10 @@ def test_attention_explainer_on_every_layout(layout):
 
 @pytest.mark.parametrize("layout", ["grouped", "csr", "unsorted"])
 def test_gnn_explainer_on_every_layout(layout):
-    from torch_geometric.explain import Explainer, GNNExplainer
+    from torch_geometric.explain import GNNExplainer
 
-    x, rho, graphs = _explainer_layouts()
-    ei = graphs[layout]
-    torch.manual_seed(0)
-    model = _DNAModel().eval()
-    explainer = Explainer(model, GNNExplainer(epochs=5), explanation_type="model",
-                          edge_mask_type="object", node_mask_type="attributes",
-                          model_config=dict(mode="multiclass_classification",
-                                            task_level="node", return_type="raw"))
+    model, x, ei, rho, explainer = _explain(GNNExplainer(epochs=5), layout,
+                                            node_mask_type="attributes")
     explanation = explainer(x, ei, density=rho, index=3)
     # Only the edges into node 3 reach its prediction: the rest get no mask.
     into = ei[1] == 3
