@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from dag_pyg.nn.functional import csr_aggregate, edge_dot, grouped_degree
+from dag_pyg.nn.functional import csr_aggregate, csr_layout, edge_dot
 
 
 @pytest.mark.parametrize("sorted_rows", [True, False])
@@ -53,14 +53,34 @@ def test_csr_aggregate_matches_gather_scatter(device):
         lambda v, y: csr_aggregate(v, rowptr, col, y), (value, x))
 
 
-def test_grouped_degree():
-    assert grouped_degree(torch.tensor([0, 0, 1, 1, 2, 2]), 3) == 2
-    assert grouped_degree(torch.tensor([0, 0, 1, 1]), 5) == 2  # 2..4 edgeless
-    assert grouped_degree(torch.tensor([0, 0, 1, 1, 2, 2]), 2) is None
-    assert grouped_degree(torch.tensor([0, 1, 0, 1]), 2) is None
-    assert grouped_degree(torch.tensor([1, 1, 0, 0]), 2) is None
-    assert grouped_degree(torch.tensor([0, 0, 0, 1, 1]), 2) is None
-    assert grouped_degree(torch.empty(0, dtype=torch.long), 2) is None
+def _k(dst, num_dst):
+    """The fixed degree csr_layout finds for these targets (sources 0..E-1)."""
+    lay = csr_layout(None, torch.stack([torch.arange(dst.numel()), dst]), num_dst)
+    return None if lay is None else lay.k
+
+
+def test_csr_layout_fixed_degree():
+    assert _k(torch.tensor([0, 0, 1, 1, 2, 2]), 3) == 2
+    assert _k(torch.tensor([0, 0, 1, 1]), 5) == 2  # 2..4 edgeless
+    assert csr_layout(None, torch.tensor([[0, 1, 2, 3, 4, 5], [0, 0, 1, 1, 2, 2]]),
+                      2) is None  # a target past num_dst
+    assert _k(torch.tensor([0, 1, 0, 1]), 2) is None  # sorted inside: CSR only
+    assert _k(torch.tensor([1, 1, 0, 0]), 2) is None
+    assert _k(torch.tensor([0, 0, 0, 1, 1]), 2) is None  # degrees 3 and 2
+    assert _k(torch.empty(0, dtype=torch.long), 2) is None
+
+
+def test_edge_dot_with_given_rowptr():
+    gen = torch.Generator().manual_seed(4)
+    a, b = torch.randn(3, 5, generator=gen, dtype=torch.float64), torch.randn(
+        4, 5, generator=gen, dtype=torch.float64)
+    ia, ib = torch.tensor([0, 0, 2, 2, 2]), torch.tensor([1, 3, 0, 1, 2])
+    rowptr = torch.tensor([0, 2, 2, 5])
+    torch.testing.assert_close(edge_dot(a, b, ia, ib, rowptr=rowptr),
+                               (a[ia] * b[ib]).sum(-1))
+    a.requires_grad_(), b.requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda x, y: edge_dot(x, y, ia, ib, rowptr=rowptr), (a, b))
 
 
 def test_csr_aggregate_in_half_precision_and_under_autocast():

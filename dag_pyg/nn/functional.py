@@ -186,15 +186,18 @@ def csr_layout(rowptr: Tensor | None, index: Tensor, num_dst: int,
     in_order = (dst[1:] >= dst[:-1]).all()
     # Valid where in order: the degree of target 0, and whether every target
     # u has edges u*k .. u*k+k-1 (targets past E/k none).
-    rowptr = index2ptr(dst, num_dst) if num_dst > 0 else None
-    if rowptr is None:
+    if num_dst == 0:
         return None
+    # Clamped: a target past num_dst (refused below, after the one sync)
+    # must not reach the kernel, which does not check its input.
+    rowptr = index2ptr(dst.clamp(0, num_dst - 1), num_dst)
     k = rowptr[1] - rowptr[0]
     ar = torch.arange(num_dst + 1, device=dst.device)
-    grouped = (rowptr == (ar * k).clamp_max(e)).all() & (k > 0)
-    in_order, grouped, k, last = torch.stack(
-        [in_order, grouped, k, dst.max()]).tolist()
-    if last >= num_dst:
+    grouped = ((rowptr == (ar * k).clamp_max(e)).all() & (k > 0)
+               & (e % k.clamp_min(1) == 0))  # the last group whole too
+    in_order, grouped, k, low, high = torch.stack(
+        [in_order, grouped, k, dst.min(), dst.max()]).tolist()
+    if low < 0 or high >= num_dst:
         return None
     if not in_order:
         perm = torch.argsort(dst, stable=True)
