@@ -174,6 +174,8 @@ def migrate(grid: dict, results: Path = RESULTS, runs: Path = RUNS) -> list[str]
         if (run / row_a / f"seed{seed}").is_dir():
             (run / row_b).mkdir(parents=True, exist_ok=True)
             (run / row_a / f"seed{seed}").rename(run / row_b / f"seed{seed}")
+            if not any((run / row_a).iterdir()):  # the old row's last seed
+                (run / row_a).rmdir()
 
     for old, _, r in moves:  # out of the way first, so chains cannot collide
         move(old, f".{old}.migrating", r["seed"])
