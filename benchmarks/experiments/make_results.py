@@ -360,8 +360,11 @@ def table4(grid_dirs: list[Path], grids: Path = GRIDS) -> list[str]:
                 continue
             deltas = [fmt(_paired(rows[row], _by_seed(rows[ref], err), err))
                       if ref != row else "–" for ref in REFS]
+            most = max(len(rows[r]) for r in TABLE4 if r in rows)
+            short = (f", {len(rows[row])} of {most} seeds"
+                     if len(rows[row]) < most else "")
             cells.append(f"{fmt([err(r) for r in rows[row]])} "
-                         f"({' / '.join(deltas)})")
+                         f"({' / '.join(deltas)}{short})")
         cells.append(_paper_cell(row) or "not quoted")
         lines.append("| " + " | ".join(cells) + " |")
     return lines + ["", f"Paper's column: {PAPER_ABLATION['setting']}; "
