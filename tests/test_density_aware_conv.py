@@ -645,14 +645,19 @@ def test_pyg_torch_sparse_adjacency():
     torch.testing.assert_close(conv(x1, adj1.t(), rho), conv(x1, edge_index, rho))
 
 
-def test_pyg_sparse_tensor_adjacency():
+def _sparse_tensor(edge_index, size):
+    """PyG's ``SparseTensor`` adjacency (skips where torch-sparse is absent)."""
     from torch_geometric.typing import WITH_TORCH_SPARSE, SparseTensor
 
     if not WITH_TORCH_SPARSE:
         pytest.skip("torch_sparse is not installed")
+    return SparseTensor.from_edge_index(edge_index, sparse_sizes=size)
+
+
+def test_pyg_sparse_tensor_adjacency():
     x1, _, edge_index, rho = _pyg_inputs()
     conv = DensityAwareConv(8, 32)
-    adj2 = SparseTensor.from_edge_index(edge_index, sparse_sizes=(4, 4))
+    adj2 = _sparse_tensor(edge_index, (4, 4))
     torch.testing.assert_close(conv(x1, adj2.t(), rho), conv(x1, edge_index, rho))
 
 
@@ -678,13 +683,9 @@ def test_pyg_return_attention_weights_torch_sparse():
 
 
 def test_pyg_return_attention_weights_sparse_tensor():
-    from torch_geometric.typing import WITH_TORCH_SPARSE, SparseTensor
-
-    if not WITH_TORCH_SPARSE:
-        pytest.skip("torch_sparse is not installed")
     x1, _, edge_index, rho = _pyg_inputs()
     conv = DensityAwareConv(8, 32)
-    adj2 = SparseTensor.from_edge_index(edge_index, sparse_sizes=(4, 4))
+    adj2 = _sparse_tensor(edge_index, (4, 4))
     result = conv(x1, adj2.t(), rho, return_attention_weights=True)
     torch.testing.assert_close(result[0], conv(x1, edge_index, rho))
     assert result[1].sizes() == [4, 4] and result[1].nnz() == 4

@@ -161,9 +161,14 @@ def _ref(row: str, ref: str, pair_with: dict[str, str]) -> str:
     return other
 
 
-def _is_ref(row: str, ref: str, pair_with: dict[str, str]) -> bool:
-    """A reference row, whose Δ to its own kind is not shown."""
-    return row == ref or row in pair_with.values()
+def _deltas(row: str, runs: list[dict], refs: list[str],
+            rows: dict[str, list[dict]], pair_with: dict[str, str],
+            key: Callable[[dict], float | None]) -> list[str]:
+    """A row's seed-paired Δ of ``key`` to each reference (``–`` for a
+    reference row against its own kind)."""
+    return ["–" if row == ref or row in pair_with.values() else fmt(_paired(
+        runs, _by_seed(rows.get(_ref(row, ref, pair_with), []), key), key))
+        for ref in refs]
 
 
 def _last(run: dict, key: str) -> float | None:
@@ -286,21 +291,16 @@ def headline_table(grid_dir: Path, grids: Path = GRIDS,
     lines = [f"### {grid_dir.name}", note + ".", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
-    def delta(row: str, runs: list[dict], ref: str, key) -> str:
-        other = _ref(row, ref, pair_with)
-        return "–" if _is_ref(row, ref, pair_with) else fmt(
-            _paired(runs, _by_seed(rows.get(other, []), key), key))
-
     for row, runs in rows.items():
         cells = [_row_name(row, borrowed, pair_with), str(len(runs)),
                  fmt([err(r) for r in runs])]
-        cells += [delta(row, runs, ref, err) for ref in refs]
+        cells += _deltas(row, runs, refs, rows, pair_with, err)
         for other in sorted(set(compare.values())):
             cells.append(fmt(_paired(runs, _by_seed(rows[other], err), err))
                          if compare.get(row) == other else "–")
         if has_val:
             cells.append(fmt([_val(r) for r in runs]))
-            cells += [delta(row, runs, ref, _val) for ref in refs]
+            cells += _deltas(row, runs, refs, rows, pair_with, _val)
         if paper:
             cells.append(f"{paper[row]:.2f}" if row in paper else "")
         if ablation:
@@ -482,14 +482,6 @@ def grid_table(grid_dir: Path, grids: Path = GRIDS) -> list[str]:
     head += ["s / epoch", "wall s / run"]
     lines = [f"### {grid_dir.name}", "", "| " + " | ".join(head) + " |",
              "|" + "---|" * len(head)]
-    def deltas(row: str, runs: list[dict], key) -> list[str]:
-        out = []
-        for ref in refs:
-            other = _ref(row, ref, pair_with)
-            out.append("–" if _is_ref(row, ref, pair_with) else fmt(
-                _paired(runs, _by_seed(rows.get(other, []), key), key)))
-        return out
-
     for row, runs in rows.items():
         s = [r["summary"] for r in runs]
         best = [(x.get("best_by_val") or {}).get("test_error") for x in s]
@@ -498,13 +490,14 @@ def grid_table(grid_dir: Path, grids: Path = GRIDS) -> list[str]:
         cells = [_row_name(row, borrowed, pair_with)
                  + (" (not a paper row)" if row in legacy else ""), str(len(runs)),
                  fmt([x["test_error_last"] for x in s]), fmt(best),
-                 *deltas(row, runs, _own)]
+                 *_deltas(row, runs, refs, rows, pair_with, _own)]
         if full:
             have = [r for r in runs if _full(r) is not None]
             cells += [fmt([_full(r) for r in have]) + f" ({len(have)})",
-                      *deltas(row, have, _full)]
+                      *_deltas(row, have, refs, rows, pair_with, _full)]
         if has_val:
-            cells += [fmt([_val(r) for r in runs]), *deltas(row, runs, _val)]
+            cells += [fmt([_val(r) for r in runs]),
+                      *_deltas(row, runs, refs, rows, pair_with, _val)]
         cells += [fmt([x.get("pl_coverage_last") for x in s], 3),
                   fmt([x.get("pl_acc_last") for x in s], 3),
                   fmt([x.get("model_acc_on_covered_last") for x in s], 3)]

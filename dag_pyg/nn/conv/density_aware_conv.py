@@ -105,9 +105,10 @@ class DensityAwareConv(MessagePassing):
         - **output:** node features :math:`(|\mathcal{V}|, F_{out})` or
           :math:`(|\mathcal{V}_t|, F_{out})` if bipartite.
           If :obj:`return_attention_weights=True`, additionally
-          :math:`((2, |\mathcal{E}|), (|\mathcal{E}|))` (a :obj:`torch.sparse`
-          adjacency: it holding the attention values, and them; a
-          :class:`torch_sparse.SparseTensor`: it holding them, as
+          :math:`((2, |\mathcal{E}|), (|\mathcal{E}|))`; for a
+          :obj:`torch.sparse` adjacency the adjacency holding the attention
+          values and the values, for a :class:`torch_sparse.SparseTensor`
+          the adjacency holding them (as
           :class:`~torch_geometric.nn.conv.GATConv` returns them).
     """
     def __init__(
