@@ -33,15 +33,20 @@ def clustered_features(n: int, d: int, num_classes: int = 10, noise: float = 0.6
     return x, y
 
 
-def timeit(fn: Callable[[], object], repeat: int = 3, warmup: int = 2) -> float:
-    """Best wall time of ``repeat`` runs after ``warmup`` runs, in seconds."""
+def timeit(fn: Callable[[], object], repeat: int = 3, warmup: int = 2,
+           min_time_s: float = 0.0) -> float:
+    """Best wall time of ``repeat`` runs after ``warmup`` runs, in seconds;
+    with ``min_time_s``, more runs until the timed ones take that long (a
+    call of a few milliseconds needs many tries to find its best on a busy
+    machine)."""
     for _ in range(warmup):
         fn()
-    best = float("inf")
-    for _ in range(repeat):
+    best, spent, runs = float("inf"), 0.0, 0
+    while runs < repeat or spent < min_time_s:
         t = time.perf_counter()
         fn()
-        best = min(best, time.perf_counter() - t)
+        took = time.perf_counter() - t
+        best, spent, runs = min(best, took), spent + took, runs + 1
     return best
 
 

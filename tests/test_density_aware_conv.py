@@ -61,19 +61,27 @@ def test_matches_dense_reference(use_density, seed, device):
     assert torch.allclose(alpha, ref_alpha, atol=1e-12)
 
 
-@pytest.mark.parametrize("c_in,c_out", [(6, 3), (3, 6)])  # both projection orders
-def test_bipartite_matches_reference(c_in, c_out, device):
+# Project first where it takes fewer multiply-adds (12 -> 2, many targets:
+# the projection runs on sources and targets), aggregate first otherwise (the
+# projection runs on the targets alone).
+@pytest.mark.parametrize("c_in,c_out,num_src,num_dst,lin_rows", [
+    (12, 2, 4, 9, [4, 9]), (6, 3, 9, 4, [4]), (3, 6, 9, 4, [4])])
+def test_bipartite_matches_reference(c_in, c_out, num_src, num_dst, lin_rows,
+                                     device):
     torch.manual_seed(0)
-    x_src = torch.randn(9, c_in, dtype=torch.float64)
-    x_dst = torch.randn(4, c_in, dtype=torch.float64)
-    rho = torch.rand(9, dtype=torch.float64)
-    ei = random_graph(9, 4, 20, 1)
+    x_src = torch.randn(num_src, c_in, dtype=torch.float64)
+    x_dst = torch.randn(num_dst, c_in, dtype=torch.float64)
+    rho = torch.rand(num_src, dtype=torch.float64)
+    ei = random_graph(num_src, num_dst, 20, 1)
     conv = DensityAwareConv(c_in, c_out).double()
+    seen = []
+    conv.lin.register_forward_hook(lambda m, i, o: seen.append(i[0].size(0)))
     out = conv.to(device)((x_src.to(device), x_dst.to(device)), ei.to(device),
                           rho.to(device)).cpu()
     conv = conv.cpu()
     ref, _ = dense_reference(x_src, x_dst, ei, rho, conv.lin.weight, conv.bias)
-    assert out.shape == (4, c_out)
+    assert seen == lin_rows
+    assert out.shape == (num_dst, c_out)
     assert torch.allclose(out, ref, atol=1e-10)
 
 

@@ -1,7 +1,8 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
-from dag_pyg.nn.functional import csr_aggregate, csr_layout, edge_dot
+from dag_pyg.nn.functional import csr_aggregate, csr_layout, edge_cosine, edge_dot
 
 
 @pytest.mark.parametrize("sorted_rows", [True, False])
@@ -33,6 +34,28 @@ def test_edge_dot_without_edges():
     assert out.shape == (0,)
     out.sum().backward()
     assert torch.equal(a.grad, torch.zeros(3, 2))
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_edge_cosine_matches_normalize_then_gather(shared, device):
+    gen = torch.Generator().manual_seed(2)
+    a = torch.randn(6, 4, dtype=torch.float64, generator=gen)
+    a[3] = 0.0  # a zero row: cosine 0 to everything, as F.normalize gives
+    b = a if shared else torch.randn(8, 4, dtype=torch.float64, generator=gen)
+    a = a.to(device).requires_grad_()
+    b = a if shared else b.to(device).requires_grad_()
+    ia = torch.randint(6, (30,), generator=gen).sort().values.to(device)
+    ib = torch.randint(b.size(0), (30,), generator=gen).to(device)
+    out = edge_cosine(a, b, ia, ib)
+    ref = (F.normalize(a, dim=-1)[ia] * F.normalize(b, dim=-1)[ib]).sum(-1)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+    assert bool((out[ia == 3] == 0).all())
+    w = torch.randn(30, dtype=torch.float64, generator=gen).to(device)
+    inputs = (a,) if shared else (a, b)
+    got = torch.autograd.grad((out * w).sum(), inputs)
+    want = torch.autograd.grad((ref * w).sum(), inputs)
+    for g, r in zip(got, want, strict=True):
+        torch.testing.assert_close(g, r, rtol=1e-12, atol=1e-12)  # the zero row: ~1e12
 
 
 def test_csr_aggregate_matches_gather_scatter(device):

@@ -14,7 +14,7 @@ from torch_geometric.typing import Adj, OptPairTensor, OptTensor, Size, SparseTe
 from torch_geometric.utils import is_torch_sparse_tensor, softmax
 from torch_geometric.utils.sparse import set_sparse_value
 
-from dag_pyg.nn.functional import CSRLayout, csr_aggregate, csr_layout, edge_dot
+from dag_pyg.nn.functional import CSRLayout, csr_aggregate, csr_layout, edge_cosine
 
 # MessagePassing's hook registries: a module with any of them registered (an
 # explainer, a user's hook) runs propagate(), where the hooks fire.
@@ -219,9 +219,12 @@ class DensityAwareConv(MessagePassing):
         else:
             alpha = self._csr_attention(x_src, x_dst, csr, rho, sim)
 
-        # Theta(x_i + sum_j alpha x_j) is linear, so project first when it
-        # shrinks the features and aggregate first otherwise.
-        if self.out_channels <= x_src.size(-1):
+        # Theta(x_i + sum_j alpha x_j) is linear: project first or aggregate
+        # first, whichever takes fewer multiply-adds (a bipartite batch with
+        # few targets aggregates first and projects only the targets).
+        c_in, c_out, e = x_src.size(-1), self.out_channels, alpha.numel()
+        rows = x_src.size(0) + (0 if x_dst is x_src else x_dst.size(0))
+        if rows * c_in * c_out + e * c_out <= e * c_in + x_dst.size(0) * c_in * c_out:
             h_src = self.lin(x_src)
             h_dst = h_src if x_dst is x_src else self.lin(x_dst)
             out = h_dst + self._neighbours(edge_index, h_src, h_dst, alpha, csr,
@@ -304,10 +307,10 @@ class DensityAwareConv(MessagePassing):
         if x_src.dtype in (torch.float16, torch.bfloat16):
             # Mixed precision: the attention in float32 (the sparse kernel has
             # no half-precision path on the CPU; the softmax wants the range).
-            x_src, x_dst = x_src.float(), x_dst.float()
-        xn_src = F.normalize(x_src, p=2., dim=-1)
-        xn_dst = xn_src if x_dst is x_src else F.normalize(x_dst, p=2., dim=-1)
-        return edge_dot(xn_dst, xn_src, index_dst, index_src, rowptr=rowptr)
+            same = x_dst is x_src
+            x_src = x_src.float()
+            x_dst = x_src if same else x_dst.float()
+        return edge_cosine(x_dst, x_src, index_dst, index_src, rowptr=rowptr)
 
     def edge_update(self, x_src: Tensor, x_dst: Tensor, rho_j: OptTensor,
                     sim: OptTensor, edge_index_i: Tensor, edge_index_j: Tensor,
