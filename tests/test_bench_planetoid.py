@@ -10,6 +10,7 @@ import torch
 from benchmarks.common import start_peak_rss
 from benchmarks.speed import bench_planetoid as bench
 from benchmarks.speed.planetoid_models import (
+    ABLATIONS,
     MODELS,
     build_model,
     evaluate,
@@ -103,7 +104,7 @@ def test_missing_raw_folder(tmp_path):
 
 
 @pytest.mark.parametrize("graph", bench.GRAPHS)
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", MODELS + ABLATIONS)
 def test_each_model_trains_one_epoch(graphs, graph, name):
     data, num_classes = graphs[graph]
     torch.manual_seed(0)
@@ -213,3 +214,15 @@ def test_citeseer_with_featureless_isolated_nodes(tmp_path, capsys):
     assert [(r["graph"], r["model"]) for r in payload["rows"]] == \
         [(g, m) for g in bench.GRAPHS for m in MODELS]
     assert not (tmp_path / "bench_planetoid.json").exists()  # Cora's file
+
+
+def test_ablations_are_what_they_say(graphs):
+    data, num_classes = graphs["citation"]
+    dna, _ = build_model("DNA-mean", data.num_features, num_classes)
+    dna.eval()  # no attention dropout
+    _, (ei, alpha) = dna.conv1(data.x, data.edge_index, data.density,
+                               return_attention_weights=True)
+    deg = torch.zeros(data.num_nodes).index_add_(0, ei[1], torch.ones(ei.size(1)))
+    torch.testing.assert_close(alpha, 1.0 / deg[ei[1]], rtol=0, atol=1e-6)
+    gat, _ = build_model("GAT-1", data.num_features, num_classes)
+    assert (gat.conv1.heads, gat.conv1.out_channels) == (1, 64)

@@ -10,6 +10,11 @@ reference recipe.
   clean features, as GAT's first layer reads no recomputed similarity);
   ``DNA-T`` the same with a learned attention temperature per layer
   (``learn_temperature=True``, starting at 1, the paper's).
+- Ablations that locate DNA's gap to GAT (not run by default):
+  ``DNA-mean`` is ``DNA`` with its attention at the uniform mean (no density
+  term, temperature 1e6: every weight within 1e-6 of 1/degree), so it tells
+  what the cosine-and-density attention adds; ``GAT-1`` is ``GAT`` with one
+  64-wide head (DNA's widths), so it tells what GAT's eight heads add.
 - ``GCN``: PyG's ``examples/gcn.py`` (Kipf & Welling 2017): 16 hidden, ReLU,
   dropout 0.5 on both layers' inputs; Adam, lr 0.01, weight decay 5e-4 on
   the first layer only (as the paper and the example do).
@@ -25,6 +30,7 @@ from torch_geometric.nn import GATConv, GCNConv
 from dag_pyg import DensityAwareConv
 
 MODELS = ("GAT", "DNA", "DNA-T", "GCN")
+ABLATIONS = ("DNA-mean", "GAT-1")
 
 
 class GAT(torch.nn.Module):
@@ -45,13 +51,15 @@ class GAT(torch.nn.Module):
 
 class DNA(torch.nn.Module):
     def __init__(self, in_channels: int, out_channels: int, hidden: int = 64,
-                 dropout: float = 0.6, learn_temperature: bool = False) -> None:
+                 dropout: float = 0.6, learn_temperature: bool = False,
+                 uniform: bool = False) -> None:
         super().__init__()
         self.dropout = dropout
-        self.conv1 = DensityAwareConv(in_channels, hidden, dropout=dropout,
-                                      learn_temperature=learn_temperature)
-        self.conv2 = DensityAwareConv(hidden, out_channels, dropout=dropout,
-                                      learn_temperature=learn_temperature)
+        attention = dict(dropout=dropout, learn_temperature=learn_temperature)
+        if uniform:  # the mean of the neighbours: logits below 1e-6
+            attention.update(use_density=False, temperature=1e6)
+        self.conv1 = DensityAwareConv(in_channels, hidden, **attention)
+        self.conv2 = DensityAwareConv(hidden, out_channels, **attention)
 
     def forward(self, x: Tensor, edge_index: Tensor, density: Tensor,
                 sim: Tensor | None = None) -> Tensor:
@@ -83,13 +91,15 @@ class GCN(torch.nn.Module):
 
 def build_model(name: str, in_channels: int,
                 num_classes: int) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
-    """The model ``name`` (one of :data:`MODELS`) and its optimiser."""
-    if name == "GAT":
-        model = GAT(in_channels, num_classes)
+    """The model ``name`` (one of :data:`MODELS` or :data:`ABLATIONS`) and
+    its optimiser."""
+    if name in ("GAT", "GAT-1"):
+        model = GAT(in_channels, num_classes, *((64, 1) if name == "GAT-1" else ()))
         return model, torch.optim.Adam(model.parameters(), lr=0.005,
                                        weight_decay=5e-4)
-    if name in ("DNA", "DNA-T"):
-        model = DNA(in_channels, num_classes, learn_temperature=name == "DNA-T")
+    if name in ("DNA", "DNA-T", "DNA-mean"):
+        model = DNA(in_channels, num_classes, learn_temperature=name == "DNA-T",
+                    uniform=name == "DNA-mean")
         return model, torch.optim.Adam(model.parameters(), lr=0.005,
                                        weight_decay=5e-4)
     if name == "GCN":
@@ -98,7 +108,8 @@ def build_model(name: str, in_channels: int,
             dict(params=model.conv1.parameters(), weight_decay=5e-4),
             dict(params=model.conv2.parameters(), weight_decay=0.0),
         ], lr=0.01)
-    raise ValueError(f"Unknown model '{name}'. Choose one of {list(MODELS)}.")
+    raise ValueError(f"Unknown model '{name}'. Choose one of "
+                     f"{list(MODELS + ABLATIONS)}.")
 
 
 def logits(model: torch.nn.Module, data: Data) -> Tensor:
