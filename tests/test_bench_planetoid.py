@@ -1,6 +1,7 @@
 """benchmarks/speed/bench_planetoid.py on a tiny Planetoid-format folder
 written here (nothing reads ../shared)."""
 import json
+import math
 import pickle
 
 import numpy as np
@@ -226,3 +227,21 @@ def test_ablations_are_what_they_say(graphs):
     torch.testing.assert_close(alpha, 1.0 / deg[ei[1]], rtol=0, atol=1e-6)
     gat, _ = build_model("GAT-1", data.num_features, num_classes)
     assert (gat.conv1.heads, gat.conv1.out_channels) == (1, 64)
+
+
+def test_same_class_mass_by_hand():
+    from torch_geometric.data import Data
+
+    # Node 0 receives from 1 (same class) and 2 (other); node 1 from 0 alone;
+    # node 2 has no in-edges. Cosines 0.5 and 0; densities 0 and 1.
+    x = torch.eye(3)
+    edge_index = torch.tensor([[1, 2, 0], [0, 0, 1]])
+    data = Data(x=x, edge_index=edge_index, y=torch.tensor([0, 0, 1]),
+                density=torch.tensor([0.0, 0.0, 1.0]),
+                sim=torch.tensor([0.5, 0.0, 0.2]))
+    mass = bench.same_class_mass(data)
+    # uniform: node 0 1/2, node 1 1; DNA: node 0 e^0.5 / (e^0.5 + e^1), node 1 1.
+    a = math.exp(0.5) / (math.exp(0.5) + math.exp(1.0))
+    assert mass["nodes"] == 2
+    assert mass["uniform"] == pytest.approx((0.5 + 1.0) / 2)
+    assert mass["dna_attention"] == pytest.approx((a + 1.0) / 2)

@@ -14,7 +14,10 @@ reference recipe.
   ``DNA-mean`` is ``DNA`` with its attention at the uniform mean (no density
   term, temperature 1e6: every weight within 1e-6 of 1/degree), so it tells
   what the cosine-and-density attention adds; ``GAT-1`` is ``GAT`` with one
-  64-wide head (DNA's widths), so it tells what GAT's eight heads add.
+  64-wide head (DNA's widths), so it tells what GAT's eight heads add;
+  ``DNA-beta`` learns the weight of the neighbour sum (``learn_beta``),
+  so the self term's share of ``x_i + beta * sum_j alpha_ij x_j`` (one
+  half in the paper's layer, beta = 1) is learned.
 - ``GCN``: PyG's ``examples/gcn.py`` (Kipf & Welling 2017): 16 hidden, ReLU,
   dropout 0.5 on both layers' inputs; Adam, lr 0.01, weight decay 5e-4 on
   the first layer only (as the paper and the example do).
@@ -30,7 +33,7 @@ from torch_geometric.nn import GATConv, GCNConv
 from dag_pyg import DensityAwareConv
 
 MODELS = ("GAT", "DNA", "DNA-T", "GCN")
-ABLATIONS = ("DNA-mean", "GAT-1")
+ABLATIONS = ("DNA-mean", "DNA-beta", "GAT-1")
 
 
 class GAT(torch.nn.Module):
@@ -52,10 +55,11 @@ class GAT(torch.nn.Module):
 class DNA(torch.nn.Module):
     def __init__(self, in_channels: int, out_channels: int, hidden: int = 64,
                  dropout: float = 0.6, learn_temperature: bool = False,
-                 uniform: bool = False) -> None:
+                 uniform: bool = False, learn_beta: bool = False) -> None:
         super().__init__()
         self.dropout = dropout
-        attention = dict(dropout=dropout, learn_temperature=learn_temperature)
+        attention = dict(dropout=dropout, learn_temperature=learn_temperature,
+                         learn_beta=learn_beta)
         if uniform:  # the mean of the neighbours: logits below 1e-6
             attention.update(use_density=False, temperature=1e6)
         self.conv1 = DensityAwareConv(in_channels, hidden, **attention)
@@ -97,9 +101,9 @@ def build_model(name: str, in_channels: int,
         model = GAT(in_channels, num_classes, *((64, 1) if name == "GAT-1" else ()))
         return model, torch.optim.Adam(model.parameters(), lr=0.005,
                                        weight_decay=5e-4)
-    if name in ("DNA", "DNA-T", "DNA-mean"):
+    if name in ("DNA", "DNA-T", "DNA-mean", "DNA-beta"):
         model = DNA(in_channels, num_classes, learn_temperature=name == "DNA-T",
-                    uniform=name == "DNA-mean")
+                    uniform=name == "DNA-mean", learn_beta=name == "DNA-beta")
         return model, torch.optim.Adam(model.parameters(), lr=0.005,
                                        weight_decay=5e-4)
     if name == "GCN":
