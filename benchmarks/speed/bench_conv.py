@@ -18,6 +18,7 @@ that, as explainers do).
 
     python -m benchmarks.speed.bench_conv [--nodes 50000] [--rounds 3] [--quick]
         [--planetoid-root ../shared/data/planetoid] [--shapes knn batch cora]
+        [--name bench_conv]
 
 Every (shape, pass, layer) case runs in a fresh subprocess so that its peak
 memory (the rise of the process' resident high-water mark, VmHWM, over the
@@ -26,7 +27,7 @@ process) is its own; the cases run in interleaved rounds (each round runs
 every case once) and the table gives each case's median over the rounds.
 Ratios are against ``GATConv(heads=1, add_self_loops=False)`` of the same
 shape and pass. Prints a table, writes
-``benchmarks/speed/results/bench_conv.json``.
+``benchmarks/speed/results/<--name>.json`` (``bench_conv.json``).
 """
 from __future__ import annotations
 
@@ -218,6 +219,9 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="smoke run (N=3000)")
     p.add_argument("--shapes", nargs="+", default=["knn", "batch", "cora"],
                    choices=["knn", "batch", "cora"])
+    p.add_argument("--name", default="bench_conv",
+                   help="result file stem under benchmarks/speed/results/ (a "
+                        "re-measurement of some shapes keeps the full run's)")
     p.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
@@ -261,7 +265,7 @@ def main() -> None:
         print(line)
     recorded = {k: (str(v) if isinstance(v, Path) else v)
                 for k, v in vars(args).items() if k != "worker"}
-    write_json("bench_conv", {"args": recorded, "nodes": args.nodes, "k": args.k,
+    write_json(args.name, {"args": recorded, "nodes": args.nodes, "k": args.k,
                               "rounds": args.rounds, "reference": REFERENCE,
                               "rows": rows, "targets": targets}, SPEED_RESULTS)
 
