@@ -68,12 +68,14 @@ PUBLISHED_GAP = {"mnist_100": (
 
 SPEED = ("bench_epoch", "bench_epoch_dagplus", "bench_epoch_dagplus_confirm",
          "bench_knn", "bench_knn_ivf",
-         "bench_conv", "bench_kernels", "bench_planetoid",
-         "bench_planetoid_citeseer", "bench_dplp",
+         "bench_conv", "bench_conv_cora", "bench_kernels", "bench_planetoid",
+         "bench_planetoid_citeseer", "planetoid_gap/bench_planetoid", "bench_dplp",
          "bench_sampling", "bench_distributed", "gpu_check")
 # result JSON -> the speed script that wrote it, where the names differ (--name)
 SPEED_SCRIPTS = {"bench_epoch_dagplus": "bench_epoch",
+                 "bench_conv_cora": "bench_conv",
                  "bench_planetoid_citeseer": "bench_planetoid",
+                 "planetoid_gap/bench_planetoid": "bench_planetoid",
                  "bench_epoch_dagplus_confirm": "bench_epoch"}
 # result JSON -> the analysis script that wrote it (its --name)
 ANALYSES = {"neighbour_purity": "neighbour_purity",
