@@ -245,3 +245,19 @@ def test_same_class_mass_by_hand():
     assert mass["nodes"] == 2
     assert mass["uniform"] == pytest.approx((0.5 + 1.0) / 2)
     assert mass["dna_attention"] == pytest.approx((a + 1.0) / 2)
+
+
+def test_bench_conv_reads_citeseer_with_featureless_nodes(tmp_path):
+    from benchmarks.speed import bench_conv
+
+    root = write_planetoid(tmp_path / "data", "CiteSeer", missing=(3, 17))
+    out = tmp_path / "inputs"
+    out.mkdir()
+    # Only the Planetoid shape asked for: no 50k-node kNN graph is built.
+    assert bench_conv.make_inputs(300, 4, out, root, ("citeseer",)) == ["citeseer"]
+    x, edge_index, density, channels, sim = torch.load(out / "citeseer.pt")
+    assert channels == (DIM, 64) and sorted(p.name for p in out.iterdir()) == [
+        "citeseer.pt", "planetoid"]
+    dens, ref_sim = graph_density(x, edge_index)
+    assert torch.equal(density, dens) and torch.equal(sim, ref_sim)
+    assert int((x.abs().sum(1) == 0).sum()) == 2  # the two missing test nodes

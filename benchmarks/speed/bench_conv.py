@@ -5,19 +5,22 @@ and forward+backward time and peak memory, CPU, on three shapes:
 - ``knn``: the density-aware kNN graph of 50k nodes (k=64), 128 -> 128;
 - ``batch``: a sampled mini-batch of it (256 seeds, k_sub=8, 2 hops, the
   outer layer: bipartite, every sampled node into hops 0-1), 128 -> 128;
-- ``cora``: Cora's citation graph (PyG's ``Planetoid``), 1433 -> 64 (the
-  first layer of PyG's GAT recipe), when ``--planetoid-root`` holds it.
+- ``cora``, ``citeseer``: the citation graph of PyG's ``Planetoid`` Cora
+  (1433 -> 64, the first layer of PyG's GAT recipe) or CiteSeer (3703 -> 64;
+  15 featureless nodes), when ``--planetoid-root`` holds it.
 
 ``DensityAwareConv`` takes its CSR path on all three (on ``knn`` and
-``batch``, k edges per target, the dense softmax; Cora's edge_index, sorted
-by source, is sorted by target inside the call); on Cora ``(sim given)``
+``batch``, k edges per target, the dense softmax; a Planetoid edge_index,
+sorted by source, is sorted by target inside the call); on Planetoid
+``(sim given)``
 passes the features' edge cosines (``AddDensity``'s ``data.sim``), as the
 README's Planetoid example does. ``DensityAwareConv (propagate)`` is the
 same layer sent down PyG's ``propagate()`` (a registered message hook does
 that, as explainers do).
 
     python -m benchmarks.speed.bench_conv [--nodes 50000] [--rounds 3] [--quick]
-        [--planetoid-root ../shared/data/planetoid] [--shapes knn batch cora]
+        [--planetoid-root ../shared/data/planetoid]
+        [--shapes knn batch cora citeseer]
         [--name bench_conv]
 
 Every (shape, pass, layer) case runs in a fresh subprocess so that its peak
@@ -73,6 +76,9 @@ MEM_TARGET = 0.1
 MIN_TIME_S = 1.0
 # The row a shape's targets read: on Cora the README's usage (sim given).
 TARGET_LAYER = {"cora": "DensityAwareConv (sim given)"}
+# shape -> Planetoid data set
+PLANETOID = {"cora": "Cora", "citeseer": "CiteSeer"}
+SHAPES = ("knn", "batch", *PLANETOID)
 
 
 class GatherDNA(torch.nn.Module):
@@ -115,9 +121,20 @@ USES_DENSITY = ("DensityAwareConv", "DensityAwareConv (sim given)",
                 "DensityAwareConv (propagate)", "DNA as plain gathers")
 
 
-def make_inputs(n: int, k: int, path: Path, planetoid_root: Path | None) -> list[str]:
-    """Writes each shape's ``(x, edge_index, density, channels)``; returns the
-    shapes written."""
+def make_inputs(n: int, k: int, path: Path, planetoid_root: Path | None,
+                shapes: tuple[str, ...] = SHAPES) -> list[str]:
+    """Writes each of ``shapes``' ``(x, edge_index, density, channels, sim)``;
+    returns the shapes written (a Planetoid shape only where
+    ``planetoid_root`` holds its raw files)."""
+    written = [s for s in PLANETOID if s in shapes and planetoid_root is not None
+               and (planetoid_root / PLANETOID[s] / "raw").is_dir()]
+    for shape in written:
+        data = load_planetoid(planetoid_root, PLANETOID[shape], path / "planetoid")
+        density, sim = graph_density(data.x, data.edge_index)
+        torch.save((data.x, data.edge_index, density, (data.num_features, 64), sim),
+                   path / f"{shape}.pt")
+    if "knn" not in shapes and "batch" not in shapes:
+        return written
     x, _ = clustered_features(n, 128, seed=0)
     g = build_density_graph(x, k)
     torch.save((x, g.edge_index, g.density, (128, 128), g.sim), path / "knn.pt")
@@ -134,14 +151,7 @@ def make_inputs(n: int, k: int, path: Path, planetoid_root: Path | None) -> list
                          torch.arange(hop1.numel()).repeat_interleave(8)])
     torch.save(((x[order], x[hop1]), edges, g.density[order], (128, 128), None),
                path / "batch.pt")
-    shapes = ["knn", "batch"]
-    if planetoid_root is not None and (planetoid_root / "Cora" / "raw").is_dir():
-        data = load_planetoid(planetoid_root, "Cora", path / "planetoid")
-        density, sim = graph_density(data.x, data.edge_index)
-        torch.save((data.x, data.edge_index, density, (data.num_features, 64), sim),
-                   path / "cora.pt")
-        shapes.append("cora")
-    return shapes
+    return ["knn", "batch", *written]
 
 
 def worker(path: str, layer: str, shape: str, mode: str, repeat: int) -> None:
@@ -218,7 +228,7 @@ def main() -> None:
                    default=ROOT.parent / "shared" / "data" / "planetoid")
     p.add_argument("--quick", action="store_true", help="smoke run (N=3000)")
     p.add_argument("--shapes", nargs="+", default=["knn", "batch", "cora"],
-                   choices=["knn", "batch", "cora"])
+                   choices=SHAPES)
     p.add_argument("--name", default="bench_conv",
                    help="result file stem under benchmarks/speed/results/ (a "
                         "re-measurement of some shapes keeps the full run's)")
@@ -233,11 +243,12 @@ def main() -> None:
     runs: dict[tuple, list[dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp)
-        shapes = make_inputs(args.nodes, args.k, path, args.planetoid_root)
+        shapes = make_inputs(args.nodes, args.k, path, args.planetoid_root,
+                             tuple(args.shapes))
         shapes = [s for s in shapes if s in args.shapes]
         cases = [(s, m, layer) for s in shapes for m in ("fwd", "fwd+bwd")
                  for layer in LAYERS
-                 if s == "cora" or layer != "DensityAwareConv (sim given)"]
+                 if s in PLANETOID or layer != "DensityAwareConv (sim given)"]
         for rnd in range(args.rounds):
             for i, case in enumerate(cases):
                 print(f"round {rnd + 1}/{args.rounds}, case {i + 1}/{len(cases)}: "
