@@ -47,7 +47,9 @@ import torch
 from torch_geometric.data import Data
 from torch_geometric.profile import count_parameters
 from torch_geometric.transforms import BaseTransform
+from torch_geometric.utils import degree
 
+from benchmarks.analysis.neighbour_purity import neighbour_purity
 from benchmarks.common import (
     BENCHMARKS,
     ROOT,
@@ -65,7 +67,6 @@ from benchmarks.speed.planetoid_models import (
     evaluate,
     train_step,
 )
-from dag_pyg import DensityAwareConv
 from dag_pyg.transforms import AddDensity, DensityKNNGraph
 
 GRAPHS = ("citation", "knn")
@@ -105,20 +106,13 @@ def same_class_mass(data: Data) -> dict[str, float]:
     homophily per node) and under the first DNA layer's attention, which on
     clean features is a constant of the graph (softmax of ``data.sim`` plus
     the density, Eqs. 5-7; no dropout). Equal values say the parameter-free
-    attention weighs neighbours as a mean would."""
-    src, dst = data.edge_index
-    n = data.num_nodes
-    same = (data.y[src] == data.y[dst]).to(data.x.dtype)
-    deg = torch.zeros(n).index_add_(0, dst, torch.ones_like(same))
-    has = deg > 0
-    conv = DensityAwareConv(data.num_features, 1).eval()
-    with torch.no_grad():
-        _, (_, alpha) = conv(data.x, data.edge_index, data.density,
-                             sim=data.get("sim"), return_attention_weights=True)
-    uniform = torch.zeros(n).index_add_(0, dst, same) / deg.clamp(min=1)
-    attended = torch.zeros(n).index_add_(0, dst, alpha * same)
-    return {"uniform": float(uniform[has].mean()),
-            "dna_attention": float(attended[has].mean()),
+    attention weighs neighbours as a mean would. Per node, these are
+    :func:`~benchmarks.analysis.neighbour_purity.neighbour_purity`'s
+    ``purity`` and ``alpha_purity``."""
+    per_node = neighbour_purity(data, data.y, int(data.y.max()) + 1)
+    has = degree(data.edge_index[1], data.num_nodes) > 0
+    return {"uniform": float(per_node["purity"][has].mean()),
+            "dna_attention": float(per_node["alpha_purity"][has].mean()),
             "nodes": int(has.sum())}
 
 
