@@ -261,3 +261,18 @@ def test_bench_conv_reads_citeseer_with_featureless_nodes(tmp_path):
     dens, ref_sim = graph_density(x, edge_index)
     assert torch.equal(density, dens) and torch.equal(sim, ref_sim)
     assert int((x.abs().sum(1) == 0).sum()) == 2  # the two missing test nodes
+
+
+def test_bench_conv_refuses_planetoid_shapes_without_their_files(tmp_path):
+    import subprocess
+    import sys
+
+    from benchmarks.common import ROOT
+
+    res = subprocess.run(
+        [sys.executable, "-m", "benchmarks.speed.bench_conv", "--shapes",
+         "citeseer", "--planetoid-root", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 2
+    assert f"skipping shape 'citeseer': no {tmp_path}/CiteSeer/raw" in res.stderr
+    assert "none of --shapes citeseer can run" in res.stderr

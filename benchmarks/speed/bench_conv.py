@@ -246,6 +246,14 @@ def main() -> None:
         shapes = make_inputs(args.nodes, args.k, path, args.planetoid_root,
                              tuple(args.shapes))
         shapes = [s for s in shapes if s in args.shapes]
+        for s in args.shapes:
+            if s not in shapes:  # a Planetoid shape without its raw files
+                print(f"skipping shape '{s}': no {args.planetoid_root}/"
+                      f"{PLANETOID[s]}/raw folder (pass --planetoid-root)",
+                      file=sys.stderr)
+        if not shapes:
+            p.error(f"none of --shapes {' '.join(args.shapes)} can run: pass "
+                    f"--planetoid-root, the folder holding <Name>/raw/")
         cases = [(s, m, layer) for s in shapes for m in ("fwd", "fwd+bwd")
                  for layer in LAYERS
                  if s in PLANETOID or layer != "DensityAwareConv (sim given)"]
