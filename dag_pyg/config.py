@@ -93,6 +93,10 @@ class LossConfig:
     # feature: manifold mixup at the head's input, each image aggregated
     # with its own sub-graph first.
     mixup_at: str = "input"        # input | feature
+    # With input mixup and a graph head: first (the mixed image keeps its
+    # first component's neighbour term at full weight, as so far) or mixed
+    # (both components' neighbour terms, in the target's proportions).
+    mixup_neighbours: str = "first"  # first | mixed
 
 
 @dataclass
@@ -195,7 +199,7 @@ def choices() -> dict[str, tuple[str, ...]]:
     """The allowed values of every enumerated key, from the module that owns
     them."""
     # Imported here: the training package imports this module.
-    from dag_pyg.train.epoch import MIXUP_PLACES
+    from dag_pyg.train.epoch import MIXUP_NEIGHBOURS, MIXUP_PLACES
     from dag_pyg.train.optim import AMP_MODES, SCHEDULES
     from dag_pyg.train.refresh import BANK_UPDATES, GRAPH_PLACEMENTS
 
@@ -212,6 +216,7 @@ def choices() -> dict[str, tuple[str, ...]]:
         "pseudo_label.weighting": WEIGHTINGS,
         "pseudo_label.admit": ADMISSIONS,
         "loss.mixup_at": MIXUP_PLACES,
+        "loss.mixup_neighbours": MIXUP_NEIGHBOURS,
         "graph.bank": BANK_UPDATES,
         "dplp.mode": MODES,
         "distributed.graph": GRAPH_PLACEMENTS,

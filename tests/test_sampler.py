@@ -13,6 +13,7 @@ from dag_pyg.sampler import (
     has_neighbor_backend,
     knn_subgraph,
     make_loader,
+    swap_seed_neighbours,
 )
 
 # The training loop keeps the global graph on the CPU, where it samples.
@@ -175,3 +176,61 @@ def test_errors(graph):
         make_loader(graph, 2, 1, sampler="random")
     with pytest.raises(ValueError, match="dedup=False"):
         make_loader(graph, 2, 1, sampler="neighbor", dedup=False)
+
+
+@pytest.mark.parametrize("sampler", ["knn", pytest.param("neighbor", marks=needs_neighbor)])
+@pytest.mark.parametrize("hops", [1, 2])
+def test_swap_seed_neighbours(graph, hops, sampler):
+    seeds = torch.tensor([3, 17, 40, 8, 55])
+    batch = make_loader(graph, 4, hops, sampler=sampler)(seeds)
+    perm = torch.tensor([2, 0, 4, 1, 3])
+    out = swap_seed_neighbours(batch, perm)
+    b, ei, so = 5, batch.edge_index, out.edge_index
+    assert torch.equal(out.n_id, batch.n_id)
+    # Seed i now has exactly the in-edges (sources, edge ids) of seed perm[i],
+    # in their order; every other edge is untouched.
+    for i in range(b):
+        mine, theirs = so[1] == i, ei[1] == int(perm[i])
+        assert torch.equal(so[0, mine], ei[0, theirs])
+        assert torch.equal(out.e_id[mine], batch.e_id[theirs])
+    assert torch.equal(so[:, ei[1] >= b], ei[:, ei[1] >= b])
+    assert bool((so[1, so[1] < b].diff() >= 0).all())  # grouped by seed
+    with pytest.raises(ValueError, match="perm has 3 entries"):
+        swap_seed_neighbours(batch, torch.arange(3))
+
+
+def test_neighbour_mixing_is_the_mixed_neighbour_term(graph):
+    """One DNA layer is linear in x_u + sum_v alpha_uv x_v: mixing the head's
+    outputs on the seeds' and the partners' neighbourhoods is the head with
+    the neighbour term mixed by lam (hand-derived, checked here)."""
+    from dag_pyg.nn import DNAHead
+
+    gen = torch.Generator().manual_seed(0)
+    bank = torch.randn(N, D, generator=gen, dtype=torch.float64)  # the fixture's
+    torch.manual_seed(0)
+    head = DNAHead(D, 3, hops=1).double()
+    seeds = torch.tensor([3, 17, 40, 8])
+    batch = make_loader(graph, 4, 1)(seeds)
+    feats = torch.randn(4, D, dtype=torch.float64)
+    perm, lam = torch.tensor([1, 3, 0, 2]), 0.3
+    h_a = head.forward_batch(feats, bank, batch, graph.density, embed=True)
+    h_b = head.forward_batch(feats, bank, swap_seed_neighbours(batch, perm),
+                             graph.density, embed=True)
+    own = head.embed(feats, torch.empty(2, 0, dtype=torch.long),
+                     feats.new_zeros(4))
+    nb = h_a - own
+    # The partner's neighbour term, read with seed i's own feature as centre:
+    # attention of feats[i] over perm[i]'s neighbours.
+    conv = head.convs[0]
+    ref_b = []
+    for i in range(4):
+        j = int(perm[i])
+        nbrs = batch.n_id[batch.edge_index[0, batch.edge_index[1] == j]]
+        x_v = bank[nbrs]
+        cos = torch.nn.functional.cosine_similarity(feats[i:i + 1], x_v)
+        alpha = torch.softmax(cos + graph.density[nbrs], 0)
+        ref_b.append(conv.lin(feats[i] + (alpha[:, None] * x_v).sum(0)))
+    ref_b = torch.stack(ref_b) + (conv.bias if conv.bias is not None else 0)
+    torch.testing.assert_close(h_b, ref_b)
+    mixed = lam * h_a + (1 - lam) * h_b
+    torch.testing.assert_close(mixed, own + lam * nb + (1 - lam) * (h_b - own))

@@ -8,6 +8,7 @@ from dag_pyg.sampler.knn_sampler import (
     knn_subgraph,
     make_loader,
 )
+from dag_pyg.sampler.mixup import swap_seed_neighbours
 from dag_pyg.sampler.retrieval import predict_queries, query_subgraph
 
 __all__ = [
@@ -21,4 +22,5 @@ __all__ = [
     "make_loader",
     "predict_queries",
     "query_subgraph",
+    "swap_seed_neighbours",
 ]

@@ -34,6 +34,10 @@ from dag_pyg.train.setup import Model, TrainData
 # Where mixup mixes (loss.mixup_at): the images, or the head's input after
 # each image was aggregated with its own sub-graph (manifold mixup).
 MIXUP_PLACES = ("input", "feature")
+# The neighbour term of an image mixed at the input (loss.mixup_neighbours):
+# its first component's sub-graph alone, or both components' in the
+# proportions of the mixed target.
+MIXUP_NEIGHBOURS = ("first", "mixed")
 
 
 def epoch_batches(num_labelled: int, num_nodes: int, o: OptimConfig,
@@ -116,9 +120,11 @@ def train_steps(cfg: Config, model: Model, data: TrainData,
         x = data.train_tf(data.train_set.images[data.nodes[seeds]], generator=gen)
         lam, perm = mixup_draw(seeds.numel(), cfg.loss.mixup_alpha, generator=gen)
         target = mix(onehot, lam, perm)
-        mixing = None
-        if at_input:  # a mixed sample keeps the sub-graph of its first image
+        mixing = neighbour_mixing = None
+        if at_input:
             x = mix(x, lam, perm)
+            if use_graph and lam != 1.0 and cfg.loss.mixup_neighbours == "mixed":
+                neighbour_mixing = (lam, perm.to(device))
         else:
             mixing = (lam, perm.to(device))
         mine = dist.shard(torch.arange(seeds.numel()))
@@ -132,7 +138,8 @@ def train_steps(cfg: Config, model: Model, data: TrainData,
             # Without a batch graph, a graph head takes the self term only.
             out = model.net(x, batch, bank, density,
                             self_only=model.uses_graph_head, keep=keep,
-                            mixing=mixing, features=reads_bank)
+                            mixing=mixing, features=reads_bank,
+                            neighbour_mixing=neighbour_mixing)
         logits, live = out if reads_bank else (out, None)
         # The loss in float32 whatever the forward pass ran in.
         terms = dag_loss(logits.float(), target.to(device),

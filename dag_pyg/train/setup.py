@@ -26,6 +26,7 @@ from dag_pyg.data import (
 from dag_pyg.distributed import DistContext, convert_sync_batchnorm
 from dag_pyg.models import build_backbone
 from dag_pyg.nn import DNAHead
+from dag_pyg.sampler import swap_seed_neighbours
 from dag_pyg.train.checkpoint import CheckpointError
 
 CHECKPOINT = "checkpoint.pt"
@@ -156,12 +157,16 @@ class TrainNet(nn.Module):
                 bank: Tensor | None = None, density: Tensor | None = None,
                 self_only: bool = False, keep: Tensor | None = None,
                 mixing: tuple[float, Tensor] | None = None,
-                features: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+                features: bool = False,
+                neighbour_mixing: tuple[float, Tensor] | None = None
+                ) -> Tensor | tuple[Tensor, Tensor]:
         """Logits of a training batch; ``mixing`` (``lam``, ``perm`` of the
         whole batch) mixes the head's input (manifold mixup) after
-        aggregation; ``features`` also returns the backbone features
-        (detached; the whole batch's where they were gathered, else this
-        rank's slice)."""
+        aggregation; ``neighbour_mixing`` (the same, for images mixed at the
+        input) mixes the head's outputs on the seeds' own neighbourhoods and
+        on their mixing partners' (:func:`~dag_pyg.sampler.swap_seed_neighbours`);
+        ``features`` also returns the backbone features (detached; the
+        whole batch's where they were gathered, else this rank's slice)."""
         feats = self.backbone.features(x)
         # The whole batch on every rank where a seed reads other seeds:
         # neighbours in the sub-graph, mixing partners.
@@ -171,6 +176,11 @@ class TrainNet(nn.Module):
             feats = self.dist.all_gather_rows_grad(feats, self.dist.shard_sizes(n))
         if batch is not None:
             h = self.head.forward_batch(feats, bank, batch, density, embed=True)
+            if neighbour_mixing is not None:
+                lam, perm = neighbour_mixing
+                other = swap_seed_neighbours(batch, perm)
+                h = lam * h + (1.0 - lam) * self.head.forward_batch(
+                    feats, bank, other, density, embed=True)
         elif self_only:  # a graph head before the first graph: self term only
             empty = torch.empty(2, 0, dtype=torch.long, device=feats.device)
             h = self.head.embed(feats, empty, feats.new_zeros(feats.size(0)))
