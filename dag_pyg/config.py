@@ -53,6 +53,9 @@ class DataConfig:
     num_labelled: int = 50         # labelled samples in all (or per class)
     per_class: bool = False        # num_labelled counts per class
     num_val: int = 0               # validation samples carved from train
+    # Labels held out from training for the premise check (spread evenly
+    # over the classes): graph nodes whose labels only the check reads.
+    num_check: int = 0
     split_file: str | None = None  # reuse another run's split.json
     translate: int | None = None   # augmentation shift in px (None: dataset default)
     flip: bool | None = None       # horizontal flips (None: dataset default)
@@ -366,6 +369,9 @@ def _check(cfg: Config) -> None:
     if not 0.0 <= cfg.pseudo_label.weight < math.inf:
         raise ConfigError("Config key 'pseudo_label.weight' must be a finite "
                           f"number >= 0 (got {cfg.pseudo_label.weight}).")
+    if cfg.data.num_check < 0:
+        raise ConfigError("Config key 'data.num_check' must be >= 0 (labels held "
+                          f"out for the premise check; got {cfg.data.num_check}).")
     if cfg.optim.pretrain_epochs < 0:
         raise ConfigError("Config key 'optim.pretrain_epochs' must be >= 0.")
     amp_modes = choices()["optim.amp"]

@@ -178,7 +178,8 @@ def test_errors(graph):
         make_loader(graph, 2, 1, sampler="neighbor", dedup=False)
 
 
-@pytest.mark.parametrize("sampler", ["knn", pytest.param("neighbor", marks=needs_neighbor)])
+@pytest.mark.parametrize("sampler", [
+    "knn", pytest.param("neighbor", marks=needs_neighbor)])
 @pytest.mark.parametrize("hops", [1, 2])
 def test_swap_seed_neighbours(graph, hops, sampler):
     seeds = torch.tensor([3, 17, 40, 8, 55])

@@ -17,7 +17,7 @@ augmentation and Label Bank targets, fixed seed) are scored three ways:
 - ``mixed``: the neighbour term as ``lam N(a) + (1 - lam) N(b)``;
 - ``self``: the neighbour term off (the head on the seed feature alone).
 
-    python -m benchmarks.analysis.mixup_lambda_loss benchmarks/runs/mnist_100/dna/seed0 \
+    python -m benchmarks.analysis.mixup_lambda_loss RUN_DIR [RUN_DIR ...] \
         [--batches 30] [--out FILE.json]
 
 Prints a table of the cross-entropy per ``lam`` and writes it as JSON.

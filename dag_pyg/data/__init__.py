@@ -2,7 +2,7 @@
 from dag_pyg.data.array_dataset import ArrayDataset, DatasetNotFoundError, channel_stats
 from dag_pyg.data.datasets import DATASETS, BadImageError, load_dataset
 from dag_pyg.data.idx import IdxFormatError, read_idx
-from dag_pyg.data.splits import Split, make_split
+from dag_pyg.data.splits import Split, hold_out, make_split
 from dag_pyg.data.transforms import (
     BatchTransform,
     mix,
@@ -24,6 +24,7 @@ __all__ = [
     "channel_stats",
     "load_dataset",
     "Split",
+    "hold_out",
     "make_split",
     "BatchTransform",
     "mix",

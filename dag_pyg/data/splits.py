@@ -221,3 +221,40 @@ def make_split(targets: Tensor | Sequence[int], num_labelled: int,
     return Split(torch.cat(labelled).sort().values,
                  torch.cat(unlabelled).sort().values,
                  torch.cat(val).sort().values, y.numel(), meta=meta)
+
+
+def hold_out(labelled: Tensor, targets: Tensor, num: int, seed: int = 0
+             ) -> tuple[Tensor, Tensor]:
+    r"""Splits labelled indices into the ones trained on and ``num`` held
+    out (spread evenly over the classes, drawn with ``seed``), both sorted.
+
+    The held-out samples stay in the training set with their labels hidden
+    from training, so that a check can read them as unlabelled samples whose
+    labels it knows (:mod:`dag_pyg.train.premise`). At least one label per
+    class is kept for training.
+
+    Args:
+        labelled (Tensor): labelled indices into ``targets``.
+        targets (Tensor): ``[N]`` class of every training sample.
+        num (int): samples to hold out in total (a multiple of the number of
+            classes among ``labelled``).
+        seed (int, optional): seed of the draw. (default: ``0``)
+    """
+    if int(num) != num or num < 0:
+        raise ValueError(f"'num' must be a non-negative integer (got {num}).")
+    y = torch.as_tensor(targets)[labelled]
+    classes = y.unique()
+    per = _per_class(int(num), classes.numel(), "data.num_check")
+    gen = torch.Generator().manual_seed(int(seed))
+    kept, held = [], []
+    for cls in classes.tolist():
+        idx = labelled[y == cls]
+        if idx.numel() <= per:
+            raise ValueError(
+                f"data.num_check={num} holds out {per} labels per class, but "
+                f"class {cls} has {idx.numel()} labelled samples: keep at least "
+                "one for training (lower data.num_check or label more).")
+        idx = idx[torch.randperm(idx.numel(), generator=gen)]
+        held.append(idx[:per])
+        kept.append(idx[per:])
+    return torch.cat(kept).sort().values, torch.cat(held).sort().values

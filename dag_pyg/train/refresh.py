@@ -27,6 +27,7 @@ from dag_pyg.propagation import (
 from dag_pyg.sampler import knn_subgraph
 from dag_pyg.train.features import extract_bank
 from dag_pyg.train.logger import QuietLogger, RunLogger
+from dag_pyg.train.premise import premise_check
 from dag_pyg.train.setup import Model, TrainData
 
 # Where the graph, Label Bank and DPLP run under torchrun.
@@ -142,6 +143,16 @@ def graph_and_labels(cfg: Config, head: DNAHead, feats: Tensor, data: TrainData,
                         sigma=cfg.dplp.sigma, mode=cfg.dplp.mode,
                         num_classes=data.num_classes)
     rec["time_dplp"] = time.perf_counter() - t
+
+    if data.check_mask is not None:
+        t = time.perf_counter()
+        lp = out if pl.source == "dplp" else pseudo_labels(
+            graph, truth, mask, prior, source="dplp", sigma=cfg.dplp.sigma,
+            mode=cfg.dplp.mode, num_classes=data.num_classes)
+        rec.update(premise_check(head, feats, knn_subgraph(graph, cfg.dna.k),
+                                 prior, lp.targets, lp.covered, truth, mask,
+                                 data.check_mask, device))
+        rec["time_check"] = time.perf_counter() - t
 
     unl = ~mask
     targets = out.targets

@@ -19,6 +19,7 @@ from dag_pyg.data import (
     ArrayDataset,
     BatchTransform,
     Split,
+    hold_out,
     load_dataset,
     make_split,
     mix,
@@ -74,12 +75,15 @@ class TrainData:
     test_set: ArrayDataset
     split: Split
     nodes: Tensor            # training-set row of every graph node [N]
-    labelled_mask: Tensor    # [N]
+    labelled_mask: Tensor    # [N] labels trained on
     true_y: Tensor           # label of every node [N]: trained on where labelled,
     #                          elsewhere read by the statistics only
     train_tf: BatchTransform
     eval_tf: BatchTransform
     skipped: list[str]       # undecodable files left out (data.skip_bad_files)
+    # [N] labels held out for the premise check (data.num_check): unlabelled
+    # to training, read by the check only. None: no check.
+    check_mask: Tensor | None = None
 
     @property
     def num_classes(self) -> int:
@@ -87,7 +91,8 @@ class TrainData:
 
     @property
     def num_labelled(self) -> int:
-        return self.split.labelled.numel()
+        """Labels trained on (the split's, less any held out for the check)."""
+        return int(self.labelled_mask.sum())
 
 
 def load_data(cfg: Config) -> TrainData:
@@ -123,9 +128,18 @@ def load_data(cfg: Config) -> TrainData:
         split = make_split(train.targets, d.num_labelled, per_class=d.per_class,
                            num_val=d.num_val, seed=cfg.seed)
     split.meta.update(made_for)
-    nodes = torch.cat([split.labelled, split.unlabelled])
+    labelled, check = split.labelled, split.labelled[:0]
+    if d.num_check:
+        labelled, check = hold_out(split.labelled, train.targets, d.num_check,
+                                   cfg.seed)
+    # Labelled nodes first; held-out ones last, unlabelled to training.
+    nodes = torch.cat([labelled, split.unlabelled, check])
     labelled_mask = torch.zeros(nodes.numel(), dtype=torch.bool)
-    labelled_mask[: split.labelled.numel()] = True
+    labelled_mask[: labelled.numel()] = True
+    check_mask = None
+    if check.numel():
+        check_mask = torch.zeros(nodes.numel(), dtype=torch.bool)
+        check_mask[nodes.numel() - check.numel():] = True
     train_tf = BatchTransform.for_dataset(train, train=True)
     if d.translate is not None:
         train_tf.pad = d.translate
@@ -133,7 +147,8 @@ def load_data(cfg: Config) -> TrainData:
         train_tf.flip = d.flip
     return TrainData(train, test, split, nodes, labelled_mask,
                      train.targets[nodes], train_tf,
-                     BatchTransform.for_dataset(train, train=False), skipped)
+                     BatchTransform.for_dataset(train, train=False), skipped,
+                     check_mask)
 
 
 class TrainNet(nn.Module):

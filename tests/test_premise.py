@@ -1,0 +1,137 @@
+"""The premise check (dag_pyg.train.premise) and the held-out labels it
+reads (data.num_check): intervals against published values, the check's
+numbers against hand-computed ones on a small graph, and the refresh's
+record on digits."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch_geometric.data import Data
+
+from dag_pyg.config import ConfigError, load_config
+from dag_pyg.data import hold_out
+from dag_pyg.distributed import DistContext
+from dag_pyg.nn import DNAHead
+from dag_pyg.train import refresh
+from dag_pyg.train.logger import QuietLogger
+from dag_pyg.train.premise import neighbour_vote, paired_gain, premise_check, wilson
+from dag_pyg.train.setup import build_model, load_data
+
+CPU = torch.device("cpu")
+
+
+def test_wilson_matches_published_intervals():
+    # Newcombe (1998), Table I: 8/10 -> 0.4902-0.9433; 0/10 -> 0-0.2775.
+    assert wilson(8, 10) == pytest.approx((0.4902, 0.9433), abs=1e-4)
+    assert wilson(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
+    assert all(math.isnan(v) for v in wilson(0, 0))
+
+
+def test_paired_gain_by_hand():
+    a = torch.tensor([1, 1, 1, 0], dtype=torch.bool)
+    b = torch.tensor([1, 0, 0, 0], dtype=torch.bool)
+    # b=2 nodes only a gets right, c=0; adjusted 2.5, 0.5, n 5:
+    # d~ = 0.4, se = sqrt(3 - 4/5)/5 = 0.296648 -> 0.4 -+ 1.96 * se.
+    d, lo, hi = paired_gain(a, b)
+    assert d == 0.5
+    assert lo == pytest.approx(0.4 - 1.959964 * 0.296648, abs=1e-5)
+    assert hi == pytest.approx(0.4 + 1.959964 * 0.296648, abs=1e-5)
+    d, lo, hi = paired_gain(a, a)  # identical: no gain, a narrow symmetric CI
+    assert d == 0.0 and lo == pytest.approx(-hi) and 0 < hi < 0.5
+    assert math.isnan(paired_gain(a[:0], a[:0])[0])
+
+
+def test_hold_out_is_class_balanced_and_leaves_training_labels():
+    targets = torch.tensor([0, 1, 0, 1, 0, 1, 0, 1, 2, 2, 2])
+    labelled = torch.tensor([0, 1, 2, 3, 4, 5, 8, 9, 10])
+    kept, held = hold_out(labelled, targets, 3, seed=1)
+    assert sorted(targets[held].tolist()) == [0, 1, 2]
+    assert sorted(torch.cat([kept, held]).tolist()) == labelled.tolist()
+    assert torch.equal(hold_out(labelled, targets, 3, seed=1)[1], held)
+    with pytest.raises(ValueError, match="spread evenly"):
+        hold_out(labelled, targets, 4)
+    with pytest.raises(ValueError, match="keep at least one"):
+        hold_out(labelled, targets, 9)
+
+
+def tiny():
+    """Five nodes; node 4 is the check node (class 1), its neighbours 0-3."""
+    #             v: 0  1  2  3   -> u = 4 ; and 4 -> 0 for node 0
+    ei = torch.tensor([[0, 1, 2, 3, 4], [4, 4, 4, 4, 0]])
+    sim = torch.tensor([0.9, 0.2, 0.3, 0.4, 0.5])
+    return Data(edge_index=ei, sim=sim, density=torch.zeros(5), num_nodes=5)
+
+
+def test_neighbour_vote_by_hand():
+    prior = torch.tensor([1, 0, 0, 2, 0])
+    # Node 4: class 1 gets 0.9, class 0 0.2 + 0.3 = 0.5, class 2 0.4 -> 1.
+    # Node 0: from node 4 (class 0) -> 0. Nodes 1-3 have no in-edges: their own.
+    assert neighbour_vote(prior, tiny(), 3).tolist() == [0, 0, 0, 2, 1]
+
+
+def test_premise_check_by_hand():
+    torch.manual_seed(0)
+    head = DNAHead(4, 3, hops=1)
+    feats = torch.randn(5, 4)
+    truth = torch.tensor([1, 0, 0, 2, 1])
+    labelled = torch.tensor([True, True, False, False, False])
+    check = torch.tensor([False, False, False, False, True])
+    prior = torch.tensor([1, 0, 0, 2, 0])            # Label Bank wrong on 4
+    dplp_labels = torch.tensor([1, 0, 1, 2, 1])      # DPLP right on 4
+    covered = torch.tensor([False, False, True, False, True])
+    rec = premise_check(head, feats, tiny(), prior, dplp_labels, covered, truth,
+                        labelled, check, CPU)
+    assert rec["check_n"] == 1 and rec["check_lb_acc"] == 0.0
+    assert rec["check_vote_acc"] == 1.0 and rec["check_vote_gain"] == 1.0
+    assert rec["check_dplp_n"] == 1 and rec["check_dplp_acc"] == 1.0
+    assert rec["check_lb_acc_covered"] == 0.0 and rec["check_dplp_gain"] == 1.0
+    assert rec["check_lb_acc_lo"] == 0.0 and rec["check_lb_acc_hi"] == \
+        pytest.approx(wilson(0, 1)[1])
+    own = head(feats[4:], torch.empty(2, 0, dtype=torch.long),
+               torch.zeros(1)).argmax(1)
+    assert rec["check_self_acc"] == float(own.item() == 1)
+    # Attention purity: edges into 4 from known labels: node 0 (class 1, same)
+    # and node 1 (class 0); node 4's softmax over all four in-edges.
+    _, (_, alpha) = head.convs[0](feats, tiny().edge_index[:, :4],
+                                  torch.zeros(5), return_attention_weights=True)
+    alpha = alpha.view(-1)
+    assert rec["check_attention_edges"] == 2
+    assert rec["check_attention_purity"] == pytest.approx(
+        float(alpha[0] / (alpha[0] + alpha[1])))
+
+
+def test_num_check_holds_labels_out_and_the_refresh_checks_them():
+    cfg = load_config("configs/digits.yaml", ["log.progress=false",
+                                              "data.num_check=20"])
+    torch.manual_seed(0)
+    data = load_data(cfg)
+    full = load_data(load_config("configs/digits.yaml", ["log.progress=false"]))
+    check = data.check_mask
+    assert int(check.sum()) == 20 and data.num_labelled == full.num_labelled - 20
+    # The held-out samples are labelled ones of the full split, now unlabelled
+    # graph nodes; every training sample is still a node.
+    held = data.nodes[check]
+    assert set(held.tolist()) <= set(full.nodes[full.labelled_mask].tolist())
+    assert not bool((data.labelled_mask & check).any())
+    assert sorted(data.nodes.tolist()) == sorted(full.nodes.tolist())
+    model = build_model(cfg, data, CPU, DistContext())
+    out = refresh(cfg, model, data, CPU, DistContext(), QuietLogger(0))
+    s = out.stats
+    assert s["check_n"] == 20
+    truth = data.true_y[check]
+    assert s["check_lb_acc"] == pytest.approx(
+        float((out.banks.prior[check] == truth).float().mean()))
+    # Training never reads the check nodes' labels: other labels there give
+    # the same banks and targets (and another check record).
+    data.true_y[check] = out.banks.prior[check]
+    again = refresh(cfg, model, data, CPU, DistContext(), QuietLogger(0))
+    assert torch.equal(again.banks.targets, out.banks.targets)
+    assert torch.equal(again.banks.prior, out.banks.prior)
+    assert again.stats["check_lb_acc"] == 1.0 != s["check_lb_acc"]
+    assert s["check_lb_acc_lo"] <= s["check_lb_acc"] <= s["check_lb_acc_hi"]
+    for key in ("check_vote_gain", "check_neighbour_gain", "check_dplp_gain"):
+        assert s[f"{key}_lo"] <= s[key] <= s[f"{key}_hi"] or math.isnan(s[key])
+    with pytest.raises(ConfigError, match="data.num_check"):
+        load_config("configs/digits.yaml", ["data.num_check=-1"])
