@@ -1,7 +1,8 @@
-"""The ``dag-pyg`` command line: ``train`` and ``eval``.
+"""The ``dag-pyg`` command line: ``train``, ``eval`` and ``diagnose``.
 
     dag-pyg train configs/digits.yaml [--set dna.hops=2 ...] [--out DIR] [--resume]
     dag-pyg eval runs/digits
+    dag-pyg diagnose configs/digits.yaml [--num-check N] [--out DIR]
     torchrun --nproc_per_node 2 -m dag_pyg train configs/digits.yaml
 """
 from __future__ import annotations
@@ -36,7 +37,17 @@ def _parser() -> argparse.ArgumentParser:
                    help="stop after this epoch's checkpoint (time-limited jobs); "
                    "continue later with --resume")
     e = sub.add_parser("eval", help="evaluate a run folder's last checkpoint")
-    for cmd in (t, e):
+    d = sub.add_parser("diagnose", help=(
+        "will DAG help on this data? pre-training and one refresh with labels "
+        "held out; prints the premise check with a verdict per module"))
+    d.add_argument("config", help="YAML experiment file (see configs/)")
+    d.add_argument("--set", dest="overrides", action="append", default=[],
+                   metavar="KEY=VALUE", help="override a config key (repeatable)")
+    d.add_argument("--out", help="run folder (default: <out>/<name>_diagnose)")
+    d.add_argument("--num-check", type=int, metavar="N",
+                   help="labels held out for the check, spread over the classes "
+                   "(default: data.num_check, else 20%% of each class's)")
+    for cmd in (t, e, d):
         cmd.add_argument("--debug", action="store_true",
                          help="show the full traceback of an error")
     e.add_argument("run_dir")
@@ -60,6 +71,13 @@ def main(argv: list[str] | None = None) -> int:
             err_txt = "n/a" if err is None else f"{err:.2f}%"
             if os.environ.get("RANK", "0") == "0":
                 print(f"final test error: {err_txt} ({run_dir / 'summary.json'})")
+        elif args.command == "diagnose":
+            from dag_pyg.train.diagnose import diagnose, render
+
+            cfg = load_config(args.config, args.overrides)
+            run_dir = (Path(args.out) if args.out
+                       else Path(cfg.out) / f"{cfg.name}_diagnose")
+            print(render(diagnose(cfg, run_dir, args.num_check)))
         else:
             from dag_pyg.train import evaluate_run
 

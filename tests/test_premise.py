@@ -135,3 +135,50 @@ def test_num_check_holds_labels_out_and_the_refresh_checks_them():
         assert s[f"{key}_lo"] <= s[key] <= s[f"{key}_hi"] or math.isnan(s[key])
     with pytest.raises(ConfigError, match="data.num_check"):
         load_config("configs/digits.yaml", ["data.num_check=-1"])
+
+
+def test_verdicts_read_the_intervals():
+    from dag_pyg.train.diagnose import verdicts
+
+    rec = {"check_n": 40, "check_lb_acc": 0.6, "check_lb_acc_lo": 0.45,
+           "check_lb_acc_hi": 0.73, "check_dplp_n": 20, "check_dplp_acc": 0.9,
+           "check_lb_acc_covered": 0.6, "check_dplp_gain": 0.3,
+           "check_dplp_gain_lo": 0.1, "check_dplp_gain_hi": 0.5,
+           "check_vote_acc": 0.5, "check_vote_gain": -0.1,
+           "check_vote_gain_lo": -0.2, "check_vote_gain_hi": -0.01,
+           "check_self_acc": 0.55, "check_neighbour_gain": 0.05,
+           "check_neighbour_gain_lo": -0.05, "check_neighbour_gain_hi": 0.15}
+    v = verdicts(rec)
+    assert v["dplp"].startswith("DPLP labels 90.0 % vs model 60.0 % on the 20 ")
+    assert v["dplp"].endswith("DPLP should help.")
+    assert v["neighbour_vote"].endswith("aggregation's premise fails.")
+    assert "no evidence either way" in v["dna"] and "[-5.0, 15.0]" in v["dna"]
+    rec.update(check_dplp_n=0, check_dplp_gain_lo=None, check_dplp_gain_hi=None)
+    assert verdicts(rec)["dplp"].endswith("no check nodes to read")
+
+
+def test_cli_diagnose(tmp_path, capsys):
+    import json
+
+    from dag_pyg.cli import main
+
+    out = tmp_path / "dg"
+    args = ["diagnose", "configs/digits.yaml", "--out", str(out), "--set",
+            "optim.pretrain_epochs=2", "--set", "log.progress=false",
+            "--set", "log.plots=false", "--set", "log.tensorboard=false"]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    res = json.loads((out / "diagnose.json").read_text())
+    # 5 labels per class: one each held out (20 %), read after epoch 1.
+    assert res["num_check"] == 10 and res["epoch"] == 1
+    last = [json.loads(line) for line in (out / "metrics.jsonl").open()][-1]
+    assert res["check"]["check_lb_acc"] == last["check_lb_acc"]
+    assert "Label Bank accuracy" in text and set(res["verdicts"]) == {
+        "pseudo_labels", "dplp", "neighbour_vote", "dna"}
+    assert main(args) == 2  # the folder holds a run: nothing overwritten
+    assert main(["diagnose", "configs/digits.yaml", "--out", str(tmp_path / "x"),
+                 "--set", "optim.pretrain_epochs=0"]) == 2
+    assert "pretrain_epochs >= 1" in capsys.readouterr().err
+    assert main(["diagnose", "configs/digits.yaml", "--out", str(tmp_path / "y"),
+                 "--set", "data.num_labelled=1"]) == 2
+    assert "at least 2" in capsys.readouterr().err
