@@ -180,6 +180,11 @@ class DistributedConfig:
 class Config:
     name: str = "digits"
     seed: int = 0
+    # dag: the paper's method as configured; auto: the premise check
+    # (data.num_check held-out labels, 20 % per class if 0) decides at every
+    # refresh which pseudo labels to train on and whether the head reads
+    # its neighbours (see dag_pyg.train.premise).
+    method: str = "dag"
     device: str = "auto"           # auto | cpu | cuda | cuda:N
     out: str = "runs"              # runs go to out/name (or --out)
     data: DataConfig = field(default_factory=DataConfig)
@@ -204,9 +209,11 @@ def choices() -> dict[str, tuple[str, ...]]:
     # Imported here: the training package imports this module.
     from dag_pyg.train.epoch import MIXUP_NEIGHBOURS, MIXUP_PLACES
     from dag_pyg.train.optim import AMP_MODES, SCHEDULES
+    from dag_pyg.train.premise import METHODS
     from dag_pyg.train.refresh import BANK_UPDATES, GRAPH_PLACEMENTS
 
     return {
+        "method": METHODS,
         "data.name": tuple(DATASETS),
         "model.backbone": tuple(BACKBONES),
         "optim.schedule": SCHEDULES,
@@ -332,8 +339,9 @@ def _apply(obj: Any, updates: dict[str, Any], prefix: str = "") -> None:
 
 def _check(cfg: Config) -> None:
     for key, allowed in choices().items():
-        section, name = key.split(".")
-        value = getattr(getattr(cfg, section), name)
+        value = cfg
+        for part in key.split("."):
+            value = getattr(value, part)
         if value not in allowed:
             close = difflib.get_close_matches(str(value), allowed, n=1)
             hint = f" Did you mean '{close[0]}'?" if close else ""
@@ -369,6 +377,13 @@ def _check(cfg: Config) -> None:
     if not 0.0 <= cfg.pseudo_label.weight < math.inf:
         raise ConfigError("Config key 'pseudo_label.weight' must be a finite "
                           f"number >= 0 (got {cfg.pseudo_label.weight}).")
+    pl = cfg.pseudo_label
+    if cfg.method == "auto" and (pl.source != "dplp" or pl.threshold > 0
+                                 or pl.admit != "all"):
+        raise ConfigError("method: auto chooses the pseudo labels itself (DPLP's "
+                          "or the model's, and which to admit): leave "
+                          "pseudo_label.source, .threshold and .admit at their "
+                          "defaults (dplp, 0, all).")
     if cfg.data.num_check < 0:
         raise ConfigError("Config key 'data.num_check' must be >= 0 (labels held "
                           f"out for the premise check; got {cfg.data.num_check}).")

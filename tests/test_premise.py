@@ -182,3 +182,99 @@ def test_cli_diagnose(tmp_path, capsys):
     assert main(["diagnose", "configs/digits.yaml", "--out", str(tmp_path / "y"),
                  "--set", "data.num_labelled=1"]) == 2
     assert "at least 2" in capsys.readouterr().err
+
+
+def test_admission_threshold_by_hand():
+    from dag_pyg.train.premise import admission_threshold
+
+    conf = torch.tensor([0.9, 0.8, 0.7, 0.6, 0.5, 0.4])
+    right = torch.tensor([True, True, True, True, False, False])
+    # Prefixes by confidence: 1/1 (Wilson lo 0.207), 2/2 (0.342), 3/3 (0.439),
+    # 4/4 (0.510), 4/5 (0.376), 4/6 (0.300): the largest prefix with a lower
+    # end >= 1/2 is the top four -> admit confidence >= 0.6.
+    assert wilson(4, 4)[0] == pytest.approx(0.5101, abs=1e-4)
+    assert admission_threshold(conf, right) == pytest.approx(0.6)
+    # A tie at the cut admits both tied nodes or neither: with the wrong
+    # fifth node tied to the fourth, the top four cannot be admitted alone,
+    # 4/5 fails, and so does every shorter prefix.
+    tied = torch.tensor([0.9, 0.8, 0.7, 0.6, 0.6, 0.4])
+    assert admission_threshold(tied, right) is None
+    right5 = torch.tensor([True, True, True, True, True, False])
+    assert admission_threshold(tied, right5) == pytest.approx(0.6)  # 5/5
+    assert admission_threshold(conf, torch.zeros(6, dtype=torch.bool)) is None
+    assert admission_threshold(conf[:0], right[:0]) is None
+
+
+def test_auto_decisions():
+    from dag_pyg.train.premise import auto_decisions
+
+    rec = {"check_dplp_gain_hi": -0.01, "check_neighbour_gain": -0.05}
+    assert auto_decisions(rec) == {"dplp": False, "neighbours": False}
+    rec = {"check_dplp_gain_hi": 0.2, "check_neighbour_gain": 0.0}
+    assert auto_decisions(rec) == {"dplp": True, "neighbours": True}
+    # Nothing to read (no DPLP-covered check node, no graph head): the paper's.
+    assert auto_decisions({}) == {"dplp": True, "neighbours": True}
+
+
+def auto_setup(*extra):
+    cfg = load_config("configs/digits.yaml", ["log.progress=false", "method=auto",
+                                              *extra])
+    torch.manual_seed(0)
+    data = load_data(cfg)
+    return cfg, data, build_model(cfg, data, CPU, DistContext())
+
+
+def test_auto_steers_the_refresh():
+    cfg, data, model = auto_setup()
+    # auto holds out 20 % of each class's labels when data.num_check is 0.
+    assert int(data.check_mask.sum()) == 10
+    out = refresh(cfg, model, data, CPU, DistContext(), QuietLogger(0))
+    s, unl = out.stats, ~data.labelled_mask
+    assert s["auto_dplp"] == 1.0 and out.banks.neighbours == bool(s["auto_neighbours"])
+    # Admission: exactly the unlabelled nodes at or above the threshold keep
+    # a target, by the Label Bank's confidence.
+    from dag_pyg.train.refresh import label_bank_logits
+
+    logits = label_bank_logits(model.head, out.banks.features, out.graph,
+                               cfg.dna.k, CPU)
+    conf = torch.softmax(logits.double(), 1).amax(1)
+    kept = out.banks.targets >= 0
+    if math.isnan(s["auto_threshold"]):
+        assert not bool(kept[unl].any())
+    else:
+        assert torch.equal(kept[unl], conf[unl] >= s["auto_threshold"])
+    # An earlier choice to drop the neighbour term is kept: the Label Bank is
+    # then the head on each node alone.
+    off = refresh(cfg, model, data, CPU, DistContext(), QuietLogger(0),
+                  neighbours=False)
+    assert off.banks.neighbours is False and off.stats["auto_neighbours"] == 0.0
+    with torch.no_grad():
+        own = model.head.classify(model.head.embed_self(off.banks.features))
+    prior = own.argmax(1)
+    prior[data.labelled_mask] = data.true_y[data.labelled_mask]
+    assert torch.equal(off.banks.prior, prior)
+    with pytest.raises(ConfigError, match="method: auto chooses"):
+        load_config("configs/digits.yaml", ["method=auto",
+                                            "pseudo_label.source=model"])
+
+
+def test_auto_without_neighbours_trains_checkpoints_and_evaluates(tmp_path,
+                                                                 monkeypatch):
+    import importlib
+
+    from dag_pyg.train import evaluate_run, train
+    from dag_pyg.train.checkpoint import load_checkpoint
+
+    refresh_module = importlib.import_module("dag_pyg.train.refresh")
+    monkeypatch.setattr(refresh_module, "auto_decisions",
+                        lambda rec: {"dplp": True, "neighbours": False})
+    cfg = load_config("configs/digits.yaml", [
+        "log.progress=false", "log.plots=false", "log.tensorboard=false",
+        "method=auto", "optim.pretrain_epochs=1", "optim.epochs=2"])
+    summary = train(cfg, tmp_path / "run")
+    state = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert state["banks"]["neighbours"] is False
+    # Re-evaluated from the checkpoint (the head alone on every query): the
+    # run's own last test error.
+    again = evaluate_run(tmp_path / "run")
+    assert again["test_error"] == pytest.approx(summary["test_error_last"])

@@ -134,6 +134,15 @@ class DNAHead(Module):
                                         num_sampled_nodes_per_hop,
                                         num_sampled_edges_per_hop))
 
+    def embed_self(self, x: Tensor) -> Tensor:
+        r"""The classifier's input with the neighbour term off: every layer
+        on the node alone (:math:`\mathbf{\Theta} \mathbf{x}_u +
+        \mathbf{b}` for one layer), as in pre-training."""
+        if self.hops == 0:
+            return self.embed(x)
+        empty = torch.empty(2, 0, dtype=torch.long, device=x.device)
+        return self.embed(x, empty, x.new_zeros(x.size(0)))
+
     def classify(self, x: Tensor) -> Tensor:
         r"""Logits of classifier inputs (:meth:`embed`'s output): dropout,
         then the classifier. Manifold mixup mixes between the two."""

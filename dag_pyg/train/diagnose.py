@@ -11,23 +11,18 @@ from pathlib import Path
 from dag_pyg.config import Config, ConfigError
 from dag_pyg.train.logger import read_metrics, write_json_atomic
 from dag_pyg.train.loop import run
+from dag_pyg.train.premise import default_check_count
 from dag_pyg.train.setup import load_data
-
-# Share of each class's labels held out when the config holds none out.
-DEFAULT_SHARE = 0.2
 
 
 def default_num_check(cfg: Config) -> int:
-    """``DEFAULT_SHARE`` of each class's labels (at least one, leaving at
-    least one to train on), over all classes."""
+    """:func:`~dag_pyg.train.premise.default_check_count` of the config's
+    split."""
     data = load_data(cfg)
-    c = data.num_classes
-    per_class = data.num_labelled // c
-    if per_class < 2:
-        raise ConfigError(f"diagnose holds labels out for its check, but the "
-                          f"split has {per_class} label(s) per class; it needs "
-                          "at least 2 (raise data.num_labelled).")
-    return c * min(per_class - 1, max(1, round(DEFAULT_SHARE * per_class)))
+    try:
+        return default_check_count(data.true_y[data.labelled_mask])
+    except ValueError as e:
+        raise ConfigError(f"diagnose: {e}") from None
 
 
 def _pct(v: float) -> str:

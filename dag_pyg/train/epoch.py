@@ -95,7 +95,7 @@ def train_steps(cfg: Config, model: Model, data: TrainData,
     then end after the current one)."""
     sums = dict(sums or {})
     done, signum = 0, None
-    use_graph = model.uses_graph_head and not pretrain
+    use_graph = model.uses_graph_head and not pretrain and banks.neighbours
     at_input = cfg.loss.mixup_at == "input"
     online = writes_bank(cfg, pretrain)
     reads_bank = not pretrain and banks is not None and banks.features.numel() > 0
@@ -262,7 +262,8 @@ def train_epoch(cfg: Config, model: Model, data: TrainData,
         if i and start >= progress.done:  # not refreshed before it
             t = time.perf_counter()
             new = refresh(cfg, model, data, device, dist, log,
-                          features=banks.features if online else None)
+                          features=banks.features if online else None,
+                          neighbours=banks.neighbours)
             progress.mid_s += time.perf_counter() - t
             if step_drift := drift_stats(built, new.banks, new.graph, cfg.dna.k,
                                          device):

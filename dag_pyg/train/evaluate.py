@@ -35,17 +35,18 @@ def error_rate(cfg: Config, model: Model, data: TrainData, feats: Tensor | None,
                truth: Tensor, device: torch.device, dist: DistContext,
                log: RunLogger | QuietLogger | None, desc: str) -> float:
     """Error (%) on ``dataset[rows]``: each rank classifies its shard of the
-    queries, retrieving neighbours from the global Feature Bank ``feats``."""
+    queries, retrieving neighbours from the global Feature Bank ``feats``
+    (a graph head without a ``graph`` classifies them on their own)."""
     q = extract_features(model.backbone, data.eval_tf, dataset, dist.shard(rows),
                          device, cfg.eval.batch_size, log, desc, cfg.optim.amp,
                          cfg.model.channels_last)
     model.head.eval()
-    if model.uses_graph_head:
+    if model.uses_graph_head and graph is not None:
         logits = predict_queries(model.head, q, feats.to(device), graph.to(device),
                                  cfg.dna.k, batch_size=cfg.eval.batch_size)
     else:
         with torch.no_grad():
-            logits = model.head(q)
+            logits = model.head.classify(model.head.embed_self(q))
     pred = dist.all_gather_rows(logits.argmax(1),
                                 dist.shard_sizes(rows.numel())).cpu()
     return 100.0 * float((pred != truth).float().mean())
@@ -144,7 +145,8 @@ def evaluate_run(run_dir: str | Path, num_test: int | str | None = None) -> dict
         raise CheckpointError(f"The checkpoint in '{run_dir}' is from pre-training "
                               "and holds no Feature Bank yet; train further first.")
     feats, graph = run.state["banks"]["features"], None
-    if run.model.uses_graph_head:
+    # method auto may have turned the neighbour term off.
+    if run.model.uses_graph_head and run.state["banks"].get("neighbours", True):
         graph = run.build_graph(feats)
     with RunLogger(run_dir, tensorboard=False, progress=run.cfg.log.progress,
                    resume_epoch=None) as log:

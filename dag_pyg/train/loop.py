@@ -256,13 +256,16 @@ def run(cfg: Config, run_dir: str | Path, resume: bool = False,
                 # after pre-training is extracted.
                 new = refresh(cfg, model, data, device, dist, log,
                               features=banks.features
-                              if writes_bank(cfg, pretrain) else None)
+                              if writes_bank(cfg, pretrain) else None,
+                              neighbours=None if banks is None
+                              else banks.neighbours)
                 banks, graph = new.banks, new.graph
                 path_lengths = new.path_lengths
                 rec.update(new.stats)
                 if epoch == total - 1 or (main_epoch >= 0
                                           and main_epoch % cfg.eval.every == 0):
-                    rec.update(evaluate(cfg, model, data, banks.features, graph,
+                    rec.update(evaluate(cfg, model, data, banks.features,
+                                        graph if banks.neighbours else None,
                                         device, dist, log))
                 rec.update(drift_stats(old, banks, graph, cfg.dna.k, device))
             rec["time_epoch"] = time.perf_counter() - t0

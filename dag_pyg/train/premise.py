@@ -48,6 +48,24 @@ from torch_geometric.data import Data
 from dag_pyg.nn import DensityAwareConv, DNAHead
 
 Z95 = 1.959963984540054
+# Config key ``method``: the paper's DAG as configured, or DAG steered by
+# the check (:func:`auto_decisions`).
+METHODS = ("dag", "auto")
+# Share of each class's labels held out where data.num_check is not given.
+CHECK_SHARE = 0.2
+
+
+def default_check_count(labelled_targets: Tensor) -> int:
+    """``CHECK_SHARE`` of each class's labels, at least one and leaving at
+    least one to train on, over all classes (the smallest class decides)."""
+    counts = torch.bincount(labelled_targets)
+    counts = counts[counts > 0]
+    per_class = int(counts.min()) if counts.numel() else 0
+    if per_class < 2:
+        raise ValueError(f"The premise check holds labels out, but the split has "
+                         f"{per_class} label(s) in its smallest class; it needs "
+                         "at least 2 (raise data.num_labelled).")
+    return counts.numel() * min(per_class - 1, max(1, round(CHECK_SHARE * per_class)))
 
 
 def wilson(correct: int, n: int, z: float = Z95) -> tuple[float, float]:
@@ -168,10 +186,9 @@ def premise_check(head: DNAHead, feats: Tensor, sub: Data, prior: Tensor,
     _add_gain(rec, "check_vote_gain", vote_right, lb_right)
 
     if head.hops > 0:
-        x = feats[check].to(device)
-        empty = torch.empty(2, 0, dtype=torch.long, device=device)
         head.eval()
-        own = head(x, empty, x.new_zeros(x.size(0))).argmax(1).cpu()
+        x = feats[check].to(device)
+        own = head.classify(head.embed_self(x)).argmax(1).cpu()
         self_right = own == y
         _add_acc(rec, "check_self_acc", self_right)
         _add_gain(rec, "check_neighbour_gain", lb_right, self_right)
@@ -186,3 +203,42 @@ def premise_check(head: DNAHead, feats: Tensor, sub: Data, prior: Tensor,
     _add_acc(rec, "check_lb_acc_covered", lb_right[cov])
     _add_gain(rec, "check_dplp_gain", dplp_right, lb_right[cov])
     return rec
+
+
+def admission_threshold(confidence: Tensor, right: Tensor) -> float | None:
+    r"""``method: auto``'s admission: the lowest Label Bank confidence
+    :math:`\tau` at which the check nodes of confidence :math:`\geq \tau`
+    are right more often than wrong, by the lower end of their 95 % Wilson
+    interval (a pseudo label that is more likely wrong than right is worse
+    than none: it teaches more wrong targets than right ones). :obj:`None`
+    where no such :math:`\tau` exists (no pseudo label is admitted)."""
+    if confidence.numel() == 0:
+        return None
+    conf, order = confidence.sort(descending=True)
+    hits = right[order].long().cumsum(0).tolist()
+    best = None
+    for i, hit in enumerate(hits):
+        # Only where the next node's confidence differs: a threshold
+        # admits every node of equal confidence.
+        if i + 1 < len(hits) and conf[i + 1] == conf[i]:
+            continue
+        if wilson(hit, i + 1)[0] >= 0.5:
+            best = i
+    return None if best is None else float(conf[best])
+
+
+def auto_decisions(rec: dict[str, float]) -> dict[str, bool]:
+    """``method: auto``'s per-refresh choices from the check's record:
+
+    - ``dplp``: train on DPLP's labels where its paths reach, unless the
+      check finds them worse than the Label Bank's on the nodes they cover
+      (the interval of ``check_dplp_gain`` below 0); else the model's.
+    - ``neighbours``: the head reads its neighbours unless the check finds
+      the neighbour term worse than none (``check_neighbour_gain`` below 0).
+      Read at the first refresh, on a head pre-trained without neighbours
+      (afterwards a head trained with, or without, them would favour its
+      own way), and kept.
+    """
+    hi = rec.get("check_dplp_gain_hi", math.nan)
+    gain = rec.get("check_neighbour_gain", math.nan)
+    return {"dplp": not hi < 0, "neighbours": not gain < 0}

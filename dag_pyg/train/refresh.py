@@ -27,7 +27,7 @@ from dag_pyg.propagation import (
 from dag_pyg.sampler import knn_subgraph
 from dag_pyg.train.features import extract_bank
 from dag_pyg.train.logger import QuietLogger, RunLogger
-from dag_pyg.train.premise import premise_check
+from dag_pyg.train.premise import admission_threshold, auto_decisions, premise_check
 from dag_pyg.train.setup import Model, TrainData
 
 # Where the graph, Label Bank and DPLP run under torchrun.
@@ -45,6 +45,8 @@ class Banks:
     prior: Tensor             # Label Bank: the model's predictions [N]
     targets: Tensor           # training target per node [N] (-1: none)
     weights: Tensor | None = None  # weight of each target [N] (None: all 1)
+    # Whether the head reads its neighbours (method auto may turn them off).
+    neighbours: bool = True
 
 
 @dataclass
@@ -121,10 +123,22 @@ def label_stats(targets: Tensor, prior: Tensor, covered: Tensor, truth: Tensor,
     return rec
 
 
+@torch.no_grad()
+def self_label_bank_logits(head: DNAHead, feats: Tensor,
+                           device: torch.device) -> Tensor:
+    """The Label Bank's logits with the head's neighbour term off."""
+    head.eval()
+    return head.classify(head.embed_self(feats.to(device))).cpu()
+
+
 def graph_and_labels(cfg: Config, head: DNAHead, feats: Tensor, data: TrainData,
-                     device: torch.device) -> Refreshed:
+                     device: torch.device, neighbours: bool | None = None
+                     ) -> Refreshed:
     """Graph, Label Bank, pseudo labels, their weights and statistics of a
-    Feature Bank."""
+    Feature Bank. With ``method: auto`` the premise check steers them
+    (:func:`~dag_pyg.train.premise.auto_decisions`); ``neighbours`` is its
+    earlier choice for the head's neighbour term (:obj:`None`: not made
+    yet)."""
     rec: dict[str, float] = {}
     t = time.perf_counter()
     graph = build_graph(feats, cfg, device)
@@ -155,8 +169,31 @@ def graph_and_labels(cfg: Config, head: DNAHead, feats: Tensor, data: TrainData,
         rec["time_check"] = time.perf_counter() - t
 
     unl = ~mask
+    auto = cfg.method == "auto"
+    if auto:
+        decided = auto_decisions(rec)
+        if neighbours is None:
+            neighbours = decided["neighbours"]
+        if not neighbours and head.hops > 0:
+            logits = self_label_bank_logits(head, feats, device)
+            prior = logits.argmax(1)
+            prior[mask] = truth[mask]
+            lp = pseudo_labels(graph, truth, mask, prior, source="dplp",
+                               sigma=cfg.dplp.sigma, mode=cfg.dplp.mode,
+                               num_classes=data.num_classes)
+        out = lp if decided["dplp"] else pseudo_labels(
+            graph, truth, mask, prior, source="model", sigma=cfg.dplp.sigma)
+        rec["auto_neighbours"] = float(neighbours)
+        rec["auto_dplp"] = float(decided["dplp"])
     targets = out.targets
-    if pl.threshold > 0 or pl.admit != "all":
+    if auto:
+        check = data.check_mask
+        conf = torch.softmax(logits.double(), dim=1).amax(1)
+        tau = admission_threshold(conf[check], targets[check] == truth[check])
+        rec["auto_threshold"] = math.nan if tau is None else tau
+        drop = unl if tau is None else unl & (conf < tau)
+        targets = torch.where(drop, torch.full_like(targets, -1), targets)
+    elif pl.threshold > 0 or pl.admit != "all":
         targets = admit_pseudo_labels(targets, logits, mask, pl.threshold,
                                       pl.admit)
     lengths = path_lengths(out.parents).float()
@@ -169,7 +206,9 @@ def graph_and_labels(cfg: Config, head: DNAHead, feats: Tensor, data: TrainData,
     if weights is not None:
         has = unl & (targets >= 0)
         rec["pl_weight_mean"] = float(weights[has].mean()) if has.any() else 0.0
-    return Refreshed(Banks(feats, prior, targets, weights), graph, rec, lengths)
+    return Refreshed(Banks(feats, prior, targets, weights,
+                           neighbours if neighbours is not None else True),
+                     graph, rec, lengths)
 
 
 def broadcast_refresh(dist: DistContext, out: Refreshed | None, feats: Tensor,
@@ -183,7 +222,8 @@ def broadcast_refresh(dist: DistContext, out: Refreshed | None, feats: Tensor,
         n = feats.size(0)
         banks = Banks(feats, torch.empty(n, dtype=torch.long),
                       torch.empty(n, dtype=torch.long),
-                      torch.empty(n) if weighted else None)
+                      torch.empty(n) if weighted else None,
+                      bool(stats.get("auto_neighbours", 1.0)))
         lengths = None
     else:
         banks, lengths = out.banks, out.path_lengths
@@ -206,12 +246,14 @@ def shared_graph(feats: Tensor, cfg: Config, device: torch.device,
 
 def refresh(cfg: Config, model: Model, data: TrainData, device: torch.device,
             dist: DistContext, log: RunLogger | QuietLogger,
-            features: Tensor | None = None) -> Refreshed:
+            features: Tensor | None = None,
+            neighbours: bool | None = None) -> Refreshed:
     """Feature Bank, graph, Label Bank and pseudo labels from the current
     model; with ``features`` (an online bank, identical on every rank; it
     becomes the new bank, not copied) the bank is not re-extracted. A run
     that reads no bank (:func:`needs_banks`) gets the labels alone, no
-    graph."""
+    graph. ``neighbours``: ``method: auto``'s earlier choice (see
+    :func:`graph_and_labels`)."""
     if not needs_banks(cfg, model.uses_graph_head):
         targets = torch.where(data.labelled_mask, data.true_y, -1)
         return Refreshed(Banks(torch.empty(0), targets.clone(), targets), None, {})
@@ -234,11 +276,12 @@ def refresh(cfg: Config, model: Model, data: TrainData, device: torch.device,
     if dist.enabled and cfg.distributed.graph == "rank0":
         pl = cfg.pseudo_label
         out = dist.on_main(lambda: graph_and_labels(cfg, model.head, feats, data,
-                                                    device), share=False)
+                                                    device, neighbours),
+                           share=False)
         out = broadcast_refresh(dist, out, feats, has_target_weights(
             pl.source, pl.weighting, pl.weight))
     else:
-        out = graph_and_labels(cfg, model.head, feats, data, device)
+        out = graph_and_labels(cfg, model.head, feats, data, device, neighbours)
     rec.update(out.stats)
     out.stats = rec
     return out

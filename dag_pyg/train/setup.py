@@ -29,6 +29,7 @@ from dag_pyg.models import build_backbone
 from dag_pyg.nn import DNAHead
 from dag_pyg.sampler import swap_seed_neighbours
 from dag_pyg.train.checkpoint import CheckpointError
+from dag_pyg.train.premise import default_check_count
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -129,8 +130,11 @@ def load_data(cfg: Config) -> TrainData:
                            num_val=d.num_val, seed=cfg.seed)
     split.meta.update(made_for)
     labelled, check = split.labelled, split.labelled[:0]
-    if d.num_check:
-        labelled, check = hold_out(split.labelled, train.targets, d.num_check,
+    num_check = d.num_check
+    if not num_check and cfg.method == "auto":  # auto needs its check
+        num_check = default_check_count(train.targets[split.labelled])
+    if num_check:
+        labelled, check = hold_out(split.labelled, train.targets, num_check,
                                    cfg.seed)
     # Labelled nodes first; held-out ones last, unlabelled to training.
     nodes = torch.cat([labelled, split.unlabelled, check])
@@ -196,9 +200,8 @@ class TrainNet(nn.Module):
                 other = swap_seed_neighbours(batch, perm)
                 h = lam * h + (1.0 - lam) * self.head.forward_batch(
                     feats, bank, other, density, embed=True)
-        elif self_only:  # a graph head before the first graph: self term only
-            empty = torch.empty(2, 0, dtype=torch.long, device=feats.device)
-            h = self.head.embed(feats, empty, feats.new_zeros(feats.size(0)))
+        elif self_only:  # a graph head without a graph: self term only
+            h = self.head.embed_self(feats)
         else:
             h = self.head.embed(feats)
         if mixing is not None:

@@ -37,7 +37,8 @@ def run_state(epoch: int, cfg: Config, model: Model,
             "rng_ranks": rng_ranks,
             "banks": None if banks is None else {
                 "features": banks.features, "prior": banks.prior,
-                "targets": banks.targets, "weights": banks.weights},
+                "targets": banks.targets, "weights": banks.weights,
+                "neighbours": banks.neighbours},
             "history": history, "split": {"labelled": split.labelled,
                                           "unlabelled": split.unlabelled,
                                           "val": split.val}}
@@ -90,5 +91,5 @@ def restore_run_state(state: dict, cfg: Config, model: Model,
                      "uninterrupted run.")
     b = state["banks"]
     banks = None if b is None else Banks(b["features"], b["prior"], b["targets"],
-                                         b.get("weights"))
+                                         b.get("weights"), b.get("neighbours", True))
     return state["epoch"], banks, state["history"], notes
