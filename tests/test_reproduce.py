@@ -249,19 +249,19 @@ def test_headline_table(tmp_path):
 def test_headline_table_compares_with_a_second_row(tmp_path):
     make_results = load("make_results")
     res, grids = tmp_path / "res", tmp_path / "grids"
-    for d in (res / "main", res / "plus", grids):
+    for d in (res / "main", res / "x_dagplus", grids):
         d.mkdir(parents=True)
     recs = {"main": [_record("baseline", 0, 50.0), _record("baseline", 1, 52.0),
                      _record("labels_only", 0, 49.0), _record("labels_only", 1, 55.0),
                      _record("dag", 0, 47.0), _record("dag", 1, 53.0)],
-            "plus": [_record("dagplus", 0, 46.0), _record("dagplus", 1, 50.0)]}
+            "x_dagplus": [_record("dagplus", 0, 46.0), _record("dagplus", 1, 50.0)]}
     _write_records(res, recs)
-    (grids / "plus.yaml").write_text(yaml.safe_dump({
-        "name": "plus", "config": "c.yaml", "rows": {"dagplus": []},
+    (grids / "x_dagplus.yaml").write_text(yaml.safe_dump({
+        "name": "x_dagplus", "config": "c.yaml", "rows": {"dagplus": []},
         "borrow": {"baseline": "main/baseline", "labels_only": "main/labels_only",
                    "dag": "main/dag"},
         "compare": {"dagplus": "dag"}}))
-    lines = make_results.headline_table(res / "plus", grids)
+    lines = make_results.headline_table(res / "x_dagplus", grids)
     table = [line[2:-2].split(" | ") for line in lines if line.startswith("| ")]
     assert table[0] == ["row", "seeds", "test error %", "Δ vs baseline (paired)",
                         "Δ vs labels_only (paired)", "Δ vs dag (paired)",
@@ -279,12 +279,31 @@ def test_headline_table_compares_with_a_second_row(tmp_path):
     assert by["labels_only (= main/labels_only)"][3:5] == [
         "1.00 ± 2.83", "–"]
     # The headline's one line per preset grid.
-    lines = make_results.preset_table([res / "plus"], grids)
+    lines = make_results.preset_table([res / "x_dagplus"], grids)
+    assert lines[0].startswith("### DAG+ against") and "Δ DAG+ vs DAG" in lines[3]
     (line,) = [x[2:-2].split(" | ") for x in lines if x.startswith("| [")]
     assert line[1] == "0, 1" and line[3:] == [
         "52.00 ± 4.24", "51.00 ± 1.41", "50.00 ± 4.24", "48.00 ± 2.83",
         "-3.00 ± 1.41", "-4.00 ± 1.41", "-2.00 ± 1.41",
         "-1.00 ± 2.83"]   # dag - baseline: -3, +1
+    # An `auto` preset grid gets its own table, named as its preset.
+    (grids / "x_auto.yaml").write_text(yaml.safe_dump({
+        "name": "x_auto", "config": "c.yaml", "rows": {"auto": []},
+        "borrow": {"baseline": "main/baseline", "labels_only": "main/labels_only",
+                   "dag": "main/dag"},
+        "compare": {"auto": "dag"}}))
+    (res / "x_auto").mkdir()
+    _write_records(res, {"x_auto": [_record("auto", 0, 49.0),
+                                    _record("auto", 1, 51.0)]})
+    lines = make_results.preset_table([res / "x_dagplus", res / "x_auto"], grids)
+    titles = [x for x in lines if x.startswith("### ")]
+    assert titles == ["### DAG+ against the paper's DAG, its baseline and the "
+                      "labels alone", "### auto against the paper's DAG, its "
+                      "baseline and the labels alone"]
+    auto = [x[2:-2].split(" | ") for x in lines if x.startswith("| [x_auto")]
+    # auto 49, 51 against baseline 50, 52 / labels 49, 55 / DAG 47, 53.
+    assert auto[0][6:10] == ["50.00 ± 1.41", "-1.00 ± 0.00", "-2.00 ± 2.83",
+                             "0.00 ± 2.83"]
 
 
 def test_neighbour_purity_hand_computed():

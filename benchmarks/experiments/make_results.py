@@ -416,10 +416,47 @@ def _published(grid_dir: Path, runs: list[dict]) -> list[str]:
             f"re-run): {quoted}. {PUBLISHED_GAP[stem]}."]
 
 
+# Preset grids (name suffix: preset row): how the headline names each
+# preset and says what it is.
+PRESETS = {
+    "_dagplus": ("DAG+", "DAG+ is `configs/*_dagplus.yaml`"),
+    "_auto": ("auto", "auto is `method: auto` (experimental), with 20 % of "
+              "each class's labels held out of its training for its check"),
+}
+
+
+def preset_kind(grid_dir: Path) -> str | None:
+    """The preset suffix of a grid's name (``None``: not a preset grid)."""
+    return next((k for k in PRESETS if grid_dir.name.endswith(k)), None)
+
+
 def preset_table(grid_dirs: list[Path], grids: Path = GRIDS) -> list[str]:
-    """One line per preset grid (``compare: {preset: reference}``): labels
-    only, the paper's baseline, the reference (the paper's DAG) and the
-    preset, mean ± std over seeds, and the preset's seed-paired Δ to each."""
+    """One table per kind of preset (:data:`PRESETS`), one line per preset
+    grid (``compare: {preset: reference}``): labels only, the paper's
+    baseline, the reference (the paper's DAG) and the preset, mean ± std
+    over seeds, and the preset's seed-paired Δ to each."""
+    out = []
+    for kind, (label, what) in PRESETS.items():
+        lines = _preset_lines([d for d in grid_dirs if preset_kind(d) == kind],
+                              grids)
+        if not lines:
+            continue
+        head = ["grid", "seeds", "test set", "labels only", "baseline",
+                "DAG (paper)", label, f"Δ {label} vs baseline",
+                f"Δ {label} vs labels only", f"Δ {label} vs DAG",
+                "Δ DAG vs baseline"]
+        out += [f"### {label} against the paper's DAG, its baseline and the "
+                "labels alone",
+                f"Test error %, mean ± std over seeds; Δ paired by seed "
+                f"(negative: {label} better). Baseline: the paper's (Label Bank "
+                f"pseudo labels, Eq. 2, mixup); {what}; the paper's DAG stays "
+                "the default.", "",
+                "| " + " | ".join(head) + " |", "|" + "---|" * len(head), *lines,
+                ""]
+    return out
+
+
+def _preset_lines(grid_dirs: list[Path], grids: Path) -> list[str]:
     lines = []
     for grid_dir in grid_dirs:
         rows, _, _ = _load_rows(grid_dir, grids)
@@ -440,17 +477,7 @@ def preset_table(grid_dirs: list[Path], grids: Path = GRIDS) -> list[str]:
                 *[fmt(_paired(rows[preset], by_seed[row], err))
                   for row in ("baseline", "labels_only", ref)],
                 fmt(_paired(rows[ref], by_seed["baseline"], err))]) + " |")
-    if not lines:
-        return []
-    head = ["grid", "seeds", "test set", "labels only", "baseline", "DAG (paper)",
-            "DAG+", "Δ DAG+ vs baseline", "Δ DAG+ vs labels only",
-            "Δ DAG+ vs DAG", "Δ DAG vs baseline"]
-    return ["### DAG+ against the paper's DAG, its baseline and the labels alone",
-            "Test error %, mean ± std over seeds; Δ paired by seed (negative: "
-            "DAG+ better). Baseline: the paper's (Label Bank pseudo labels, "
-            "Eq. 2, mixup); DAG+ is `configs/*_dagplus.yaml`; the paper's DAG "
-            "stays the default.", "",
-            "| " + " | ".join(head) + " |", "|" + "---|" * len(head), *lines, ""]
+    return lines
 
 
 # --------------------------------------------------------------------------- #
@@ -739,8 +766,8 @@ def write_pages(results: Path, out: Path, speed: Path = SPEED_RESULTS,
             # Choices made on a validation split: their tables are on the
             # detail page; the headline shows test-split grids.
             selections.append(f"- [{grid_dir.name}]({rel})")
-        elif grid_dir.name.endswith("_dagplus"):
-            presets.append(grid_dir)  # one line each in the preset table
+        elif preset_kind(grid_dir):
+            presets.append(grid_dir)  # one line each in its preset table
         elif grid_dir.name.endswith(SWEEPS):
             # One switch swept over values: linked, so the page stays one page.
             sweeps.append(f"- [{grid_dir.name}]({rel})")
