@@ -100,6 +100,10 @@ class LossConfig:
     # first component's neighbour term at full weight, as so far) or mixed
     # (both components' neighbour terms, in the target's proportions).
     mixup_neighbours: str = "first"  # first | mixed
+    # lam = max(lam, 1 - lam): the first component of a mixed image (whose
+    # sub-graph it keeps) is its major one, as in MixMatch. The same mixed
+    # images and targets in distribution; only which image is "first" moves.
+    mixup_major_first: bool = False
 
 
 @dataclass

@@ -278,3 +278,33 @@ def test_auto_without_neighbours_trains_checkpoints_and_evaluates(tmp_path,
     # run's own last test error.
     again = evaluate_run(tmp_path / "run")
     assert again["test_error"] == pytest.approx(summary["test_error_last"])
+
+
+def test_mixup_major_first(tmp_path, monkeypatch):
+    """With loss.mixup_major_first every mixed batch's first component (the
+    one whose sub-graph it keeps) weighs at least one half: the same draws,
+    folded onto [1/2, 1]."""
+    import importlib
+
+    from dag_pyg.train import train
+
+    epoch_module = importlib.import_module("dag_pyg.train.epoch")
+    seen, real_mix = [], epoch_module.mix
+
+    def mix(x, lam, perm):
+        seen.append(lam)
+        return real_mix(x, lam, perm)
+
+    monkeypatch.setattr(epoch_module, "mix", mix)
+    lams = {}
+    for major_first in ("false", "true"):
+        seen.clear()
+        train(load_config("configs/digits.yaml", [
+            "log.progress=false", "log.plots=false", "log.tensorboard=false",
+            "optim.pretrain_epochs=1", "optim.epochs=1",
+            f"loss.mixup_major_first={major_first}"]), tmp_path / major_first)
+        # mix() is called on the targets, then on the images, with one lam.
+        assert seen[::2] == seen[1::2] and len(seen) > 20
+        lams[major_first] = seen[::2]
+    assert min(lams["false"]) < 0.5 < max(lams["false"])
+    assert lams["true"] == [max(lam, 1 - lam) for lam in lams["false"]]

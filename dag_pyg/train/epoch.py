@@ -119,6 +119,8 @@ def train_steps(cfg: Config, model: Model, data: TrainData,
         # keeps its own slice.
         x = data.train_tf(data.train_set.images[data.nodes[seeds]], generator=gen)
         lam, perm = mixup_draw(seeds.numel(), cfg.loss.mixup_alpha, generator=gen)
+        if cfg.loss.mixup_major_first:
+            lam = max(lam, 1.0 - lam)
         target = mix(onehot, lam, perm)
         mixing = neighbour_mixing = None
         if at_input:
