@@ -388,6 +388,17 @@ def _check(cfg: Config) -> None:
                           "or the model's, and which to admit): leave "
                           "pseudo_label.source, .threshold and .admit at their "
                           "defaults (dplp, 0, all).")
+    if cfg.method == "auto" and cfg.optim.pretrain_epochs < 1:
+        raise ConfigError("method: auto decides on the neighbour term at the "
+                          "refresh after pre-training: set "
+                          "optim.pretrain_epochs >= 1.")
+    if cfg.method == "auto" and cfg.distributed.graph != "rank0":
+        raise ConfigError("method: auto decides on rank 0 and broadcasts: use "
+                          "distributed.graph: rank0.")
+    if cfg.loss.mixup_neighbours == "mixed" and cfg.loss.mixup_at != "input":
+        raise ConfigError("loss.mixup_neighbours: mixed is for images mixed at "
+                          "the input; with loss.mixup_at: feature each image is "
+                          "aggregated with its own sub-graph already.")
     if cfg.data.num_check < 0:
         raise ConfigError("Config key 'data.num_check' must be >= 0 (labels held "
                           f"out for the premise check; got {cfg.data.num_check}).")

@@ -32,12 +32,13 @@ def test_wilson_matches_published_intervals():
 def test_paired_gain_by_hand():
     a = torch.tensor([1, 1, 1, 0], dtype=torch.bool)
     b = torch.tensor([1, 0, 0, 0], dtype=torch.bool)
-    # b=2 nodes only a gets right, c=0; adjusted 2.5, 0.5, n 5:
-    # d~ = 0.4, se = sqrt(3 - 4/5)/5 = 0.296648 -> 0.4 -+ 1.96 * se.
+    # b=2 nodes only a gets right, c=0; Agresti-Min adds 1/2 to all four
+    # cells: 2.5, 0.5, n 6: d~ = 1/3, se = sqrt(3 - 4/6)/6 = 0.254588
+    # -> 1/3 -+ 1.96 * se = [-0.165651, 0.832317].
     d, lo, hi = paired_gain(a, b)
     assert d == 0.5
-    assert lo == pytest.approx(0.4 - 1.959964 * 0.296648, abs=1e-5)
-    assert hi == pytest.approx(0.4 + 1.959964 * 0.296648, abs=1e-5)
+    assert lo == pytest.approx(-0.165651, abs=1e-5)
+    assert hi == pytest.approx(0.832317, abs=1e-5)
     d, lo, hi = paired_gain(a, a)  # identical: no gain, a narrow symmetric CI
     assert d == 0.0 and lo == pytest.approx(-hi) and 0 < hi < 0.5
     assert math.isnan(paired_gain(a[:0], a[:0])[0])
@@ -157,6 +158,7 @@ def test_verdicts_read_the_intervals():
     assert verdicts(rec)["dplp"].endswith("no check nodes to read")
 
 
+@pytest.mark.slow
 def test_cli_diagnose(tmp_path, capsys):
     import json
 
@@ -208,9 +210,11 @@ def test_admission_threshold_by_hand():
 def test_auto_decisions():
     from dag_pyg.train.premise import auto_decisions
 
-    rec = {"check_dplp_gain_hi": -0.01, "check_neighbour_gain": -0.05}
+    rec = {"check_dplp_gain_hi": -0.01, "check_neighbour_gain_hi": -0.05}
     assert auto_decisions(rec) == {"dplp": False, "neighbours": False}
-    rec = {"check_dplp_gain_hi": 0.2, "check_neighbour_gain": 0.0}
+    # Intervals that hold 0 keep the paper's modules, whatever the estimate.
+    rec = {"check_dplp_gain_hi": 0.2, "check_neighbour_gain": -0.1,
+           "check_neighbour_gain_hi": 0.01}
     assert auto_decisions(rec) == {"dplp": True, "neighbours": True}
     # Nothing to read (no DPLP-covered check node, no graph head): the paper's.
     assert auto_decisions({}) == {"dplp": True, "neighbours": True}
@@ -224,27 +228,38 @@ def auto_setup(*extra):
     return cfg, data, build_model(cfg, data, CPU, DistContext())
 
 
-def test_auto_steers_the_refresh():
+def test_auto_steers_the_refresh(monkeypatch):
+    import importlib
+
+    from dag_pyg.propagation import pseudo_labels
+    from dag_pyg.train.refresh import label_bank_logits
+
+    refresh_module = importlib.import_module("dag_pyg.train.refresh")
     cfg, data, model = auto_setup()
-    # auto holds out 20 % of each class's labels when data.num_check is 0.
-    assert int(data.check_mask.sum()) == 10
+    # auto holds out 20 % of each class's labels when data.num_check is 0;
+    # the labels trained on come first (pre-training's batches read those).
+    n_lab = data.num_labelled
+    assert int(data.check_mask.sum()) == 10 and n_lab == 40
+    assert bool(data.labelled_mask[:n_lab].all())
+    assert not bool(data.labelled_mask[n_lab:].any())
+    # A threshold inside the (untrained) model's confidences: the check
+    # nodes' median.
+    monkeypatch.setattr(refresh_module, "admission_threshold",
+                        lambda conf, right: float(conf.median()))
     out = refresh(cfg, model, data, CPU, DistContext(), QuietLogger(0))
     s, unl = out.stats, ~data.labelled_mask
     assert s["auto_dplp"] == 1.0 and out.banks.neighbours == bool(s["auto_neighbours"])
+    tau = s["auto_threshold"]
     # Admission: exactly the unlabelled nodes at or above the threshold keep
-    # a target, by the Label Bank's confidence.
-    from dag_pyg.train.refresh import label_bank_logits
-
+    # a target, by the Label Bank's confidence; the others none.
     logits = label_bank_logits(model.head, out.banks.features, out.graph,
                                cfg.dna.k, CPU)
     conf = torch.softmax(logits.double(), 1).amax(1)
     kept = out.banks.targets >= 0
-    if math.isnan(s["auto_threshold"]):
-        assert not bool(kept[unl].any())
-    else:
-        assert torch.equal(kept[unl], conf[unl] >= s["auto_threshold"])
+    assert torch.equal(kept[unl], conf[unl] >= tau)
+    assert 0 < int(kept[unl].sum()) < int(unl.sum())
     # An earlier choice to drop the neighbour term is kept: the Label Bank is
-    # then the head on each node alone.
+    # the head on each node alone, and DPLP runs over that Label Bank.
     off = refresh(cfg, model, data, CPU, DistContext(), QuietLogger(0),
                   neighbours=False)
     assert off.banks.neighbours is False and off.stats["auto_neighbours"] == 0.0
@@ -253,11 +268,41 @@ def test_auto_steers_the_refresh():
     prior = own.argmax(1)
     prior[data.labelled_mask] = data.true_y[data.labelled_mask]
     assert torch.equal(off.banks.prior, prior)
-    with pytest.raises(ConfigError, match="method: auto chooses"):
-        load_config("configs/digits.yaml", ["method=auto",
-                                            "pseudo_label.source=model"])
+    lp = pseudo_labels(off.graph, data.true_y, data.labelled_mask, prior,
+                       mode=cfg.dplp.mode, num_classes=data.num_classes)
+    conf = torch.softmax(own.double(), 1).amax(1)
+    tau = off.stats["auto_threshold"]
+    assert torch.equal(off.banks.targets,
+                       torch.where(unl & (conf < tau), -1, lp.targets))
+    assert off.stats["check_lb_acc"] == pytest.approx(float(
+        (prior[data.check_mask] == data.true_y[data.check_mask]).float().mean()))
 
 
+def test_auto_config_errors():
+    for extra, match in ((["pseudo_label.source=model"], "method: auto chooses"),
+                         (["optim.pretrain_epochs=0"], "pretrain_epochs >= 1"),
+                         (["distributed.graph=replicate"], "rank0")):
+        with pytest.raises(ConfigError, match=match):
+            load_config("configs/digits.yaml", ["method=auto", *extra])
+    with pytest.raises(ConfigError, match="mixup_neighbours: mixed"):
+        load_config("configs/digits.yaml", ["loss.mixup_neighbours=mixed",
+                                            "loss.mixup_at=feature"])
+
+
+def test_check_summary_by_hand():
+    from dag_pyg.train.premise import check_summary
+
+    records = [{"epoch": 0}, {"check_lb_acc": 0.5, "check_lb_acc_lo": 0.2,
+                              "check_lb_acc_hi": 0.8},
+               {"check_lb_acc": 0.7, "check_lb_acc_lo": 0.4,
+                "check_lb_acc_hi": 0.9, "check_dplp_acc": math.nan},
+               {"check_lb_acc": None}]
+    assert check_summary(records) == {"check_lb_acc": {
+        "mean": pytest.approx(0.6), "refreshes": 2, "last": 0.7,
+        "last_lo": 0.4, "last_hi": 0.9}}
+
+
+@pytest.mark.slow
 def test_auto_without_neighbours_trains_checkpoints_and_evaluates(tmp_path,
                                                                  monkeypatch):
     import importlib
@@ -280,6 +325,7 @@ def test_auto_without_neighbours_trains_checkpoints_and_evaluates(tmp_path,
     assert again["test_error"] == pytest.approx(summary["test_error_last"])
 
 
+@pytest.mark.slow
 def test_mixup_major_first(tmp_path, monkeypatch):
     """With loss.mixup_major_first every mixed batch's first component (the
     one whose sub-graph it keeps) weighs at least one half: the same draws,
@@ -308,3 +354,13 @@ def test_mixup_major_first(tmp_path, monkeypatch):
         lams[major_first] = seen[::2]
     assert min(lams["false"]) < 0.5 < max(lams["false"])
     assert lams["true"] == [max(lam, 1 - lam) for lam in lams["false"]]
+
+
+def test_diagnose_holds_out_a_share_of_the_split_labels():
+    from dag_pyg.train.diagnose import default_num_check
+
+    # digits: 5 labels per class -> one each; the same for a config whose
+    # method (auto) has already held some out.
+    for extra in ([], ["method=auto"]):
+        cfg = load_config("configs/digits.yaml", ["log.progress=false", *extra])
+        assert default_num_check(cfg) == 10

@@ -6,16 +6,20 @@ its first component ``a``, so the head's neighbour term speaks for ``a``'s
 class at full weight while the target gives ``a`` only ``lam``. If so, the
 loss at small ``lam`` is far above the loss at large ``lam`` for a graph
 head, and not for a head without neighbours; mixing the two components'
-neighbour terms with ``lam`` as the target is mixed (possible exactly for
-one layer, whose output is linear in ``x_u + sum_v alpha_uv x_v``) should
-close the gap.
+neighbour terms with ``lam`` as the target is mixed should close the gap.
 
 For every ``lam`` of a grid, the same batches (the run's own composition,
 augmentation and Label Bank targets, fixed seed) are scored three ways:
 
 - ``first``: as trained (the mixed image's first component's sub-graph);
-- ``mixed``: the neighbour term as ``lam N(a) + (1 - lam) N(b)``;
+- ``mixed``: as ``loss.mixup_neighbours: mixed`` trains, the head's outputs
+  on both components' sub-graphs mixed by ``lam``
+  (:func:`~dag_pyg.sampler.swap_seed_neighbours`; for one layer the
+  neighbour term ``lam N(a) + (1 - lam) N(b)``);
 - ``self``: the neighbour term off (the head on the seed feature alone).
+
+Batch statistics as in training (train mode), the seed fixed; nothing is
+saved.
 
     python -m benchmarks.analysis.mixup_lambda_loss RUN_DIR [RUN_DIR ...] \
         [--batches 30] [--out FILE.json]
@@ -31,7 +35,7 @@ from pathlib import Path
 import torch
 
 from dag_pyg.data.transforms import mix
-from dag_pyg.sampler import make_loader
+from dag_pyg.sampler import make_loader, swap_seed_neighbours
 from dag_pyg.train import load_run
 from dag_pyg.train.epoch import epoch_batches
 from dag_pyg.train.losses import soft_cross_entropy
@@ -51,9 +55,7 @@ def lambda_losses(run_dir: str | Path, batches: int = 30, seed: int = 0,
     head, graph_head = model.head, model.uses_graph_head
     graph = run.build_graph(feats) if graph_head else None
     loader = make_loader(graph, cfg.dna.k, cfg.dna.hops) if graph_head else None
-    if graph_head and head.hops != 1:
-        raise ValueError("the 'mixed' scoring is exact for one layer only "
-                         f"(this head has {head.hops}).")
+    torch.manual_seed(seed)  # dropout, where the model has any
     gen = torch.Generator().manual_seed(seed)
     seeds_list = epoch_batches(data.num_labelled, data.nodes.numel(), cfg.optim,
                                False, gen)[:batches]
@@ -74,10 +76,10 @@ def lambda_losses(run_dir: str | Path, batches: int = 30, seed: int = 0,
             f = model.backbone.features(mix(x, lam, perm))
             if graph_head:
                 full = head.forward_batch(f, feats, batch, graph.density, embed=True)
-                empty = torch.empty(2, 0, dtype=torch.long)
-                own = head.embed(f, empty, f.new_zeros(f.size(0)))
-                nb = full - own  # Theta * sum_v alpha_uv x_v (one layer)
-                mixed = own + lam * nb + (1.0 - lam) * nb[perm]
+                other = head.forward_batch(f, feats, swap_seed_neighbours(batch, perm),
+                                           graph.density, embed=True)
+                mixed = lam * full + (1.0 - lam) * other
+                own = head.embed_self(f)
             else:
                 full = mixed = own = head.embed(f)
             for way, h in (("first", full), ("mixed", mixed), ("self", own)):

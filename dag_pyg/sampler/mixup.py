@@ -47,7 +47,11 @@ def swap_seed_neighbours(batch: Data, perm: Tensor) -> Data:
     order[pos] = pos[torch.sort(new_col[pos], stable=True).indices]
     out = copy.copy(batch)
     for key in batch.keys():
-        if key != "edge_index" and batch.is_edge_attr(key):
-            out[key] = batch[key][order]
+        value = batch[key]
+        # By size, not PyG's guess, which takes a batch with as many nodes
+        # as edges for node attributes.
+        if key != "edge_index" and isinstance(value, Tensor) and \
+                value.dim() >= 1 and value.size(0) == col.numel():
+            out[key] = value[order]
     out.edge_index = torch.stack([row[order], new_col[order]])
     return out

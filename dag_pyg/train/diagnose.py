@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 from pathlib import Path
 
 from dag_pyg.config import Config, ConfigError
@@ -19,8 +20,8 @@ def default_num_check(cfg: Config) -> int:
     """:func:`~dag_pyg.train.premise.default_check_count` of the config's
     split."""
     data = load_data(cfg)
-    try:
-        return default_check_count(data.true_y[data.labelled_mask])
+    try:  # the split's labels (method auto's load_data has held some out)
+        return default_check_count(data.train_set.targets[data.split.labelled])
     except ValueError as e:
         raise ConfigError(f"diagnose: {e}") from None
 
@@ -46,8 +47,8 @@ def _call(rec: dict, key: str, helps: str, hurts: str) -> str:
         return helps
     if hi < 0:
         return hurts
-    return (f"no evidence either way at this size (interval {_ci(rec, key)} "
-            "points holds 0)")
+    return (f"no evidence either way at this size (its 95 % interval, "
+            f"{_ci(rec, key)} points, holds 0)")
 
 
 def verdicts(rec: dict) -> dict[str, str]:
@@ -86,6 +87,9 @@ def diagnose(cfg: Config, run_dir: str | Path, num_check: int | None = None
     out (default: the config's ``data.num_check``, else
     :func:`default_num_check`), builds the first banks, and returns (and
     writes to ``diagnose.json``) the premise check with verdicts."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("diagnose runs in one process (minutes): start it "
+                          "without torchrun.")
     cfg = copy.deepcopy(cfg)
     if cfg.optim.pretrain_epochs < 1:
         raise ConfigError("diagnose reads the banks built after pre-training: "
@@ -129,4 +133,3 @@ def render(out: dict) -> str:
     lines += ["", *(f"{k}: {v}" for k, v in out["verdicts"].items()),
               "", f"written: {Path(out['run_dir']) / 'diagnose.json'}"]
     return "\n".join(lines)
-

@@ -48,6 +48,7 @@ from dag_pyg.train.evaluate import evaluate
 from dag_pyg.train.interrupt import StopRequest, TrainingInterrupted
 from dag_pyg.train.logger import QuietLogger, RunLogger, read_metrics, write_json_atomic
 from dag_pyg.train.optim import build_optimizer, build_scaler
+from dag_pyg.train.premise import check_summary
 from dag_pyg.train.refresh import (
     Banks,
     drift_stats,
@@ -113,7 +114,9 @@ def finish(cfg: Config, run_dir: Path, data: TrainData, history: dict,
             for k in sorted({k for r in main for k in r if k.startswith("time_")})
         } if main else {},
         "num_labelled": data.num_labelled,
+        "num_check": 0 if data.check_mask is None else int(data.check_mask.sum()),
         "num_train_nodes": int(data.nodes.numel()),
+        "check": check_summary(records),
         "config": cfg.to_dict(),
     }
     write_json_atomic(run_dir / "summary.json", summary)

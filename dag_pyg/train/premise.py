@@ -34,8 +34,15 @@ Every accuracy comes with a 95 % Wilson interval (``_lo``/``_hi``), every
 gain with a 95 % interval for a paired difference of proportions
 (:func:`paired_gain`). The same check nodes are read at every refresh, so
 refreshes are not independent samples: pooling them would not narrow the
-interval, and none is pooled; a run's summary gives the mean gain over its
-refreshes beside the last refresh's interval.
+interval, and none is pooled; a run's ``summary.json`` gives the mean of
+each value over its refreshes beside the last refresh's interval
+(``check``).
+
+Under ``method: auto`` the check nodes' labels steer training (the
+admission threshold is read off them, and the check nodes train on their
+pseudo labels like every unlabelled node), so later refreshes' checks are
+not independent of earlier choices; under ``method: dag`` nothing in
+training reads them.
 """
 from __future__ import annotations
 
@@ -83,21 +90,21 @@ def wilson(correct: int, n: int, z: float = Z95) -> tuple[float, float]:
 
 def paired_gain(a_right: Tensor, b_right: Tensor, z: float = Z95
                 ) -> tuple[float, float, float]:
-    r"""Accuracy of ``a`` minus accuracy of ``b`` on the same nodes, with a
-    Wald interval on the discordant pairs after Agresti and Min's
-    adjustment (half a pair added to each discordant cell and to
-    :math:`n` per cell, so that a difference seen on few nodes never has a
-    zero-width interval): with :math:`b` nodes only ``a`` gets right and
-    :math:`c` only ``b``, :math:`d = (b - c)/n`, :math:`\tilde{d} =
-    (\tilde b - \tilde c)/\tilde n`, :math:`\mathrm{se} = \sqrt{\tilde b +
-    \tilde c - (\tilde b - \tilde c)^2/\tilde n}/\tilde n`. Returns
-    ``(d, lo, hi)`` (NaN for no nodes)."""
+    r"""Accuracy of ``a`` minus accuracy of ``b`` on the same nodes, with
+    Agresti and Min's (2005) Wald interval for a paired difference of
+    proportions: half a node added to each of the four cells of the
+    right/wrong table (:math:`\tilde n = n + 2`), so that a difference seen
+    on few nodes never has a zero-width interval. With :math:`b` nodes only
+    ``a`` gets right and :math:`c` only ``b``: :math:`d = (b - c)/n`,
+    :math:`\tilde{d} = (\tilde b - \tilde c)/\tilde n`, :math:`\mathrm{se}
+    = \sqrt{\tilde b + \tilde c - (\tilde b - \tilde c)^2/\tilde n}/\tilde
+    n`. Returns ``(d, lo, hi)`` (NaN for no nodes)."""
     n = a_right.numel()
     if n == 0:
         return math.nan, math.nan, math.nan
     b = int((a_right & ~b_right).sum())
     c = int((~a_right & b_right).sum())
-    bt, ct, nt = b + 0.5, c + 0.5, n + 1.0
+    bt, ct, nt = b + 0.5, c + 0.5, n + 2.0
     dt = (bt - ct) / nt
     se = math.sqrt(max(bt + ct - (bt - ct) ** 2 / nt, 0.0)) / nt
     return (b - c) / n, max(-1.0, dt - z * se), min(1.0, dt + z * se)
@@ -234,11 +241,36 @@ def auto_decisions(rec: dict[str, float]) -> dict[str, bool]:
       check finds them worse than the Label Bank's on the nodes they cover
       (the interval of ``check_dplp_gain`` below 0); else the model's.
     - ``neighbours``: the head reads its neighbours unless the check finds
-      the neighbour term worse than none (``check_neighbour_gain`` below 0).
-      Read at the first refresh, on a head pre-trained without neighbours
-      (afterwards a head trained with, or without, them would favour its
-      own way), and kept.
+      the neighbour term worse than none (the interval of
+      ``check_neighbour_gain`` below 0). Read at the first refresh, on a
+      head pre-trained without neighbours (afterwards a head trained with,
+      or without, them would favour its own way), and kept.
+
+    Both keep the paper's module where the check cannot tell (an interval
+    that holds 0, or nothing to read).
     """
-    hi = rec.get("check_dplp_gain_hi", math.nan)
-    gain = rec.get("check_neighbour_gain", math.nan)
-    return {"dplp": not hi < 0, "neighbours": not gain < 0}
+    dplp_hi = rec.get("check_dplp_gain_hi", math.nan)
+    neighbour_hi = rec.get("check_neighbour_gain_hi", math.nan)
+    return {"dplp": not dplp_hi < 0, "neighbours": not neighbour_hi < 0}
+
+
+def check_summary(records: list[dict]) -> dict[str, dict[str, float]]:
+    """The check over a run's records: per value (``check_*``, ``auto_*``),
+    its mean over the records that hold it (NaN and null left out) and the
+    last one's value with its interval (see the module docstring on why
+    refreshes are not pooled)."""
+    out = {}
+    keys = sorted({k for r in records for k in r
+                   if k.startswith(("check_", "auto_"))
+                   and not k.endswith(("_lo", "_hi"))})
+    for key in keys:
+        seen = [r for r in records if isinstance(r.get(key), int | float)
+                and not math.isnan(r[key])]
+        if not seen:
+            continue
+        last = seen[-1]
+        out[key] = {"mean": sum(r[key] for r in seen) / len(seen),
+                    "refreshes": len(seen), "last": last[key],
+                    **{f"last{s}": last[f"{key}{s}"] for s in ("_lo", "_hi")
+                       if f"{key}{s}" in last}}
+    return out

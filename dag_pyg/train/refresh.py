@@ -18,6 +18,7 @@ from dag_pyg.distributed import DistContext, broadcast_data
 from dag_pyg.graph import bank_drift, build_density_graph
 from dag_pyg.nn import DNAHead
 from dag_pyg.propagation import (
+    PseudoLabels,
     admit_pseudo_labels,
     has_target_weights,
     path_lengths,
@@ -131,14 +132,41 @@ def self_label_bank_logits(head: DNAHead, feats: Tensor,
     return head.classify(head.embed_self(feats.to(device))).cpu()
 
 
+def _label_bank(head: DNAHead, feats: Tensor, graph: Data, data: TrainData,
+                k_sub: int, device: torch.device, neighbours: bool
+                ) -> tuple[Tensor, Tensor]:
+    """The Label Bank's logits and labels (labelled nodes keep theirs)."""
+    logits = (label_bank_logits(head, feats, graph, k_sub, device)
+              if neighbours or head.hops == 0
+              else self_label_bank_logits(head, feats, device))
+    prior = logits.argmax(1)
+    mask = data.labelled_mask
+    prior[mask] = data.true_y[mask]
+    return logits, prior
+
+
+def _checked(cfg: Config, head: DNAHead, feats: Tensor, graph: Data,
+             data: TrainData, prior: Tensor, out: PseudoLabels | None,
+             device: torch.device) -> tuple[PseudoLabels, dict[str, float]]:
+    """DPLP's labels over the Label Bank ``prior`` (``out`` where the run
+    trains on them; :obj:`None`: computed here) and its premise check."""
+    lp = out
+    if lp is None or cfg.pseudo_label.source != "dplp":
+        lp = pseudo_labels(graph, data.true_y, data.labelled_mask, prior,
+                           source="dplp", sigma=cfg.dplp.sigma,
+                           mode=cfg.dplp.mode, num_classes=data.num_classes)
+    return lp, premise_check(head, feats, knn_subgraph(graph, cfg.dna.k), prior,
+                             lp.targets, lp.covered, data.true_y,
+                             data.labelled_mask, data.check_mask, device)
+
+
 def graph_and_labels(cfg: Config, head: DNAHead, feats: Tensor, data: TrainData,
                      device: torch.device, neighbours: bool | None = None
                      ) -> Refreshed:
     """Graph, Label Bank, pseudo labels, their weights and statistics of a
     Feature Bank. With ``method: auto`` the premise check steers them
-    (:func:`~dag_pyg.train.premise.auto_decisions`); ``neighbours`` is its
-    earlier choice for the head's neighbour term (:obj:`None`: not made
-    yet)."""
+    (:func:`steer`); ``neighbours`` is its earlier choice for the head's
+    neighbour term (:obj:`None`: not made yet)."""
     rec: dict[str, float] = {}
     t = time.perf_counter()
     graph = build_graph(feats, cfg, device)
@@ -146,9 +174,8 @@ def graph_and_labels(cfg: Config, head: DNAHead, feats: Tensor, data: TrainData,
 
     t = time.perf_counter()
     mask, truth = data.labelled_mask, data.true_y
-    logits = label_bank_logits(head, feats, graph, cfg.dna.k, device)
-    prior = logits.argmax(1)
-    prior[mask] = truth[mask]
+    logits, prior = _label_bank(head, feats, graph, data, cfg.dna.k, device,
+                                neighbours is not False)
     rec["time_label_bank"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -158,44 +185,23 @@ def graph_and_labels(cfg: Config, head: DNAHead, feats: Tensor, data: TrainData,
                         num_classes=data.num_classes)
     rec["time_dplp"] = time.perf_counter() - t
 
+    lp = None
     if data.check_mask is not None:
         t = time.perf_counter()
-        lp = out if pl.source == "dplp" else pseudo_labels(
-            graph, truth, mask, prior, source="dplp", sigma=cfg.dplp.sigma,
-            mode=cfg.dplp.mode, num_classes=data.num_classes)
-        rec.update(premise_check(head, feats, knn_subgraph(graph, cfg.dna.k),
-                                 prior, lp.targets, lp.covered, truth, mask,
-                                 data.check_mask, device))
+        lp, check = _checked(cfg, head, feats, graph, data, prior, out, device)
+        rec.update(check)
         rec["time_check"] = time.perf_counter() - t
 
     unl = ~mask
-    auto = cfg.method == "auto"
-    if auto:
-        decided = auto_decisions(rec)
-        if neighbours is None:
-            neighbours = decided["neighbours"]
-        if not neighbours and head.hops > 0:
-            logits = self_label_bank_logits(head, feats, device)
-            prior = logits.argmax(1)
-            prior[mask] = truth[mask]
-            lp = pseudo_labels(graph, truth, mask, prior, source="dplp",
-                               sigma=cfg.dplp.sigma, mode=cfg.dplp.mode,
-                               num_classes=data.num_classes)
-        out = lp if decided["dplp"] else pseudo_labels(
-            graph, truth, mask, prior, source="model", sigma=cfg.dplp.sigma)
-        rec["auto_neighbours"] = float(neighbours)
-        rec["auto_dplp"] = float(decided["dplp"])
-    targets = out.targets
-    if auto:
-        check = data.check_mask
-        conf = torch.softmax(logits.double(), dim=1).amax(1)
-        tau = admission_threshold(conf[check], targets[check] == truth[check])
-        rec["auto_threshold"] = math.nan if tau is None else tau
-        drop = unl if tau is None else unl & (conf < tau)
-        targets = torch.where(drop, torch.full_like(targets, -1), targets)
-    elif pl.threshold > 0 or pl.admit != "all":
-        targets = admit_pseudo_labels(targets, logits, mask, pl.threshold,
-                                      pl.admit)
+    if cfg.method == "auto":
+        out, targets, logits, prior, neighbours = steer(
+            cfg, head, feats, graph, data, device, logits, prior, lp, rec,
+            neighbours)
+    else:
+        targets = out.targets
+        if pl.threshold > 0 or pl.admit != "all":
+            targets = admit_pseudo_labels(targets, logits, mask, pl.threshold,
+                                          pl.admit)
     lengths = path_lengths(out.parents).float()
     # Covered: propagated by DPLP and admitted.
     rec.update(label_stats(targets, prior, out.covered & (targets >= 0), truth,
@@ -209,6 +215,42 @@ def graph_and_labels(cfg: Config, head: DNAHead, feats: Tensor, data: TrainData,
     return Refreshed(Banks(feats, prior, targets, weights,
                            neighbours if neighbours is not None else True),
                      graph, rec, lengths)
+
+
+def steer(cfg: Config, head: DNAHead, feats: Tensor, graph: Data,
+          data: TrainData, device: torch.device, logits: Tensor, prior: Tensor,
+          lp: PseudoLabels, rec: dict[str, float], neighbours: bool | None
+          ) -> tuple[PseudoLabels, Tensor, Tensor, Tensor, bool]:
+    """``method: auto``'s refresh (:func:`~dag_pyg.train.premise.auto_decisions`,
+    :func:`~dag_pyg.train.premise.admission_threshold`): the pseudo labels,
+    the targets, the Label Bank's logits and labels, and the neighbour
+    choice. ``rec`` holds the check of the Label Bank ``prior``; it gains
+    the decisions (``auto_*``), and where the first refresh drops the
+    neighbour term, the check of the Label Bank without it (the first
+    check's neighbour gain is kept as ``auto_neighbour_gain``)."""
+    mask, truth = data.labelled_mask, data.true_y
+    if neighbours is None:
+        neighbours = auto_decisions(rec)["neighbours"]
+        for key in ("", "_lo", "_hi"):
+            rec[f"auto_neighbour_gain{key}"] = rec.get(f"check_neighbour_gain{key}",
+                                                       math.nan)
+        if not neighbours and head.hops > 0:
+            logits, prior = _label_bank(head, feats, graph, data, cfg.dna.k,
+                                        device, False)
+            lp, check = _checked(cfg, head, feats, graph, data, prior, None,
+                                 device)
+            rec.update(check)
+    use_dplp = auto_decisions(rec)["dplp"]
+    out = lp if use_dplp else pseudo_labels(graph, truth, mask, prior,
+                                            source="model", sigma=cfg.dplp.sigma)
+    check = data.check_mask
+    conf = torch.softmax(logits.double(), dim=1).amax(1)
+    tau = admission_threshold(conf[check], out.targets[check] == truth[check])
+    drop = ~mask if tau is None else ~mask & (conf < tau)
+    targets = torch.where(drop, torch.full_like(out.targets, -1), out.targets)
+    rec.update(auto_neighbours=float(neighbours), auto_dplp=float(use_dplp),
+               auto_threshold=math.nan if tau is None else tau)
+    return out, targets, logits, prior, neighbours
 
 
 def broadcast_refresh(dist: DistContext, out: Refreshed | None, feats: Tensor,

@@ -136,6 +136,7 @@ def load_data(cfg: Config) -> TrainData:
     if num_check:
         labelled, check = hold_out(split.labelled, train.targets, num_check,
                                    cfg.seed)
+        split.meta["check"] = check.tolist()  # in split.json, for the record
     # Labelled nodes first; held-out ones last, unlabelled to training.
     nodes = torch.cat([labelled, split.unlabelled, check])
     labelled_mask = torch.zeros(nodes.numel(), dtype=torch.bool)

@@ -11,6 +11,13 @@ from dag_pyg.train.refresh import Banks
 from dag_pyg.train.setup import Model, TrainData, seed_everything
 
 
+def check_nodes(data: TrainData) -> Tensor:
+    """The training samples held out for the premise check (sorted)."""
+    if data.check_mask is None:
+        return torch.empty(0, dtype=torch.long)
+    return data.nodes[data.check_mask].sort().values
+
+
 def run_state(epoch: int, cfg: Config, model: Model,
               optimizer: torch.optim.Optimizer,
               scheduler: torch.optim.lr_scheduler.LRScheduler,
@@ -41,7 +48,8 @@ def run_state(epoch: int, cfg: Config, model: Model,
                 "neighbours": banks.neighbours},
             "history": history, "split": {"labelled": split.labelled,
                                           "unlabelled": split.unlabelled,
-                                          "val": split.val}}
+                                          "val": split.val,
+                                          "check": check_nodes(data)}}
 
 
 def restore_run_state(state: dict, cfg: Config, model: Model,
@@ -65,10 +73,14 @@ def restore_run_state(state: dict, cfg: Config, model: Model,
             f"The checkpoint in '{run_dir}' was written with another "
             f"configuration (sections differing: {diff}); resume with the "
             "same config, or start a new run with --out.")
-    for key in ("labelled", "unlabelled", "val"):
-        if not torch.equal(state["split"][key], getattr(data.split, key)):
-            raise CheckpointError("The checkpoint's data split differs from "
-                                  "this run's; resume with the same data.")
+    current = {"labelled": data.split.labelled, "unlabelled": data.split.unlabelled,
+            "val": data.split.val, "check": check_nodes(data)}
+    for key, value in current.items():
+        saved_split = state["split"].get(key, value[:0] if key == "check" else None)
+        if not torch.equal(saved_split, value):
+            raise CheckpointError(f"The checkpoint's data split ({key} samples) "
+                                  "differs from this run's; resume with the same "
+                                  "data and data.num_check.")
     model.backbone.load_state_dict(state["backbone"])
     model.head.load_state_dict(state["head"])
     optimizer.load_state_dict(state["optimizer"])
