@@ -280,7 +280,9 @@ ONLINE = ("graph.bank=online", "loss.mixup_at=feature")
     # The bank written by the steps: in the first run of steps (the graph of
     # the epoch's start), at a boundary (the resume refreshes from the
     # written bank), in a later run.
-    (33, 3, ONLINE), (35, 3, ONLINE), (38, 3, ONLINE)])
+    (33, 3, ONLINE), (35, 3, ONLINE), (38, 3, ONLINE),
+    # method auto: its held-out labels, its choices and the neighbour flag.
+    (38, 3, ("method=auto",))])
 def test_sigterm_mid_epoch_resumes_exactly(tmp_path, monkeypatch, capsys, kill_at,
                                            refreshes, levers):
     """A SIGTERM during step ``kill_at`` (15 steps per epoch here; epochs
