@@ -167,7 +167,7 @@ class EvalConfig:
 class LogConfig:
     tensorboard: bool = True       # where tensorboard is installed
     plots: bool = True
-    progress: bool = True
+    progress: bool | str = "auto"  # true | false | auto (bars on a terminal only)
     bank_stats: bool = False       # refresh banks + DPLP stats even where unused
 
 
@@ -399,6 +399,9 @@ def _check(cfg: Config) -> None:
         raise ConfigError("loss.mixup_neighbours: mixed is for images mixed at "
                           "the input; with loss.mixup_at: feature each image is "
                           "aggregated with its own sub-graph already.")
+    if isinstance(cfg.log.progress, str) and cfg.log.progress != "auto":
+        raise ConfigError("Config key 'log.progress' must be true, false or auto "
+                          f"(got '{cfg.log.progress}').")
     if cfg.data.num_check < 0:
         raise ConfigError("Config key 'data.num_check' must be >= 0 (labels held "
                           f"out for the premise check; got {cfg.data.num_check}).")

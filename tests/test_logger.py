@@ -161,7 +161,7 @@ def test_tensorboard_scalars(tmp_path, monkeypatch):
 
 def test_progress_with_tqdm(tmp_path, capsys):
     tqdm = pytest.importorskip("tqdm").tqdm
-    with RunLogger(tmp_path, tensorboard=False) as log:
+    with RunLogger(tmp_path, tensorboard=False, progress=True) as log:
         bar = log.progress(range(3), "epochs")
         assert isinstance(bar, tqdm)
         assert list(bar) == [0, 1, 2]
@@ -173,7 +173,7 @@ def test_progress_with_tqdm(tmp_path, capsys):
 def test_progress_without_tqdm(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "tqdm", None)
     items = [1, 2, 3]
-    with RunLogger(tmp_path, tensorboard=False) as log:
+    with RunLogger(tmp_path, tensorboard=False, progress=True) as log:
         assert log.progress(items, "epochs") is items
         log.info("still prints")
     assert "still prints" in capsys.readouterr().out
@@ -210,3 +210,25 @@ def test_write_json_atomic(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert json.loads(path.read_text())["best"] == {"test_error": 3.5}
     assert [p.name for p in path.parent.iterdir()] == ["summary.json"]
+
+
+def test_progress_bars_only_on_a_terminal_by_default(monkeypatch):
+    import io
+
+    from dag_pyg.config import ConfigError, load_config
+    from dag_pyg.train.logger import show_progress
+
+    assert load_config(None).log.progress == "auto"
+    monkeypatch.setattr("sys.stderr", io.StringIO())  # a file: no bars
+    assert show_progress("auto") is False and show_progress(None) is False
+    assert show_progress(True) is True and show_progress(False) is False
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr("sys.stderr", Terminal())
+    assert show_progress("auto") is True
+    assert load_config(None, ["log.progress=false"]).log.progress is False
+    with pytest.raises(ConfigError, match="true, false or auto"):
+        load_config(None, ["log.progress=sometimes"])

@@ -149,6 +149,14 @@ def _flatten(record: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, An
             yield f"{prefix}{key}", value
 
 
+def show_progress(setting: bool | str | None) -> bool:
+    """Whether to draw progress bars: ``setting`` itself, or for ``"auto"``
+    (and :obj:`None`) whether stderr is a terminal."""
+    if setting is None or setting == "auto":
+        return bool(getattr(sys.stderr, "isatty", lambda: False)())
+    return bool(setting)
+
+
 class RunLogger:
     r"""Logs a training run into :obj:`run_dir` (see the module docstring for
     the files). Use it as a context manager, or call :meth:`close`.
@@ -167,9 +175,10 @@ class RunLogger:
             scalars (in ``run_dir/tensorboard``) when
             :class:`torch.utils.tensorboard.SummaryWriter` can be imported.
             (default: :obj:`True`)
-        progress (bool, optional): Show tqdm progress bars on stderr where tqdm
-            is installed. :obj:`None` shows them only when stderr is a
-            terminal. (default: :obj:`True`)
+        progress (bool or str, optional): Show tqdm progress bars on stderr
+            where tqdm is installed; ``"auto"`` (or :obj:`None`) only when
+            stderr is a terminal, so that a log redirected to a file gets no
+            bars (:func:`show_progress`). (default: :obj:`"auto"`)
         resume_epoch (int, optional): The first epoch a resumed run will
             execute. ``metrics.jsonl`` is rewritten (atomically) without the
             records of this epoch and later ones, so that a resumed run's file
@@ -180,16 +189,14 @@ class RunLogger:
     """
 
     def __init__(self, run_dir: str | os.PathLike, *, tensorboard: bool = True,
-                 progress: bool | None = True,
+                 progress: bool | str | None = "auto",
                  resume_epoch: int | None = None) -> None:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.run_dir / "train.log"
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self._closed = False
-        if progress is None:
-            progress = bool(getattr(sys.stderr, "isatty", lambda: False)())
-        self._progress = progress
+        self._progress = show_progress(progress)
 
         if resume_epoch is not None:
             self._truncate_metrics(int(resume_epoch))

@@ -29,6 +29,7 @@ from dag_pyg.models import build_backbone
 from dag_pyg.nn import DNAHead
 from dag_pyg.sampler import swap_seed_neighbours
 from dag_pyg.train.checkpoint import CheckpointError
+from dag_pyg.train.logger import show_progress
 from dag_pyg.train.premise import default_check_count
 
 CHECKPOINT = "checkpoint.pt"
@@ -100,7 +101,8 @@ def load_data(cfg: Config) -> TrainData:
     """The data set, its CPU-scale subsets, the split and the transforms."""
     d = cfg.data
     kw = ({"image_size": d.image_size, "skip_bad_files": d.skip_bad_files,
-           "progress": cfg.log.progress} if d.name == "imagefolder" else {})
+           "progress": show_progress(cfg.log.progress)}
+          if d.name == "imagefolder" else {})
     if d.name == "synthetic" and d.image_size:
         kw = {"image_size": d.image_size}
     root = os.path.expanduser(d.root) if d.root else None
