@@ -160,6 +160,16 @@ def _per_class(total: int, num_classes: int, what: str) -> int:
     return total // num_classes
 
 
+def _shuffled_by_class(idx: Tensor, y: Tensor, seed: int):
+    """``(class, its entries of idx shuffled)`` for every class of ``y`` (the
+    class of each entry) in ascending order, shuffled by one generator
+    seeded with ``seed``."""
+    gen = torch.Generator().manual_seed(int(seed))
+    for cls in y.unique().tolist():
+        members = idx[y == cls]
+        yield cls, members[torch.randperm(members.numel(), generator=gen)]
+
+
 def make_split(targets: Tensor | Sequence[int], num_labelled: int,
                per_class: bool = False, num_val: int = 0, seed: int = 0
                ) -> Split:
@@ -202,16 +212,13 @@ def make_split(targets: Tensor | Sequence[int], num_labelled: int,
                                                            "num_labelled")
     n_val = _per_class(int(num_val), c, "num_val")
 
-    gen = torch.Generator().manual_seed(int(seed))
     labelled, val, unlabelled = [], [], []
-    for cls in classes.tolist():
-        idx = (y == cls).nonzero().view(-1)
+    for cls, idx in _shuffled_by_class(torch.arange(y.numel()), y, seed):
         if idx.numel() < n_lab + n_val + 1:
             raise ValueError(
                 f"Class {cls} has {idx.numel()} samples, too few for "
                 f"{n_lab} labelled + {n_val} validation per class with at "
                 "least one left unlabelled.")
-        idx = idx[torch.randperm(idx.numel(), generator=gen)]
         labelled.append(idx[:n_lab])
         val.append(idx[n_lab:n_lab + n_val])
         unlabelled.append(idx[n_lab + n_val:])
@@ -234,27 +241,27 @@ def hold_out(labelled: Tensor, targets: Tensor, num: int, seed: int = 0
     class is kept for training.
 
     Args:
-        labelled (Tensor): labelled indices into ``targets``.
+        labelled (Tensor): Labelled indices into ``targets``.
         targets (Tensor): ``[N]`` class of every training sample.
-        num (int): samples to hold out in total (a multiple of the number of
+        num (int): Samples to hold out in total (a multiple of the number of
             classes among ``labelled``).
-        seed (int, optional): seed of the draw. (default: ``0``)
+        seed (int, optional): Seed of the draw. (default: ``0``)
+
+    Returns:
+        ``(kept, held)``: the indices trained on and the ones held out.
     """
     if int(num) != num or num < 0:
         raise ValueError(f"'num' must be a non-negative integer (got {num}).")
     y = torch.as_tensor(targets)[labelled]
     classes = y.unique()
     per = _per_class(int(num), classes.numel(), "data.num_check")
-    gen = torch.Generator().manual_seed(int(seed))
     kept, held = [], []
-    for cls in classes.tolist():
-        idx = labelled[y == cls]
+    for cls, idx in _shuffled_by_class(labelled, y, seed):
         if idx.numel() <= per:
             raise ValueError(
                 f"data.num_check={num} holds out {per} labels per class, but "
                 f"class {cls} has {idx.numel()} labelled samples: keep at least "
                 "one for training (lower data.num_check or label more).")
-        idx = idx[torch.randperm(idx.numel(), generator=gen)]
         held.append(idx[:per])
         kept.append(idx[per:])
     return torch.cat(kept).sort().values, torch.cat(held).sort().values
