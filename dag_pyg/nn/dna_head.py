@@ -143,6 +143,11 @@ class DNAHead(Module):
         empty = torch.empty(2, 0, dtype=torch.long, device=x.device)
         return self.embed(x, empty, x.new_zeros(x.size(0)))
 
+    def forward_self(self, x: Tensor) -> Tensor:
+        r"""Logits with the neighbour term off: :meth:`embed_self`, then
+        the classifier."""
+        return self.classify(self.embed_self(x))
+
     def classify(self, x: Tensor) -> Tensor:
         r"""Logits of classifier inputs (:meth:`embed`'s output): dropout,
         then the classifier. Manifold mixup mixes between the two."""

@@ -46,7 +46,7 @@ def error_rate(cfg: Config, model: Model, data: TrainData, feats: Tensor | None,
                                  cfg.dna.k, batch_size=cfg.eval.batch_size)
     else:
         with torch.no_grad():
-            logits = model.head.classify(model.head.embed_self(q))
+            logits = model.head.forward_self(q)
     pred = dist.all_gather_rows(logits.argmax(1),
                                 dist.shard_sizes(rows.numel())).cpu()
     return 100.0 * float((pred != truth).float().mean())

@@ -195,7 +195,7 @@ def premise_check(head: DNAHead, feats: Tensor, sub: Data, prior: Tensor,
     if head.hops > 0:
         head.eval()
         x = feats[check].to(device)
-        own = head.classify(head.embed_self(x)).argmax(1).cpu()
+        own = head.forward_self(x).argmax(1).cpu()
         self_right = own == y
         _add_acc(rec, "check_self_acc", self_right)
         _add_gain(rec, "check_neighbour_gain", lb_right, self_right)

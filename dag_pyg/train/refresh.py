@@ -129,7 +129,7 @@ def self_label_bank_logits(head: DNAHead, feats: Tensor,
                            device: torch.device) -> Tensor:
     """The Label Bank's logits with the head's neighbour term off."""
     head.eval()
-    return head.classify(head.embed_self(feats.to(device))).cpu()
+    return head.forward_self(feats.to(device)).cpu()
 
 
 def _label_bank(head: DNAHead, feats: Tensor, graph: Data, data: TrainData,
