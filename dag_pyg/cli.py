@@ -70,6 +70,12 @@ def main(argv: list[str] | None = None) -> int:
             err = summary["test_error_last"]
             err_txt = "n/a" if err is None else f"{err:.2f}%"
             if os.environ.get("RANK", "0") == "0":
+                if "auto" in summary:
+                    c, acc = summary["auto"], summary["auto"]["arms"]
+                    print(f"method auto chose {c['arm']}: steered "
+                          f"{acc['steered']['acc']:.1%}, the labels alone "
+                          f"{acc['labels_only']['acc']:.1%} on {c['check_n']} "
+                          "held-out labels")
                 print(f"final test error: {err_txt} ({run_dir / 'summary.json'})")
         elif args.command == "diagnose":
             from dag_pyg.train.diagnose import diagnose, render

@@ -184,10 +184,12 @@ class DistributedConfig:
 class Config:
     name: str = "digits"
     seed: int = 0
-    # dag: the paper's method as configured; auto: the premise check
+    # dag: the paper's method as configured; steered: the premise check
     # (data.num_check held-out labels, 20 % per class if 0) decides at every
     # refresh which pseudo labels to train on and whether the head reads
-    # its neighbours (see dag_pyg.train.premise).
+    # its neighbours (see dag_pyg.train.premise); auto: trains steered and
+    # the labels alone on the same split and keeps the one the check finds
+    # better (see dag_pyg.train.auto).
     method: str = "dag"
     device: str = "auto"           # auto | cpu | cuda | cuda:N
     out: str = "runs"              # runs go to out/name (or --out)
@@ -382,19 +384,19 @@ def _check(cfg: Config) -> None:
         raise ConfigError("Config key 'pseudo_label.weight' must be a finite "
                           f"number >= 0 (got {cfg.pseudo_label.weight}).")
     pl = cfg.pseudo_label
-    if cfg.method == "auto" and (pl.source != "dplp" or pl.threshold > 0
-                                 or pl.admit != "all"):
-        raise ConfigError("method: auto chooses the pseudo labels itself (DPLP's "
-                          "or the model's, and which to admit): leave "
+    steers = cfg.method in ("steered", "auto")
+    if steers and (pl.source != "dplp" or pl.threshold > 0 or pl.admit != "all"):
+        raise ConfigError(f"method: {cfg.method} chooses the pseudo labels "
+                          "itself (DPLP's or the model's, and which to admit): leave "
                           "pseudo_label.source, .threshold and .admit at their "
                           "defaults (dplp, 0, all).")
-    if cfg.method == "auto" and cfg.optim.pretrain_epochs < 1:
-        raise ConfigError("method: auto decides on the neighbour term at the "
-                          "refresh after pre-training: set "
+    if steers and cfg.optim.pretrain_epochs < 1:
+        raise ConfigError(f"method: {cfg.method} decides on the neighbour term "
+                          "at the refresh after pre-training: set "
                           "optim.pretrain_epochs >= 1.")
-    if cfg.method == "auto" and cfg.distributed.graph != "rank0":
-        raise ConfigError("method: auto decides on rank 0 and broadcasts: use "
-                          "distributed.graph: rank0.")
+    if steers and cfg.distributed.graph != "rank0":
+        raise ConfigError(f"method: {cfg.method} decides on rank 0 and "
+                          "broadcasts: use distributed.graph: rank0.")
     if cfg.loss.mixup_neighbours == "mixed" and cfg.loss.mixup_at != "input":
         raise ConfigError("loss.mixup_neighbours: mixed is for images mixed at "
                           "the input; with loss.mixup_at: feature each image is "

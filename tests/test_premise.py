@@ -220,23 +220,23 @@ def test_auto_decisions():
     assert auto_decisions({}) == {"dplp": True, "neighbours": True}
 
 
-def auto_setup(*extra):
-    cfg = load_config("configs/digits.yaml", ["log.progress=false", "method=auto",
+def steered_setup(*extra):
+    cfg = load_config("configs/digits.yaml", ["log.progress=false", "method=steered",
                                               *extra])
     torch.manual_seed(0)
     data = load_data(cfg)
     return cfg, data, build_model(cfg, data, CPU, DistContext())
 
 
-def test_auto_steers_the_refresh(monkeypatch):
+def test_steered_steers_the_refresh(monkeypatch):
     import importlib
 
     from dag_pyg.propagation import pseudo_labels
     from dag_pyg.train.refresh import label_bank_logits
 
     refresh_module = importlib.import_module("dag_pyg.train.refresh")
-    cfg, data, model = auto_setup()
-    # auto holds out 20 % of each class's labels when data.num_check is 0;
+    cfg, data, model = steered_setup()
+    # steered holds out 20 % of each class's labels when data.num_check is 0;
     # the labels trained on come first (pre-training's batches read those).
     n_lab = data.num_labelled
     assert int(data.check_mask.sum()) == 10 and n_lab == 40
@@ -278,12 +278,13 @@ def test_auto_steers_the_refresh(monkeypatch):
         (prior[data.check_mask] == data.true_y[data.check_mask]).float().mean()))
 
 
-def test_auto_config_errors():
-    for extra, match in ((["pseudo_label.source=model"], "method: auto chooses"),
+@pytest.mark.parametrize("method", ["steered", "auto"])
+def test_steered_and_auto_config_errors(method):
+    for extra, match in ((["pseudo_label.source=model"], f"method: {method} chooses"),
                          (["optim.pretrain_epochs=0"], "pretrain_epochs >= 1"),
                          (["distributed.graph=replicate"], "rank0")):
         with pytest.raises(ConfigError, match=match):
-            load_config("configs/digits.yaml", ["method=auto", *extra])
+            load_config("configs/digits.yaml", [f"method={method}", *extra])
     with pytest.raises(ConfigError, match="mixup_neighbours: mixed"):
         load_config("configs/digits.yaml", ["loss.mixup_neighbours=mixed",
                                             "loss.mixup_at=feature"])
@@ -303,8 +304,8 @@ def test_check_summary_by_hand():
 
 
 @pytest.mark.slow
-def test_auto_without_neighbours_trains_checkpoints_and_evaluates(tmp_path,
-                                                                 monkeypatch):
+def test_steered_without_neighbours_trains_checkpoints_and_evaluates(tmp_path,
+                                                                    monkeypatch):
     import importlib
 
     from dag_pyg.train import evaluate_run, train
@@ -315,7 +316,7 @@ def test_auto_without_neighbours_trains_checkpoints_and_evaluates(tmp_path,
                         lambda rec: {"dplp": True, "neighbours": False})
     cfg = load_config("configs/digits.yaml", [
         "log.progress=false", "log.plots=false", "log.tensorboard=false",
-        "method=auto", "optim.pretrain_epochs=1", "optim.epochs=2"])
+        "method=steered", "optim.pretrain_epochs=1", "optim.epochs=2"])
     summary = train(cfg, tmp_path / "run")
     state = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
     assert state["banks"]["neighbours"] is False
@@ -357,10 +358,10 @@ def test_mixup_major_first(tmp_path, monkeypatch):
 
 
 def test_diagnose_holds_out_a_share_of_the_split_labels():
-    from dag_pyg.train.diagnose import default_num_check
+    from dag_pyg.train.setup import default_num_check
 
     # digits: 5 labels per class -> one each; the same for a config whose
-    # method (auto) has already held some out.
-    for extra in ([], ["method=auto"]):
+    # method (steered, auto) has already held some out.
+    for extra in ([], ["method=steered"], ["method=auto"]):
         cfg = load_config("configs/digits.yaml", ["log.progress=false", *extra])
         assert default_num_check(cfg) == 10

@@ -293,8 +293,10 @@ def test_headline_table_compares_with_a_second_row(tmp_path):
                    "dag": "main/dag"},
         "compare": {"auto": "dag"}}))
     (res / "x_auto").mkdir()
-    _write_records(res, {"x_auto": [_record("auto", 0, 49.0),
-                                    _record("auto", 1, 51.0)]})
+    autos = [_record("auto", 0, 49.0), _record("auto", 1, 51.0)]
+    for rec, arm in zip(autos, ("labels_only", "steered"), strict=True):
+        rec["summary"]["auto"] = {"arm": arm}
+    _write_records(res, {"x_auto": autos[::-1]})
     lines = make_results.preset_table([res / "x_dagplus", res / "x_auto"], grids)
     titles = [x for x in lines if x.startswith("### ")]
     assert titles == ["### DAG+ against the paper's DAG, its baseline and the "
@@ -304,6 +306,10 @@ def test_headline_table_compares_with_a_second_row(tmp_path):
     # auto 49, 51 against baseline 50, 52 / labels 49, 55 / DAG 47, 53.
     assert auto[0][6:10] == ["50.00 ± 1.41", "-1.00 ± 0.00", "-2.00 ± 2.83",
                              "0.00 ± 2.83"]
+    # Its choice per seed, in seed order.
+    head = [x for x in lines if x.startswith("| grid")][-1]
+    assert head.endswith("| chosen arm (seeds) |")
+    assert auto[0][-1] == "labels_only, steered"
 
 
 def test_neighbour_purity_hand_computed():

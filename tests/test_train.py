@@ -281,8 +281,8 @@ ONLINE = ("graph.bank=online", "loss.mixup_at=feature")
     # the epoch's start), at a boundary (the resume refreshes from the
     # written bank), in a later run.
     (33, 3, ONLINE), (35, 3, ONLINE), (38, 3, ONLINE),
-    # method auto: its held-out labels, its choices and the neighbour flag.
-    (38, 3, ("method=auto",))])
+    # method steered: its held-out labels, its choices and the neighbour flag.
+    (38, 3, ("method=steered",))])
 def test_sigterm_mid_epoch_resumes_exactly(tmp_path, monkeypatch, capsys, kill_at,
                                            refreshes, levers):
     """A SIGTERM during step ``kill_at`` (15 steps per epoch here; epochs

@@ -420,8 +420,10 @@ def _published(grid_dir: Path, runs: list[dict]) -> list[str]:
 # preset and says what it is.
 PRESETS = {
     "_dagplus": ("DAG+", "DAG+ is `configs/*_dagplus.yaml`"),
-    "_auto": ("auto", "auto is `method: auto` (experimental), with 20 % of "
-              "each class's labels held out of its training for its check"),
+    "_auto": ("auto", "auto is `method: auto` (experimental): the check-steered "
+              "DAG and the labels alone, both with 20 % of each class's labels "
+              "held out of training, and the one of the two right on more of "
+              "those labels kept (its choice per seed in the last column)"),
 }
 
 
@@ -444,7 +446,8 @@ def preset_table(grid_dirs: list[Path], grids: Path = GRIDS) -> list[str]:
         head = ["grid", "seeds", "test set", "labels only", "baseline",
                 "DAG (paper)", label, f"Δ {label} vs baseline",
                 f"Δ {label} vs labels only", f"Δ {label} vs DAG",
-                "Δ DAG vs baseline"]
+                "Δ DAG vs baseline", *(["chosen arm (seeds)"] if kind == "_auto"
+                                       else [])]
         out += [f"### {label} against the paper's DAG, its baseline and the "
                 "labels alone",
                 f"Test error %, mean ± std over seeds; Δ paired by seed "
@@ -476,8 +479,16 @@ def _preset_lines(grid_dirs: list[Path], grids: Path) -> list[str]:
                   for row in ("labels_only", "baseline", ref, preset)],
                 *[fmt(_paired(rows[preset], by_seed[row], err))
                   for row in ("baseline", "labels_only", ref)],
-                fmt(_paired(rows[ref], by_seed["baseline"], err))]) + " |")
+                fmt(_paired(rows[ref], by_seed["baseline"], err)),
+                *_choices(rows[preset])]) + " |")
     return lines
+
+
+def _choices(runs: list[dict]) -> list[str]:
+    """``method: auto``'s chosen arm per seed (nothing for other presets)."""
+    chosen = [(r["seed"], r["summary"]["auto"]["arm"]) for r in runs
+              if "auto" in r.get("summary", {})]
+    return [", ".join(arm for _, arm in sorted(chosen))] if chosen else []
 
 
 # --------------------------------------------------------------------------- #

@@ -56,8 +56,9 @@ from benchmarks.common import EXPERIMENT_RESULTS, ROOT, RUNS
 from benchmarks.experiments.paper_rows import check_paper_row
 from dag_pyg.config import Config, load_config, upgrade
 from dag_pyg.train import train
+from dag_pyg.train.evaluate import model_dir
 from dag_pyg.train.logger import read_metrics, write_json_atomic
-from dag_pyg.train.setup import CHECKPOINT
+from dag_pyg.train.setup import run_started
 
 RESULTS = EXPERIMENT_RESULTS
 
@@ -207,7 +208,7 @@ def run_one(grid: dict, row: str, seed: int, extra: list[str], force: bool,
         print(f"[skip] {grid['name']}/{row} seed {seed}: {out.name} exists")
         return record
     run_dir = runs / grid["name"] / row / f"seed{seed}"
-    resume = (run_dir / CHECKPOINT).is_file() and not force
+    resume = run_started(run_dir) and not force
     if run_dir.exists() and not resume:
         # --force, or an earlier attempt that died before its first checkpoint.
         shutil.rmtree(run_dir)
@@ -223,7 +224,8 @@ def run_one(grid: dict, row: str, seed: int, extra: list[str], force: bool,
     # The command of an uninterrupted run: resuming gives the same result.
     result = {"grid": grid["name"], "row": row, "seed": seed,
               "command": shlex.join(cmd), "wall_time_s": wall, "summary": summary,
-              "metrics": read_metrics(run_dir / "metrics.jsonl")}
+              # A method: auto run's metrics are its chosen arm's.
+              "metrics": read_metrics(model_dir(run_dir) / "metrics.jsonl")}
     if resume:  # wall_time_s is then this attempt's only
         result["resumed"] = True
     write_json_atomic(out, result)

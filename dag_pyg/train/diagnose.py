@@ -12,18 +12,7 @@ from pathlib import Path
 from dag_pyg.config import Config, ConfigError
 from dag_pyg.train.logger import read_metrics, write_json_atomic
 from dag_pyg.train.loop import run
-from dag_pyg.train.premise import default_check_count
-from dag_pyg.train.setup import load_data
-
-
-def default_num_check(cfg: Config) -> int:
-    """:func:`~dag_pyg.train.premise.default_check_count` of the config's
-    split."""
-    data = load_data(cfg)
-    try:  # the split's labels (method auto's load_data has held some out)
-        return default_check_count(data.train_set.targets[data.split.labelled])
-    except ValueError as e:
-        raise ConfigError(f"diagnose: {e}") from None
+from dag_pyg.train.setup import default_num_check
 
 
 def _pct(v: float) -> str:
@@ -96,6 +85,8 @@ def diagnose(cfg: Config, run_dir: str | Path, num_check: int | None = None
                           "set optim.pretrain_epochs >= 1.")
     if num_check is not None:
         cfg.data.num_check = num_check
+    if cfg.method == "auto":  # its steered arm's first refresh
+        cfg.method = "steered"
     if not cfg.data.num_check:
         cfg.data.num_check = default_num_check(cfg)
     run_dir = Path(run_dir)

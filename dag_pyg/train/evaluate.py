@@ -2,6 +2,7 @@
 Feature Bank, and the re-evaluation of a finished run folder."""
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from dag_pyg.train.logger import QuietLogger, RunLogger, write_json_atomic
 from dag_pyg.train.refresh import build_graph
 from dag_pyg.train.setup import (
     CHECKPOINT,
+    CHOICE,
     Model,
     TrainData,
     build_model,
@@ -30,13 +32,14 @@ from dag_pyg.train.setup import (
 )
 
 
-def error_rate(cfg: Config, model: Model, data: TrainData, feats: Tensor | None,
-               graph: Data | None, dataset: ArrayDataset, rows: Tensor,
-               truth: Tensor, device: torch.device, dist: DistContext,
-               log: RunLogger | QuietLogger | None, desc: str) -> float:
-    """Error (%) on ``dataset[rows]``: each rank classifies its shard of the
-    queries, retrieving neighbours from the global Feature Bank ``feats``
-    (a graph head without a ``graph`` classifies them on their own)."""
+def predict(cfg: Config, model: Model, data: TrainData, feats: Tensor | None,
+            graph: Data | None, dataset: ArrayDataset, rows: Tensor,
+            device: torch.device, dist: DistContext,
+            log: RunLogger | QuietLogger | None, desc: str) -> Tensor:
+    """Predicted class of ``dataset[rows]`` ``[len(rows)]``: each rank
+    classifies its shard of the queries, retrieving neighbours from the
+    global Feature Bank ``feats`` (a graph head without a ``graph``
+    classifies them on their own)."""
     q = extract_features(model.backbone, data.eval_tf, dataset, dist.shard(rows),
                          device, cfg.eval.batch_size, log, desc, cfg.optim.amp,
                          cfg.model.channels_last)
@@ -47,8 +50,17 @@ def error_rate(cfg: Config, model: Model, data: TrainData, feats: Tensor | None,
     else:
         with torch.no_grad():
             logits = model.head.forward_self(q)
-    pred = dist.all_gather_rows(logits.argmax(1),
+    return dist.all_gather_rows(logits.argmax(1),
                                 dist.shard_sizes(rows.numel())).cpu()
+
+
+def error_rate(cfg: Config, model: Model, data: TrainData, feats: Tensor | None,
+               graph: Data | None, dataset: ArrayDataset, rows: Tensor,
+               truth: Tensor, device: torch.device, dist: DistContext,
+               log: RunLogger | QuietLogger | None, desc: str) -> float:
+    """Error (%) of :func:`predict` on ``dataset[rows]`` against ``truth``."""
+    pred = predict(cfg, model, data, feats, graph, dataset, rows, device, dist,
+                   log, desc)
     return 100.0 * float((pred != truth).float().mean())
 
 
@@ -100,12 +112,33 @@ class LoadedRun:
     def build_graph(self, feats: Tensor) -> Data:
         return build_graph(feats, self.cfg, self.device)
 
+    def bank_and_graph(self) -> tuple[Tensor | None, Data | None]:
+        """The Feature Bank and the graph queries retrieve from (:obj:`None`
+        where the run has no bank or its head reads no neighbours)."""
+        banks = self.state["banks"]
+        if banks is None:
+            return None, None
+        # method steered may have turned the neighbour term off.
+        if self.model.uses_graph_head and banks.get("neighbours", True):
+            return banks["features"], self.build_graph(banks["features"])
+        return banks["features"], None
+
+
+def model_dir(run_dir: str | Path) -> Path:
+    """The folder of the model a run folder holds: the arm ``method: auto``
+    chose (:mod:`~dag_pyg.train.auto`), else the folder itself."""
+    run_dir = Path(run_dir)
+    choice = run_dir / CHOICE
+    if choice.is_file():
+        return run_dir / json.loads(choice.read_text())["model_dir"]
+    return run_dir
+
 
 def load_run(run_dir: str | Path, progress: bool | None = None,
              num_test: int | str | None = None) -> LoadedRun:
     """Loads a run folder (see :class:`LoadedRun`). ``num_test`` swaps the
     test set (see :func:`evaluate_run`); training data are untouched."""
-    run_dir = Path(run_dir)
+    run_dir = model_dir(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise FileNotFoundError(f"'{run_dir}' is not a run folder (no config.yaml).")
     check_run_dir(run_dir, resume=True)
@@ -137,18 +170,17 @@ def evaluate_run(run_dir: str | Path, num_test: int | str | None = None) -> dict
     ``num_test`` evaluates on another test set than the run's own: ``"all"``
     (the whole test set, e.g. all 10,000 CIFAR-10 test images for a run
     trained with ``data.num_test=1000``) or a class-balanced subset of that
-    size; the result then goes to ``eval_test-<num_test>.json``.
+    size; the result then goes to ``eval_test-<num_test>.json``. A
+    ``method: auto`` folder evaluates the arm it chose (:func:`model_dir`).
     """
     run_dir = Path(run_dir)
     run = load_run(run_dir, num_test=num_test)
     if run.state["banks"] is None:
-        raise CheckpointError(f"The checkpoint in '{run_dir}' is from pre-training "
-                              "and holds no Feature Bank yet; train further first.")
-    feats, graph = run.state["banks"]["features"], None
-    # method auto may have turned the neighbour term off.
-    if run.model.uses_graph_head and run.state["banks"].get("neighbours", True):
-        graph = run.build_graph(feats)
-    with RunLogger(run_dir, tensorboard=False, progress=run.cfg.log.progress,
+        raise CheckpointError(f"The checkpoint in '{model_dir(run_dir)}' is from "
+                              "pre-training and holds no Feature Bank yet; train "
+                              "further first.")
+    feats, graph = run.bank_and_graph()
+    with RunLogger(model_dir(run_dir), tensorboard=False, progress=run.cfg.log.progress,
                    resume_epoch=None) as log:
         out = {"run_dir": str(run_dir), "epoch": run.state["epoch"],
                "num_test": len(run.data.test_set),

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dag_pyg.config import Config, save_config
+from dag_pyg.config import Config, ConfigError, save_config
 from dag_pyg.distributed import (
     DistContext,
     DistributedError,
@@ -42,6 +42,7 @@ from dag_pyg.distributed import (
     is_collective_failure,
     shutdown,
 )
+from dag_pyg.train.auto import train_auto
 from dag_pyg.train.checkpoint import capture_rng_state, load_checkpoint, save_checkpoint
 from dag_pyg.train.epoch import EpochProgress, train_epoch
 from dag_pyg.train.evaluate import evaluate
@@ -165,6 +166,9 @@ def run(cfg: Config, run_dir: str | Path, resume: bool = False,
     time-limited jobs); returns the summary. ``dist``: this process's rank
     and world (one process when omitted)."""
     run_dir, dist = Path(run_dir), dist or DistContext()
+    if cfg.method == "auto":
+        raise ConfigError("method: auto trains two runs and chooses between "
+                          "them: train it with dag_pyg.train.train.")
     dist.on_main(lambda: check_run_dir(run_dir, resume))
     run_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
@@ -293,6 +297,13 @@ def run(cfg: Config, run_dir: str | Path, resume: bool = False,
     return summary
 
 
+def _train(cfg: Config, run_dir: str | Path, resume: bool,
+           stop_after: int | None, dist: DistContext) -> dict:
+    if cfg.method == "auto":
+        return train_auto(cfg, run_dir, run, resume, dist)
+    return run(cfg, run_dir, resume, stop_after, dist)
+
+
 def train(cfg: Config, run_dir: str | Path, resume: bool = False,
           stop_after: int | None = None) -> dict:
     """Trains ``cfg`` into ``run_dir``; returns the summary (``stop_after``:
@@ -301,15 +312,19 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False,
     Under ``torchrun`` with several processes, joins the process group
     (``cfg.distributed``) and trains with DistributedDataParallel; every rank
     returns the same summary. A failed or timed-out collective (a rank died)
-    raises :class:`~dag_pyg.distributed.DistributedError`.
+    raises :class:`~dag_pyg.distributed.DistributedError`. ``method: auto``
+    trains its arms and chooses (:func:`~dag_pyg.train.auto.train_auto`).
     """
+    if cfg.method == "auto" and stop_after is not None:
+        raise ConfigError("--stop-after stops one run; method: auto trains two "
+                          "(stop it with SIGTERM and --resume it instead).")
     d = cfg.distributed
     ctx = init_distributed(d.backend, d.timeout_s, cfg.device)
     if not ctx.enabled:
-        return run(cfg, run_dir, resume, stop_after)
+        return _train(cfg, run_dir, resume, stop_after, DistContext())
     interrupted = failure = None
     try:
-        summary = run(cfg, run_dir, resume, stop_after, dist=ctx)
+        summary = _train(cfg, run_dir, resume, stop_after, ctx)
     except TrainingInterrupted as e:
         # Without its traceback, which would keep run()'s frame (and DDP's
         # reducer) alive past the process group's end.

@@ -38,7 +38,8 @@ interval, and none is pooled; a run's ``summary.json`` gives the mean of
 each value over its refreshes beside the last refresh's interval
 (``check``).
 
-Under ``method: auto`` the check nodes' labels steer training (the
+Under ``method: steered`` (and in ``method: auto``'s steered arm) the
+check nodes' labels steer training (the
 admission threshold is read off them, and the check nodes train on their
 pseudo labels like every unlabelled node), so later refreshes' checks are
 not independent of earlier choices; under ``method: dag`` nothing in
@@ -55,9 +56,10 @@ from torch_geometric.data import Data
 from dag_pyg.nn import DensityAwareConv, DNAHead
 
 Z95 = 1.959963984540054
-# Config key ``method``: the paper's DAG as configured, or DAG steered by
-# the check (:func:`auto_decisions`).
-METHODS = ("dag", "auto")
+# Config key ``method``: the paper's DAG as configured; DAG steered by the
+# check (:func:`auto_decisions`); or that steered DAG kept only where the
+# check finds it no worse than the labels alone (:mod:`dag_pyg.train.auto`).
+METHODS = ("dag", "steered", "auto")
 # Share of each class's labels held out where data.num_check is not given.
 CHECK_SHARE = 0.2
 
@@ -213,7 +215,7 @@ def premise_check(head: DNAHead, feats: Tensor, sub: Data, prior: Tensor,
 
 
 def admission_threshold(confidence: Tensor, right: Tensor) -> float | None:
-    r"""``method: auto``'s admission: the lowest Label Bank confidence
+    r"""``method: steered``'s admission: the lowest Label Bank confidence
     :math:`\tau` at which the check nodes of confidence :math:`\geq \tau`
     are right more often than wrong, by the lower end of their 95 % Wilson
     interval (a pseudo label that is more likely wrong than right is worse
@@ -235,7 +237,7 @@ def admission_threshold(confidence: Tensor, right: Tensor) -> float | None:
 
 
 def auto_decisions(rec: dict[str, float]) -> dict[str, bool]:
-    """``method: auto``'s per-refresh choices from the check's record:
+    """``method: steered``'s per-refresh choices from the check's record:
 
     - ``dplp``: train on DPLP's labels where its paths reach, unless the
       check finds them worse than the Label Bank's on the nodes they cover

@@ -46,7 +46,7 @@ class Banks:
     prior: Tensor             # Label Bank: the model's predictions [N]
     targets: Tensor           # training target per node [N] (-1: none)
     weights: Tensor | None = None  # weight of each target [N] (None: all 1)
-    # Whether the head reads its neighbours (method auto may turn them off).
+    # Whether the head reads its neighbours (method steered may turn them off).
     neighbours: bool = True
 
 
@@ -164,7 +164,7 @@ def graph_and_labels(cfg: Config, head: DNAHead, feats: Tensor, data: TrainData,
                      device: torch.device, neighbours: bool | None = None
                      ) -> Refreshed:
     """Graph, Label Bank, pseudo labels, their weights and statistics of a
-    Feature Bank. With ``method: auto`` the premise check steers them
+    Feature Bank. With ``method: steered`` the premise check steers them
     (:func:`steer`); ``neighbours`` is its earlier choice for the head's
     neighbour term (:obj:`None`: not made yet)."""
     rec: dict[str, float] = {}
@@ -193,7 +193,7 @@ def graph_and_labels(cfg: Config, head: DNAHead, feats: Tensor, data: TrainData,
         rec["time_check"] = time.perf_counter() - t
 
     unl = ~mask
-    if cfg.method == "auto":
+    if cfg.method == "steered":
         out, targets, logits, prior, neighbours = steer(
             cfg, head, feats, graph, data, device, logits, prior, lp, rec,
             neighbours)
@@ -221,7 +221,7 @@ def steer(cfg: Config, head: DNAHead, feats: Tensor, graph: Data,
           data: TrainData, device: torch.device, logits: Tensor, prior: Tensor,
           lp: PseudoLabels, rec: dict[str, float], neighbours: bool | None
           ) -> tuple[PseudoLabels, Tensor, Tensor, Tensor, bool]:
-    """``method: auto``'s refresh (:func:`~dag_pyg.train.premise.auto_decisions`,
+    """``method: steered``'s refresh (:func:`~dag_pyg.train.premise.auto_decisions`,
     :func:`~dag_pyg.train.premise.admission_threshold`): the pseudo labels,
     the targets, the Label Bank's logits and labels, and the neighbour
     choice. ``rec`` holds the check of the Label Bank ``prior``; it gains
@@ -294,7 +294,7 @@ def refresh(cfg: Config, model: Model, data: TrainData, device: torch.device,
     model; with ``features`` (an online bank, identical on every rank; it
     becomes the new bank, not copied) the bank is not re-extracted. A run
     that reads no bank (:func:`needs_banks`) gets the labels alone, no
-    graph. ``neighbours``: ``method: auto``'s earlier choice (see
+    graph. ``neighbours``: ``method: steered``'s earlier choice (see
     :func:`graph_and_labels`)."""
     if not needs_banks(cfg, model.uses_graph_head):
         targets = torch.where(data.labelled_mask, data.true_y, -1)

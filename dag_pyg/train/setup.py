@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch_geometric.data import Data
 
-from dag_pyg.config import Config
+from dag_pyg.config import Config, ConfigError
 from dag_pyg.data import (
     ArrayDataset,
     BatchTransform,
@@ -33,6 +33,8 @@ from dag_pyg.train.logger import show_progress
 from dag_pyg.train.premise import default_check_count
 
 CHECKPOINT = "checkpoint.pt"
+# A method: auto folder's record of the arm it chose (dag_pyg.train.auto).
+CHOICE = "choice.json"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -49,6 +51,13 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def run_started(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a run to resume: a checkpoint, or one in
+    the arm folders of a ``method: auto`` run."""
+    return (run_dir / CHECKPOINT).is_file() or any(
+        run_dir.glob(f"arms/*/{CHECKPOINT}"))
 
 
 def check_run_dir(run_dir: Path, resume: bool) -> None:
@@ -133,7 +142,7 @@ def load_data(cfg: Config) -> TrainData:
     split.meta.update(made_for)
     labelled, check = split.labelled, split.labelled[:0]
     num_check = d.num_check
-    if not num_check and cfg.method == "auto":  # auto needs its check
+    if not num_check and cfg.method in ("steered", "auto"):  # they need a check
         num_check = default_check_count(train.targets[split.labelled])
     if num_check:
         labelled, check = hold_out(split.labelled, train.targets, num_check,
@@ -278,3 +287,13 @@ def build_model(cfg: Config, data: TrainData, device: torch.device,
             forward_sync_buffers=not cfg.distributed.sync_batchnorm,
             device_ids=[device.index] if device.type == "cuda" else None)
     return Model(backbone, head, net)
+
+
+def default_num_check(cfg: Config) -> int:
+    """:func:`~dag_pyg.train.premise.default_check_count` of the config's
+    split."""
+    data = load_data(cfg)
+    try:  # the split's labels (steered's and auto's load_data hold some out)
+        return default_check_count(data.train_set.targets[data.split.labelled])
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
