@@ -176,6 +176,28 @@ def test_two_processes_equal_one(tmp_path):
 
 
 @pytest.mark.slow  # spawns processes
+def test_two_processes_equal_one_under_method_auto(tmp_path):
+    # Both arms train under torchrun; rank 0 checks them and chooses.
+    auto = ["--set", "method=auto"]
+    _train(tmp_path / "one", 1, *auto)
+    res = _train(tmp_path / "two", WORLD, *auto)
+    assert res.stdout.count("method auto chose") == 1
+    _assert_same_run(tmp_path / "one" / "arms" / "steered",
+                     tmp_path / "two" / "arms" / "steered")
+    ra, rb = (_records(d / "arms" / "labels_only") for d in (tmp_path / "one",
+                                                            tmp_path / "two"))
+    assert [r["loss"] for r in rb] == pytest.approx([r["loss"] for r in ra],
+                                                    rel=1e-4)
+    ca, cb = (json.loads((d / "choice.json").read_text())
+              for d in (tmp_path / "one", tmp_path / "two"))
+    assert ca["arm"] == cb["arm"] and ca["check_n"] == cb["check_n"] == 10
+    for arm in ("steered", "labels_only"):  # one node is 0.1
+        assert abs(ca["arms"][arm]["acc"] - cb["arms"][arm]["acc"]) <= 0.1
+    assert sorted(p.name for p in (tmp_path / "two").rglob("*")) == sorted(
+        p.name for p in (tmp_path / "one").rglob("*"))
+
+
+@pytest.mark.slow  # spawns processes
 def test_two_processes_equal_one_with_the_levers(tmp_path):
     # Mixing partners and online-bank rows cross the ranks' slices.
     levers = [a for o in ("loss.mixup_at=feature", "graph.bank=online",
