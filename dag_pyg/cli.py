@@ -15,7 +15,9 @@ from pathlib import Path
 
 from dag_pyg.config import load_config
 from dag_pyg.distributed.context import DistributedError
+from dag_pyg.train import evaluate_run, train
 from dag_pyg.train.checkpoint import CheckpointError
+from dag_pyg.train.diagnose import diagnose, render
 from dag_pyg.train.interrupt import TrainingInterrupted
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "digits.yaml"
@@ -61,8 +63,6 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "train":
-            from dag_pyg.train import train
-
             cfg = load_config(args.config, args.overrides)
             run_dir = Path(args.out) if args.out else Path(cfg.out) / cfg.name
             summary = train(cfg, run_dir, resume=args.resume,
@@ -78,15 +78,11 @@ def main(argv: list[str] | None = None) -> int:
                           "held-out labels")
                 print(f"final test error: {err_txt} ({run_dir / 'summary.json'})")
         elif args.command == "diagnose":
-            from dag_pyg.train.diagnose import diagnose, render
-
             cfg = load_config(args.config, args.overrides)
             run_dir = (Path(args.out) if args.out
                        else Path(cfg.out) / f"{cfg.name}_diagnose")
             print(render(diagnose(cfg, run_dir, args.num_check)))
         else:
-            from dag_pyg.train import evaluate_run
-
             result = evaluate_run(args.run_dir, num_test=args.num_test)
             print(json.dumps(result, indent=2))
     except TrainingInterrupted as e:

@@ -11,8 +11,12 @@ et al.'s scale), ``labelled_batch_size`` 50, ``pretrain_epochs`` 20,
 
 Every switch of the paper's ablations is a key here (``dna.aggregator``
 with ``none`` for no DNA, ``dna.hops``, ``dna.k``, ``pseudo_label.source``,
-``dplp.mode``, ``dplp.sigma``, ``graph.k``, ``graph.backend``). The allowed
-values of a key come from the module that owns them (:func:`choices`).
+``dplp.mode``, ``dplp.sigma``, ``graph.k``, ``graph.backend``). An
+enumerated key's allowed values are its ``Literal`` type (:func:`choices`);
+where a library module validates the same values (``dag_pyg.nn.AGGREGATORS``
+and the like), ``tests/test_config.py`` holds the two equal. This module
+imports no other ``dag_pyg`` module: loading a YAML file needs neither torch
+nor the trainer.
 """
 from __future__ import annotations
 
@@ -20,21 +24,46 @@ import copy
 import dataclasses
 import difflib
 import math
+import types
 import typing
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
-from dag_pyg.data import DATASETS
-from dag_pyg.graph.density import DENSITIES
-from dag_pyg.graph.knn import BACKENDS
-from dag_pyg.models import BACKBONES
-from dag_pyg.nn import AGGREGATORS
-from dag_pyg.propagation import ADMISSIONS, MODES, SOURCES, WEIGHTINGS, check_sigma
-from dag_pyg.sampler import SAMPLERS
+# The allowed values of the enumerated keys.
+# method: the paper's DAG as configured; DAG steered by the premise check
+# (dag_pyg.train.premise); or auto, which trains the steered DAG and the
+# labels alone and keeps the one the check finds better (dag_pyg.train.auto).
+Method = Literal["dag", "steered", "auto"]
+# dag_pyg.data.DATASETS
+DatasetName = Literal["cifar10", "cifar100", "mnist", "fashion_mnist", "kmnist",
+                      "svhn", "stl10", "imagefolder", "digits", "synthetic"]
+Backbone = Literal["cnn13", "resnet18", "mlp", "cnn"]   # dag_pyg.models.BACKBONES
+Schedule = Literal["step", "cosine", "constant"]
+AmpMode = Literal["none", "bf16", "fp16"]
+# Where mixup mixes: the images, or the head's input after each image was
+# aggregated with its own sub-graph (manifold mixup).
+MixupPlace = Literal["input", "feature"]
+# The neighbour term of an image mixed at the input: its first component's
+# sub-graph alone, or both components' in the mixed target's proportions.
+MixupNeighbours = Literal["first", "mixed"]
+# dag_pyg.graph.knn.BACKENDS
+KNNBackend = Literal["auto", "exact", "faiss", "faiss_ivf", "torch_cluster"]
+Density = Literal["mean_sim", "count"]                  # dag_pyg.graph DENSITIES
+# How the Feature Bank is renewed: re-extracted at every refresh, or written
+# by the training steps (see dag_pyg.train.epoch).
+BankUpdate = Literal["refresh", "online"]
+Aggregator = Literal["dna", "dna_no_density", "gat", "none"]  # dag_pyg.nn
+Sampler = Literal["knn", "neighbor"]                    # dag_pyg.sampler
+Source = Literal["dplp", "model", "none"]               # dag_pyg.propagation
+Weighting = Literal["none", "certainty"]                # dag_pyg.propagation
+Admission = Literal["all", "agree"]                     # dag_pyg.propagation
+DPLPMode = Literal["L", "LU"]                           # dag_pyg.propagation
+# Where the graph, Label Bank and DPLP run under torchrun.
+GraphPlacement = Literal["rank0", "replicate"]
 
 
 class ConfigError(ValueError):
@@ -43,7 +72,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    name: str = "digits"           # see dag_pyg.data.DATASETS
+    name: DatasetName = "digits"   # see dag_pyg.data.DATASETS
     root: str | None = None        # data folder (torchvision root / image tree)
     download: bool = False         # torchvision download where the network allows
     cache_dir: str | None = None   # decoded-image cache for read-only data folders
@@ -64,7 +93,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    backbone: str = "mlp"          # cnn13 | resnet18 | mlp | cnn
+    backbone: Backbone = "mlp"
     width: float = 1.0             # cnn13 / cnn channel multiplier (CPU runs: < 1)
     weight_norm: bool = False      # cnn13 weight norm
     dropout: float = 0.5           # cnn13 dropout
@@ -81,10 +110,10 @@ class OptimConfig:
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 2e-4
-    schedule: str = "step"         # step | cosine | constant
+    schedule: Schedule = "step"
     milestones: list[int] = field(default_factory=lambda: [250, 350])
     gamma: float = 0.1
-    amp: str = "none"              # none | bf16 | fp16 (autocast; fp16 + grad scaler)
+    amp: AmpMode = "none"          # autocast (fp16 with a grad scaler)
 
 
 @dataclass
@@ -95,11 +124,11 @@ class LossConfig:
     # input: mix images (a mixed sample keeps its first image's sub-graph);
     # feature: manifold mixup at the head's input, each image aggregated
     # with its own sub-graph first.
-    mixup_at: str = "input"        # input | feature
+    mixup_at: MixupPlace = "input"
     # With input mixup and a graph head: first (the mixed image keeps its
     # first component's neighbour term at full weight, as so far) or mixed
     # (both components' neighbour terms, in the target's proportions).
-    mixup_neighbours: str = "first"  # first | mixed
+    mixup_neighbours: MixupNeighbours = "first"
     # lam = max(lam, 1 - lam): the first component of a mixed image (whose
     # sub-graph it keeps) is its major one, as in MixMatch. The same mixed
     # images and targets in distribution; only which image is "first" moves.
@@ -109,8 +138,8 @@ class LossConfig:
 @dataclass
 class GraphConfig:
     k: int = 64
-    backend: str = "auto"          # auto | exact | faiss | faiss_ivf | torch_cluster
-    density: str = "mean_sim"      # mean_sim | count
+    backend: KNNBackend = "auto"
+    density: Density = "mean_sim"
     density_threshold: float = 0.5
     ivf_nlist: int | None = None   # faiss_ivf cells (null: about 4 sqrt(N))
     ivf_nprobe: int = 16           # faiss_ivf cells scanned per query
@@ -120,18 +149,18 @@ class GraphConfig:
     # refresh: the Feature Bank re-extracted (eval mode, clean images) at
     # every refresh; online: each batch's live seed features overwrite their
     # rows (a memory bank), no extraction after pre-training.
-    bank: str = "refresh"          # refresh | online
+    bank: BankUpdate = "refresh"
     # Autocast of the bank's extraction pass (null: optim.amp's); the bank
     # is kept in float32. bf16 halves the pass on CPUs with bf16 kernels.
-    bank_amp: str | None = None    # none | bf16 | fp16
+    bank_amp: AmpMode | None = None
 
 
 @dataclass
 class DNAConfig:
-    aggregator: str = "dna"        # dna | dna_no_density | gat | none (no DNA)
+    aggregator: Aggregator = "dna"  # none: no DNA
     hops: int = 1
     k: int = 8                     # k_sub: neighbours per node in the sub-graph
-    sampler: str = "knn"           # knn | neighbor (PyG NeighborLoader)
+    sampler: Sampler = "knn"       # neighbor: PyG NeighborLoader
     temperature: float = 1.0       # attention softmax((cos + rho) / temperature)
     learn_temperature: bool = False  # learn it (from `temperature`)
     learn_beta: bool = False       # x_u + beta * sum(alpha x_v), beta learned from 1
@@ -139,21 +168,21 @@ class DNAConfig:
 
 @dataclass
 class PseudoLabelConfig:
-    source: str = "dplp"           # dplp | model | none
+    source: Source = "dplp"
     # Per-sample weight of a pseudo label's cross-entropy: "certainty" is
     # 1 - H(p)/log C of the Label Bank's prediction (Iscen et al., 2019).
-    weighting: str = "none"        # none | certainty
+    weighting: Weighting = "none"
     weight: float = 1.0            # scale of every pseudo label's weight
     # Admission: unlabelled nodes whose Label Bank confidence (max softmax)
     # is below `threshold`, or (admit: agree) whose DPLP label differs from
     # the model's prediction, get no target (entropy and balance still apply).
     threshold: float = 0.0
-    admit: str = "all"             # all | agree
+    admit: Admission = "all"
 
 
 @dataclass
 class DPLPConfig:
-    mode: str = "LU"               # L | LU
+    mode: DPLPMode = "LU"
     sigma: float | str = math.inf  # a distance, or "q0.5": a quantile of steps
 
 
@@ -176,7 +205,7 @@ class DistributedConfig:
     # Read only under torchrun (WORLD_SIZE > 1); see README "Several GPUs".
     backend: str = "auto"          # auto: nccl+gloo on GPUs, gloo on CPU
     timeout_s: float = 600.0       # a collective waiting longer fails the run
-    graph: str = "rank0"           # rank0 (build there, broadcast) | replicate
+    graph: GraphPlacement = "rank0"  # rank0: build there, broadcast
     sync_batchnorm: bool = True    # batch statistics over all ranks' samples
 
 
@@ -184,13 +213,9 @@ class DistributedConfig:
 class Config:
     name: str = "digits"
     seed: int = 0
-    # dag: the paper's method as configured; steered: the premise check
-    # (data.num_check held-out labels, 20 % per class if 0) decides at every
-    # refresh which pseudo labels to train on and whether the head reads
-    # its neighbours (see dag_pyg.train.premise); auto: trains steered and
-    # the labels alone on the same split and keeps the one the check finds
-    # better (see dag_pyg.train.auto).
-    method: str = "dag"
+    # steered and auto hold out data.num_check labels (20 % per class if 0)
+    # for the premise check; see Method.
+    method: Method = "dag"
     device: str = "auto"           # auto | cpu | cuda | cuda:N
     out: str = "runs"              # runs go to out/name (or --out)
     data: DataConfig = field(default_factory=DataConfig)
@@ -209,34 +234,37 @@ class Config:
         return dataclasses.asdict(self)
 
 
-def choices() -> dict[str, tuple[str, ...]]:
-    """The allowed values of every enumerated key, from the module that owns
-    them."""
-    # Imported here: the training package imports this module.
-    from dag_pyg.train.epoch import MIXUP_NEIGHBOURS, MIXUP_PLACES
-    from dag_pyg.train.optim import AMP_MODES, SCHEDULES
-    from dag_pyg.train.premise import METHODS
-    from dag_pyg.train.refresh import BANK_UPDATES, GRAPH_PLACEMENTS
+def choices(cls: type = None, prefix: str = "") -> dict[str, tuple[str, ...]]:
+    """The allowed values of every enumerated key (its ``Literal`` type)."""
+    out = {}
+    for name, tp in _fields(cls or Config).items():
+        if dataclasses.is_dataclass(tp):
+            out.update(choices(tp, f"{prefix}{name}."))
+            continue
+        for arg in (typing.get_args(tp) if _is_union(tp) else (tp,)):
+            if typing.get_origin(arg) is Literal:
+                out[prefix + name] = typing.get_args(arg)
+    return out
 
-    return {
-        "method": METHODS,
-        "data.name": tuple(DATASETS),
-        "model.backbone": tuple(BACKBONES),
-        "optim.schedule": SCHEDULES,
-        "optim.amp": AMP_MODES,
-        "graph.backend": BACKENDS,
-        "graph.density": DENSITIES,
-        "dna.aggregator": AGGREGATORS,
-        "dna.sampler": SAMPLERS,
-        "pseudo_label.source": SOURCES,
-        "pseudo_label.weighting": WEIGHTINGS,
-        "pseudo_label.admit": ADMISSIONS,
-        "loss.mixup_at": MIXUP_PLACES,
-        "loss.mixup_neighbours": MIXUP_NEIGHBOURS,
-        "graph.bank": BANK_UPDATES,
-        "dplp.mode": MODES,
-        "distributed.graph": GRAPH_PLACEMENTS,
-    }
+
+def _is_union(tp: Any) -> bool:
+    return typing.get_origin(tp) in (typing.Union, types.UnionType)
+
+
+def check_sigma(sigma: float | str) -> None:
+    """``dplp.sigma``: a distance >= 0 (``inf``: no limit) or ``"qX"``, the
+    X-quantile (0 <= X <= 1) of the graph's parent-step distances."""
+    if isinstance(sigma, str):
+        try:
+            q = float(sigma[1:]) if sigma.startswith("q") else math.nan
+        except ValueError:
+            q = math.nan
+        if not 0.0 <= q <= 1.0:
+            raise ConfigError("Config key 'dplp.sigma' must be a distance (a "
+                              "number, or inf) or a quantile 'q0.5' of the "
+                              f"parent-step distances (got '{sigma}').")
+    elif not sigma >= 0:
+        raise ConfigError(f"Config key 'dplp.sigma' must be >= 0 (got {sigma!r}).")
 
 
 # Keys of earlier releases, still read (run folders and checkpoints keep
@@ -292,7 +320,7 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     """Checks ``value`` against the annotated type; ints pass as floats."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if _is_union(tp):
         errors = []
         for arg in args:
             try:
@@ -319,10 +347,10 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     elif tp is bool:
         if isinstance(value, bool):
             return value
-    elif tp is str:
+    elif tp is str or origin is Literal:  # a Literal's values: _check
         if isinstance(value, str):
             return value
-    name = getattr(tp, "__name__", str(tp))
+    name = "str" if origin is Literal else getattr(tp, "__name__", str(tp))
     raise ConfigError(f"Config key '{key}' must be {name} (got {value!r} of "
                       f"type {type(value).__name__}).")
 
@@ -348,15 +376,12 @@ def _check(cfg: Config) -> None:
         value = cfg
         for part in key.split("."):
             value = getattr(value, part)
-        if value not in allowed:
+        if value is not None and value not in allowed:  # None: where typed so
             close = difflib.get_close_matches(str(value), allowed, n=1)
             hint = f" Did you mean '{close[0]}'?" if close else ""
             raise ConfigError(f"Config key '{key}' must be one of {list(allowed)} "
                               f"(got '{value}').{hint}")
-    try:
-        check_sigma(cfg.dplp.sigma)
-    except ValueError as e:
-        raise ConfigError(f"Config key 'dplp.sigma': {e}") from None
+    check_sigma(cfg.dplp.sigma)
     positive = {"graph.k": cfg.graph.k, "dna.k": cfg.dna.k,
                 "optim.epochs": cfg.optim.epochs,
                 "optim.batch_size": cfg.optim.batch_size,
@@ -409,11 +434,6 @@ def _check(cfg: Config) -> None:
                           f"out for the premise check; got {cfg.data.num_check}).")
     if cfg.optim.pretrain_epochs < 0:
         raise ConfigError("Config key 'optim.pretrain_epochs' must be >= 0.")
-    amp_modes = choices()["optim.amp"]
-    if cfg.graph.bank_amp is not None and cfg.graph.bank_amp not in amp_modes:
-        raise ConfigError(f"Config key 'graph.bank_amp' must be one of "
-                          f"{list(amp_modes)} or null for optim.amp's (got "
-                          f"'{cfg.graph.bank_amp}').")
     if not 0.0 <= cfg.pseudo_label.threshold < 1.0:
         raise ConfigError("Config key 'pseudo_label.threshold' must be in [0, 1) "
                           f"(a softmax confidence; got {cfg.pseudo_label.threshold}).")

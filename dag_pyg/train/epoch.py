@@ -31,14 +31,6 @@ from dag_pyg.train.refresh import (
 )
 from dag_pyg.train.setup import Model, TrainData
 
-# Where mixup mixes (loss.mixup_at): the images, or the head's input after
-# each image was aggregated with its own sub-graph (manifold mixup).
-MIXUP_PLACES = ("input", "feature")
-# The neighbour term of an image mixed at the input (loss.mixup_neighbours):
-# its first component's sub-graph alone, or both components' in the
-# proportions of the mixed target.
-MIXUP_NEIGHBOURS = ("first", "mixed")
-
 
 def epoch_batches(num_labelled: int, num_nodes: int, o: OptimConfig,
                   pretrain: bool, gen: torch.Generator) -> list[Tensor]:

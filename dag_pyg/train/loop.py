@@ -49,6 +49,7 @@ from dag_pyg.train.evaluate import evaluate
 from dag_pyg.train.interrupt import StopRequest, TrainingInterrupted
 from dag_pyg.train.logger import QuietLogger, RunLogger, read_metrics, write_json_atomic
 from dag_pyg.train.optim import build_optimizer, build_scaler
+from dag_pyg.train.plots import plot_curves, plot_path_lengths
 from dag_pyg.train.premise import check_summary
 from dag_pyg.train.refresh import (
     Banks,
@@ -122,8 +123,6 @@ def finish(cfg: Config, run_dir: Path, data: TrainData, history: dict,
     }
     write_json_atomic(run_dir / "summary.json", summary)
     if cfg.log.plots:
-        from dag_pyg.train.plots import plot_curves, plot_path_lengths
-
         plot_curves(records, run_dir / "curves.png")
         plot_path_lengths(path_lengths, run_dir / "path_lengths.png",
                           title=f"{cfg.name}: DPLP path lengths, last epoch")

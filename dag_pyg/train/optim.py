@@ -9,9 +9,6 @@ from torch import nn
 
 from dag_pyg.config import OptimConfig
 
-SCHEDULES = ("step", "cosine", "constant")
-AMP_MODES = ("none", "bf16", "fp16")
-
 
 def lr_factor(epoch: int, o: OptimConfig) -> float:
     """Learning-rate factor of an epoch: pre-training runs at the base rate;

@@ -56,10 +56,6 @@ from torch_geometric.data import Data
 from dag_pyg.nn import DensityAwareConv, DNAHead
 
 Z95 = 1.959963984540054
-# Config key ``method``: the paper's DAG as configured; DAG steered by the
-# check (:func:`auto_decisions`); or that steered DAG kept only where the
-# check finds it no worse than the labels alone (:mod:`dag_pyg.train.auto`).
-METHODS = ("dag", "steered", "auto")
 # Share of each class's labels held out where data.num_check is not given.
 CHECK_SHARE = 0.2
 

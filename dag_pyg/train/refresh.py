@@ -31,12 +31,6 @@ from dag_pyg.train.logger import QuietLogger, RunLogger
 from dag_pyg.train.premise import admission_threshold, auto_decisions, premise_check
 from dag_pyg.train.setup import Model, TrainData
 
-# Where the graph, Label Bank and DPLP run under torchrun.
-GRAPH_PLACEMENTS = ("rank0", "replicate")
-# How the Feature Bank is renewed (graph.bank): re-extracted at every refresh,
-# or written by the training steps (see dag_pyg.train.epoch).
-BANK_UPDATES = ("refresh", "online")
-
 
 @dataclass
 class Banks:
