@@ -17,12 +17,12 @@ from dag_pyg.propagation import admit_pseudo_labels
 from dag_pyg.sampler import make_loader
 from dag_pyg.train import refresh
 from dag_pyg.train.epoch import epoch_batches, train_steps
-from dag_pyg.train.logger import QuietLogger
+from dag_pyg.train.logger import RunLogger
 from dag_pyg.train.optim import build_optimizer, build_scaler
 from dag_pyg.train.setup import build_model, load_data
 
 CPU = torch.device("cpu")
-QUIET = QuietLogger(0)
+QUIET = RunLogger()
 
 
 def digits_setup(*extra):

@@ -190,8 +190,27 @@ def test_context_manager_closes_on_error(tmp_path):
         with RunLogger(tmp_path, tensorboard=False, progress=False) as log:
             log.info("before")
             raise KeyError("boom")
-    assert log.closed
-    assert log._log_file.closed and log._metrics_file.closed
+    assert log.closed and log._metrics_file.closed
+    # Its handlers are gone (train.log closed): later lines reach no file.
+    assert log._logger.handlers == []
+    assert (tmp_path / "train.log").read_text().count("before") == 1
+
+
+def test_other_ranks_write_nothing_and_print_warnings(tmp_path, capsys):
+    with RunLogger(tmp_path / "r1", rank=1, tensorboard=False) as log:
+        log.info("hidden")
+        log.warning("careful")
+        log.metrics({"epoch": 0, "loss": 1.0})
+    assert not (tmp_path / "r1").exists()
+    out = capsys.readouterr()
+    assert out.out == "" and out.err == "[rank 1] WARNING: careful\n"
+    # Two loggers in one process share no handlers.
+    with RunLogger(tmp_path / "a", tensorboard=False, progress=False) as a, \
+            RunLogger(tmp_path / "b", tensorboard=False, progress=False) as b:
+        a.info("to a")
+        b.warning("to b")
+    assert "to b" not in (tmp_path / "a" / "train.log").read_text()
+    assert (tmp_path / "b" / "train.log").read_text().endswith("] WARNING: to b\n")
 
 
 def test_write_json_atomic(tmp_path, monkeypatch):

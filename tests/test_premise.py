@@ -15,7 +15,7 @@ from dag_pyg.data import hold_out
 from dag_pyg.distributed import DistContext
 from dag_pyg.nn import DNAHead
 from dag_pyg.train import refresh
-from dag_pyg.train.logger import QuietLogger
+from dag_pyg.train.logger import RunLogger
 from dag_pyg.train.premise import neighbour_vote, paired_gain, premise_check, wilson
 from dag_pyg.train.setup import build_model, load_data
 
@@ -118,7 +118,7 @@ def test_num_check_holds_labels_out_and_the_refresh_checks_them():
     assert not bool((data.labelled_mask & check).any())
     assert sorted(data.nodes.tolist()) == sorted(full.nodes.tolist())
     model = build_model(cfg, data, CPU, DistContext())
-    out = refresh(cfg, model, data, CPU, DistContext(), QuietLogger(0))
+    out = refresh(cfg, model, data, CPU, DistContext(), RunLogger())
     s = out.stats
     assert s["check_n"] == 20
     truth = data.true_y[check]
@@ -127,7 +127,7 @@ def test_num_check_holds_labels_out_and_the_refresh_checks_them():
     # Training never reads the check nodes' labels: other labels there give
     # the same banks and targets (and another check record).
     data.true_y[check] = out.banks.prior[check]
-    again = refresh(cfg, model, data, CPU, DistContext(), QuietLogger(0))
+    again = refresh(cfg, model, data, CPU, DistContext(), RunLogger())
     assert torch.equal(again.banks.targets, out.banks.targets)
     assert torch.equal(again.banks.prior, out.banks.prior)
     assert again.stats["check_lb_acc"] == 1.0 != s["check_lb_acc"]
@@ -246,7 +246,7 @@ def test_steered_steers_the_refresh(monkeypatch):
     # nodes' median.
     monkeypatch.setattr(refresh_module, "admission_threshold",
                         lambda conf, right: float(conf.median()))
-    out = refresh(cfg, model, data, CPU, DistContext(), QuietLogger(0))
+    out = refresh(cfg, model, data, CPU, DistContext(), RunLogger())
     s, unl = out.stats, ~data.labelled_mask
     assert s["auto_dplp"] == 1.0 and out.banks.neighbours == bool(s["auto_neighbours"])
     tau = s["auto_threshold"]
@@ -260,7 +260,7 @@ def test_steered_steers_the_refresh(monkeypatch):
     assert 0 < int(kept[unl].sum()) < int(unl.sum())
     # An earlier choice to drop the neighbour term is kept: the Label Bank is
     # the head on each node alone, and DPLP runs over that Label Bank.
-    off = refresh(cfg, model, data, CPU, DistContext(), QuietLogger(0),
+    off = refresh(cfg, model, data, CPU, DistContext(), RunLogger(),
                   neighbours=False)
     assert off.banks.neighbours is False and off.stats["auto_neighbours"] == 0.0
     with torch.no_grad():

@@ -25,7 +25,7 @@ from dag_pyg.propagation import (
 from dag_pyg.sampler import knn_subgraph
 from dag_pyg.train import evaluate, refresh
 from dag_pyg.train.epoch import epoch_batches, split_for_refreshes
-from dag_pyg.train.logger import QuietLogger
+from dag_pyg.train.logger import RunLogger
 from dag_pyg.train.refresh import label_stats, needs_banks
 from dag_pyg.train.setup import build_model, load_data
 
@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from dplp_reference import reference_dplp  # noqa: E402
 
 CPU = torch.device("cpu")
-QUIET = QuietLogger(0)
+QUIET = RunLogger()
 
 
 def small_graph(n=60, d=5, k=6, seed=0):

@@ -28,13 +28,14 @@ import hashlib
 import io
 import os
 import random
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from dag_pyg.train.atomic import atomic_write
 
 FORMAT = "dag_pyg-checkpoint"
 VERSION = 1
@@ -45,20 +46,6 @@ _ADVICE = ("Delete it to start over, or restore it from a copy; the run will "
 
 class CheckpointError(RuntimeError):
     """A checkpoint file is missing, damaged or not a dag_pyg checkpoint."""
-
-
-def _fsync_dir(directory: Path) -> None:
-    # Makes the rename itself durable; not supported everywhere (e.g. Windows).
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
@@ -79,8 +66,6 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
     path = Path(path)
     if not isinstance(state, dict):
         raise TypeError(f"'state' must be a dict (got {type(state).__name__})")
-    path.parent.mkdir(parents=True, exist_ok=True)
-
     buf = io.BytesIO()
     torch.save(state, buf)
     state_bytes = buf.getvalue()
@@ -92,20 +77,8 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
         "state_bytes": state_bytes,
     }
 
-    # Same directory as the target so that os.replace is an atomic rename.
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp",
-                                    dir=path.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(envelope, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    with atomic_write(path, "wb") as f:
+        torch.save(envelope, f)
 
 
 def load_checkpoint(path: str | os.PathLike,

@@ -19,7 +19,7 @@ from dag_pyg.data.transforms import mix, mixup_draw
 from dag_pyg.distributed import DistContext
 from dag_pyg.sampler import make_loader
 from dag_pyg.train.interrupt import StopRequest
-from dag_pyg.train.logger import QuietLogger, RunLogger
+from dag_pyg.train.logger import RunLogger
 from dag_pyg.train.losses import dag_loss
 from dag_pyg.train.optim import autocast
 from dag_pyg.train.refresh import (
@@ -77,7 +77,7 @@ def train_steps(cfg: Config, model: Model, data: TrainData,
                 batches: list[Tensor],
                 banks: Banks | None, graph: Data | None, pretrain: bool,
                 device: torch.device, gen: torch.Generator, dist: DistContext,
-                log: RunLogger | QuietLogger, desc: str,
+                log: RunLogger, desc: str,
                 sums: dict[str, float] | None = None,
                 stop: StopRequest | None = None
                 ) -> tuple[dict[str, float], int, int | None]:
@@ -224,7 +224,7 @@ def train_epoch(cfg: Config, model: Model, data: TrainData,
                 banks: Banks | None,
                 graph: Data | None, epoch: int, device: torch.device,
                 gen: torch.Generator, dist: DistContext,
-                log: RunLogger | QuietLogger, progress: EpochProgress | None = None,
+                log: RunLogger, progress: EpochProgress | None = None,
                 stop: StopRequest | None = None) -> EpochResult:
     """One epoch (or the rest of an interrupted one, ``progress``); with
     ``graph.refresh_per_epoch`` > 1 the banks and graph are also refreshed at

@@ -17,7 +17,7 @@ from dag_pyg.distributed import DistContext
 from dag_pyg.sampler import predict_queries
 from dag_pyg.train.checkpoint import CheckpointError, load_checkpoint
 from dag_pyg.train.features import extract_features
-from dag_pyg.train.logger import QuietLogger, RunLogger, write_json_atomic
+from dag_pyg.train.logger import RunLogger, write_json_atomic
 from dag_pyg.train.refresh import build_graph
 from dag_pyg.train.setup import (
     CHECKPOINT,
@@ -35,7 +35,7 @@ from dag_pyg.train.setup import (
 def predict(cfg: Config, model: Model, data: TrainData, feats: Tensor | None,
             graph: Data | None, dataset: ArrayDataset, rows: Tensor,
             device: torch.device, dist: DistContext,
-            log: RunLogger | QuietLogger | None, desc: str) -> Tensor:
+            log: RunLogger | None, desc: str) -> Tensor:
     """Predicted class of ``dataset[rows]`` ``[len(rows)]``: each rank
     classifies its shard of the queries, retrieving neighbours from the
     global Feature Bank ``feats`` (a graph head without a ``graph``
@@ -57,7 +57,7 @@ def predict(cfg: Config, model: Model, data: TrainData, feats: Tensor | None,
 def error_rate(cfg: Config, model: Model, data: TrainData, feats: Tensor | None,
                graph: Data | None, dataset: ArrayDataset, rows: Tensor,
                truth: Tensor, device: torch.device, dist: DistContext,
-               log: RunLogger | QuietLogger | None, desc: str) -> float:
+               log: RunLogger | None, desc: str) -> float:
     """Error (%) of :func:`predict` on ``dataset[rows]`` against ``truth``."""
     pred = predict(cfg, model, data, feats, graph, dataset, rows, device, dist,
                    log, desc)
@@ -66,7 +66,7 @@ def error_rate(cfg: Config, model: Model, data: TrainData, feats: Tensor | None,
 
 def evaluate(cfg: Config, model: Model, data: TrainData, feats: Tensor | None,
              graph: Data | None, device: torch.device, dist: DistContext,
-             log: RunLogger | QuietLogger | None) -> dict[str, float]:
+             log: RunLogger | None) -> dict[str, float]:
     """Test error, validation error (where the split holds a validation set)
     and the time both took."""
     t, rec = time.perf_counter(), {}

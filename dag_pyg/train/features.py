@@ -10,14 +10,14 @@ from torch import Tensor, nn
 
 from dag_pyg.data import ArrayDataset, BatchTransform
 from dag_pyg.distributed import DistContext
-from dag_pyg.train.logger import QuietLogger, RunLogger
+from dag_pyg.train.logger import RunLogger
 from dag_pyg.train.optim import autocast
 
 
 @torch.no_grad()
 def extract_features(backbone: nn.Module, transform: BatchTransform,
                      dataset: ArrayDataset, rows: Tensor, device: torch.device,
-                     batch_size: int, log: RunLogger | QuietLogger | None = None,
+                     batch_size: int, log: RunLogger | None = None,
                      desc: str = "features", amp: str = "none",
                      channels_last: bool = False) -> Tensor:
     """Features ``[len(rows), d]`` (float32, on ``device``) of
@@ -41,7 +41,7 @@ def extract_features(backbone: nn.Module, transform: BatchTransform,
 def extract_bank(backbone: nn.Module, transform: BatchTransform,
                  dataset: ArrayDataset, rows: Tensor, device: torch.device,
                  batch_size: int, dist: DistContext,
-                 log: RunLogger | QuietLogger | None = None,
+                 log: RunLogger | None = None,
                  desc: str = "feature bank", amp: str = "none",
                  channels_last: bool = False) -> tuple[Tensor, float]:
     """:func:`extract_features` of all ``rows`` on the CPU, each rank

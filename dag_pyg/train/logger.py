@@ -1,7 +1,8 @@
-r"""Run logging: console and log file, per-epoch ``metrics.jsonl``, optional
-TensorBoard scalars and tqdm progress bars.
+r"""Run logging: console and log file through :mod:`logging`, per-epoch
+``metrics.jsonl``, optional TensorBoard scalars and tqdm progress bars.
 
-Files in the run folder:
+Files in the run folder (rank 0's :class:`RunLogger` writes them; other
+ranks' write nothing and print only warnings):
 
 * ``train.log``: timestamped :meth:`RunLogger.info` lines, appended across
   resumes.
@@ -17,18 +18,20 @@ the scalars and the bars.
 """
 from __future__ import annotations
 
+import itertools
 import json
+import logging
 import math
 import os
 import sys
-import tempfile
-import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from dag_pyg.train.atomic import atomic_write
 
 
 def _jsonable(obj: Any, where: str = "record") -> Any:
@@ -59,20 +62,8 @@ def _jsonable(obj: Any, where: str = "record") -> Any:
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
-    # Temporary file in the same directory, fsynced, then renamed over the
-    # target: readers see the old or the new content, never a partial one.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp",
-                                    dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as f:
+        f.write(text)
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any, *,
@@ -157,9 +148,51 @@ def show_progress(setting: bool | str | None) -> bool:
     return bool(setting)
 
 
+class _LevelPrefix(logging.Filter):
+    """``record.prefix``: ``"WARNING: "`` (and so on) above INFO, else empty."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.prefix = ("" if record.levelno <= logging.INFO
+                         else f"{record.levelname}: ")
+        return True
+
+
+class _Console(logging.Handler):
+    """stdout (read when a line is written, so redirections apply), through
+    tqdm while bars are drawn so that they stay intact."""
+
+    def __init__(self, bars: bool) -> None:
+        super().__init__(logging.INFO)
+        self.bars = bars
+
+    def emit(self, record: logging.LogRecord) -> None:
+        line = self.format(record)
+        tqdm = _import_tqdm() if self.bars else None
+        if tqdm is not None:
+            tqdm.write(line, file=sys.stdout)
+        else:
+            print(line, file=sys.stdout, flush=True)
+
+
+class _Stderr(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        print(self.format(record), file=sys.stderr, flush=True)
+
+
+_LINE = "[%(asctime)s] %(prefix)s%(message)s"
+_DATE = "%Y-%m-%d %H:%M:%S"
+_ids = itertools.count()
+
+
 class RunLogger:
     r"""Logs a training run into :obj:`run_dir` (see the module docstring for
     the files). Use it as a context manager, or call :meth:`close`.
+
+    Lines go through a :mod:`logging` logger of its own
+    (``dag_pyg.run.<n>``, not propagated, so that two runs in one process
+    never share handlers): to stdout and ``train.log`` on rank 0; on other
+    ranks (or without a ``run_dir``) warnings alone, to stderr, prefixed
+    with the rank, and no files or bars.
 
     .. code-block:: python
 
@@ -170,7 +203,10 @@ class RunLogger:
                 log.info(f"epoch {epoch}: test error {err:.2f}%")
 
     Args:
-        run_dir (str or os.PathLike): The run folder; created if missing.
+        run_dir (str or os.PathLike, optional): The run folder; created if
+            missing. :obj:`None`: write no files.
+        rank (int, optional): This process's rank; only rank 0 writes.
+            (default: :obj:`0`)
         tensorboard (bool, optional): Also write numeric metrics as TensorBoard
             scalars (in ``run_dir/tensorboard``) when
             :class:`torch.utils.tensorboard.SummaryWriter` can be imported.
@@ -188,31 +224,42 @@ class RunLogger:
             is and appends. (default: :obj:`None`)
     """
 
-    def __init__(self, run_dir: str | os.PathLike, *, tensorboard: bool = True,
-                 progress: bool | str | None = "auto",
+    def __init__(self, run_dir: str | os.PathLike | None = None, *, rank: int = 0,
+                 tensorboard: bool = True, progress: bool | str | None = "auto",
                  resume_epoch: int | None = None) -> None:
-        self.run_dir = Path(run_dir)
+        self.rank = rank
+        self.writes = run_dir is not None and rank == 0
+        self.run_dir = None if run_dir is None else Path(run_dir)
+        self._closed = False
+        self._progress = self.writes and show_progress(progress)
+        self._writer = self._metrics_file = None
+        self._logger = logging.getLogger(f"dag_pyg.run.{next(_ids)}")
+        self._logger.propagate = False
+        self._logger.setLevel(logging.DEBUG)
+        if not self.writes:
+            quiet = _Stderr(logging.WARNING)
+            quiet.setFormatter(logging.Formatter(
+                f"[rank {rank}] %(levelname)s: %(message)s"))
+            self._logger.addHandler(quiet)
+            return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.run_dir / "train.log"
         self.metrics_path = self.run_dir / "metrics.jsonl"
-        self._closed = False
-        self._progress = show_progress(progress)
-
         if resume_epoch is not None:
             self._truncate_metrics(int(resume_epoch))
-        # Plain line-flushed files rather than the logging module: no global
-        # logger state, so several RunLoggers in one process never share or
-        # duplicate handlers.
-        self._log_file = open(self.log_path, "a", encoding="utf-8")
+        line = logging.Formatter(_LINE, _DATE)
+        for handler in (_Console(self._progress),
+                        logging.FileHandler(self.log_path, encoding="utf-8")):
+            handler.addFilter(_LevelPrefix())
+            handler.setFormatter(line)
+            self._logger.addHandler(handler)
+        self._logger.handlers[1].setLevel(logging.DEBUG)  # the file: all
         self._metrics_file = open(self.metrics_path, "a", encoding="utf-8")
-
-        self._writer = None
         if tensorboard:
             try:
                 self._writer = self._make_writer(resume_epoch)
             except BaseException:
-                self._log_file.close()
-                self._metrics_file.close()
+                self.close()
                 raise
 
     @property
@@ -228,8 +275,8 @@ class RunLogger:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except Exception:  # ImportError, or a broken tensorboard/protobuf
-            self._write_log("TensorBoard is not installed: metrics go to "
-                            "metrics.jsonl only.")
+            self._logger.debug("TensorBoard is not installed: metrics go to "
+                               "metrics.jsonl only.")
             return None
         return SummaryWriter(log_dir=str(self.run_dir / "tensorboard"),
                              purge_step=resume_epoch)
@@ -246,33 +293,26 @@ class RunLogger:
         if self._closed:
             raise RuntimeError(f"RunLogger for '{self.run_dir}' is closed")
 
-    def _write_log(self, line: str) -> None:
-        self._log_file.write(line + "\n")
-        self._log_file.flush()
-
     def info(self, msg: str) -> None:
-        r"""Writes a timestamped line to stdout and ``train.log``.
+        r"""Writes a timestamped line to stdout and ``train.log`` (rank 0).
 
         Args:
             msg (str): The message.
         """
         self._check_open()
-        line = f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] {msg}"
-        tqdm = _import_tqdm() if self._progress else None
-        if tqdm is not None:
-            tqdm.write(line, file=sys.stdout)  # keeps open bars intact
-        else:
-            print(line, file=sys.stdout, flush=True)
-        self._write_log(line)
+        self._logger.info(msg)
 
     def warning(self, msg: str) -> None:
-        r"""Like :meth:`info`, prefixed with ``WARNING:``."""
-        self.info(f"WARNING: {msg}")
+        r"""Like :meth:`info`, prefixed with ``WARNING:``; every rank prints
+        its warnings."""
+        self._check_open()
+        self._logger.warning(msg)
 
     def metrics(self, record: dict[str, Any]) -> None:
         r"""Appends :obj:`record` as one line of ``metrics.jsonl`` (flushed
         and fsynced at once) and its numeric entries as TensorBoard scalars
-        at step ``record["epoch"]`` (nested dicts as ``outer/inner`` tags).
+        at step ``record["epoch"]`` (nested dicts as ``outer/inner`` tags);
+        nothing where the logger writes no files.
 
         Non-finite floats are written as ``null``.
 
@@ -283,6 +323,8 @@ class RunLogger:
         if not isinstance(record, dict) or "epoch" not in record:
             raise ValueError("A metrics record must be a dict with an 'epoch' "
                              f"entry (got {record!r:.200})")
+        if not self.writes:
+            return
         clean = _jsonable(record)
         self._metrics_file.write(json.dumps(clean, allow_nan=False) + "\n")
         self._metrics_file.flush()
@@ -318,8 +360,8 @@ class RunLogger:
                     file=sys.stderr, dynamic_ncols=True)
 
     def close(self) -> None:
-        r"""Flushes and closes the files and the TensorBoard writer.
-        Calling it again does nothing."""
+        r"""Flushes and closes the files, the handlers and the TensorBoard
+        writer. Calling it again does nothing."""
         if self._closed:
             return
         self._closed = True
@@ -327,8 +369,11 @@ class RunLogger:
             if self._writer is not None:
                 self._writer.close()
         finally:
-            self._log_file.close()
-            self._metrics_file.close()
+            for handler in list(self._logger.handlers):
+                self._logger.removeHandler(handler)
+                handler.close()
+            if self._metrics_file is not None:
+                self._metrics_file.close()
 
     def __enter__(self) -> RunLogger:
         return self
@@ -337,41 +382,6 @@ class RunLogger:
         self.close()
 
     def __repr__(self) -> str:
-        return (f"{self.__class__.__name__}('{self.run_dir}', "
+        return (f"{self.__class__.__name__}('{self.run_dir}', rank={self.rank}, "
                 f"tensorboard={self.tensorboard_enabled}, "
                 f"progress={self._progress})")
-
-
-class QuietLogger:
-    r"""The logger of ranks other than 0 in a multi-process run: rank 0's
-    :class:`RunLogger` writes the run's files; the others write nothing and
-    show no bars, but print warnings (prefixed with their rank) to stderr.
-
-    Args:
-        rank (int): This process's rank.
-    """
-
-    def __init__(self, rank: int) -> None:
-        self.rank = rank
-
-    def info(self, msg: str) -> None:
-        pass
-
-    def warning(self, msg: str) -> None:
-        print(f"[rank {self.rank}] WARNING: {msg}", file=sys.stderr, flush=True)
-
-    def metrics(self, record: dict[str, Any]) -> None:
-        pass
-
-    def progress(self, iterable: Iterable, desc: str, total: int | None = None,
-                 leave: bool = False) -> Iterable:
-        return iterable
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self) -> QuietLogger:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass

@@ -47,7 +47,7 @@ from dag_pyg.train.checkpoint import capture_rng_state, load_checkpoint, save_ch
 from dag_pyg.train.epoch import EpochProgress, train_epoch
 from dag_pyg.train.evaluate import evaluate
 from dag_pyg.train.interrupt import StopRequest, TrainingInterrupted
-from dag_pyg.train.logger import QuietLogger, RunLogger, read_metrics, write_json_atomic
+from dag_pyg.train.logger import RunLogger, read_metrics, write_json_atomic
 from dag_pyg.train.optim import build_optimizer, build_scaler
 from dag_pyg.train.plots import plot_curves, plot_path_lengths
 from dag_pyg.train.premise import check_summary
@@ -149,7 +149,7 @@ def write_checkpoint(run_dir: Path, dist: DistContext, gen: torch.Generator,
         rng, dist.world_size, **extra)), share=False)
 
 
-def _interrupted(log: RunLogger | QuietLogger, signum: int, where: str,
+def _interrupted(log: RunLogger, signum: int, where: str,
                  run_dir: Path) -> TrainingInterrupted:
     msg = (f"interrupted by {signal.Signals(signum).name} {where}; the checkpoint "
            f"is written: continue with `dag-pyg train CONFIG --out {run_dir} "
@@ -203,9 +203,8 @@ def run(cfg: Config, run_dir: str | Path, resume: bool = False,
         save_config(cfg, run_dir / "config.yaml")
     graph, path_lengths = None, None
     stop = StopRequest()
-    log = (RunLogger(run_dir, tensorboard=cfg.log.tensorboard,
-                     progress=cfg.log.progress, resume_epoch=start)
-           if dist.is_main else QuietLogger(dist.rank))
+    log = RunLogger(run_dir, rank=dist.rank, tensorboard=cfg.log.tensorboard,
+                    progress=cfg.log.progress, resume_epoch=start)
     with stop.installed(), log:
         if data.skipped:
             notes.append(f"data.skip_bad_files: left out {len(data.skipped)} "

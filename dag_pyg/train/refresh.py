@@ -27,7 +27,7 @@ from dag_pyg.propagation import (
 )
 from dag_pyg.sampler import knn_subgraph
 from dag_pyg.train.features import extract_bank
-from dag_pyg.train.logger import QuietLogger, RunLogger
+from dag_pyg.train.logger import RunLogger
 from dag_pyg.train.premise import admission_threshold, auto_decisions, premise_check
 from dag_pyg.train.setup import Model, TrainData
 
@@ -281,7 +281,7 @@ def shared_graph(feats: Tensor, cfg: Config, device: torch.device,
 
 
 def refresh(cfg: Config, model: Model, data: TrainData, device: torch.device,
-            dist: DistContext, log: RunLogger | QuietLogger,
+            dist: DistContext, log: RunLogger,
             features: Tensor | None = None,
             neighbours: bool | None = None) -> Refreshed:
     """Feature Bank, graph, Label Bank and pseudo labels from the current
