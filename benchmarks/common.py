@@ -21,6 +21,29 @@ ANALYSIS_RESULTS = BENCHMARKS / "analysis" / "results"       # <script>.json
 FIGURES = BENCHMARKS / "analysis" / "figures"                # *.png
 RUNS = BENCHMARKS / "runs"                                   # run folders (ignored)
 
+# Where RESULTS.md shows a grid, as its YAML declares it (``kind:``; default
+# ``headline``): its own headline table, one line in its preset's table
+# (``kind: preset`` with ``preset: NAME``), a link among the sweeps of one
+# switch, or a link among the grids whose choices are made on a validation
+# split. Declared, not read from the grid's name.
+GRID_KINDS = ("headline", "preset", "sweep", "validation")
+GRID_PRESETS = ("dagplus", "auto")
+
+
+def grid_kind(grid: dict) -> tuple[str, str | None]:
+    """A grid's declared kind and, for ``kind: preset``, its preset; raises
+    ``ValueError`` where either is unknown or ``preset`` comes without
+    ``kind: preset``."""
+    kind, preset = grid.get("kind", "headline"), grid.get("preset")
+    if kind not in GRID_KINDS:
+        raise ValueError(f"kind '{kind}' is not one of {', '.join(GRID_KINDS)}")
+    if (kind == "preset") != (preset is not None):
+        raise ValueError("'kind: preset' and 'preset: NAME' go together")
+    if kind == "preset" and preset not in GRID_PRESETS:
+        raise ValueError(f"preset '{preset}' is not one of "
+                         f"{', '.join(GRID_PRESETS)}")
+    return kind, preset
+
 
 def clustered_features(n: int, d: int, num_classes: int = 10, noise: float = 0.6,
                        seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

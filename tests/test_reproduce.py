@@ -163,6 +163,25 @@ def _write_records(res, by_grid):
                 json.dumps(r))
 
 
+def _tables(lines):
+    """The markdown tables in ``lines``, each a list of its rows keyed by the
+    header's column names (a row of another width fails the zip)."""
+    tables, head = [], None
+    for line in lines:
+        if line.startswith("|---"):  # the rule under a header
+            continue
+        if not line.startswith("| "):  # between tables
+            head = None
+            continue
+        cells = line[2:-2].split(" | ")
+        if head is None:
+            head = cells
+            tables.append([])
+        else:
+            tables[-1].append(dict(zip(head, cells, strict=True)))
+    return tables
+
+
 def test_grid_table_borrows_rows_and_pairs_seeds(tmp_path):
     make_results = load("make_results")
     res, grids = tmp_path / "res", tmp_path / "grids"
@@ -177,26 +196,26 @@ def test_grid_table_borrows_rows_and_pairs_seeds(tmp_path):
                          _record("long", 0, 45.0), _record("dag_long", 0, 44.0)]}
     _write_records(res, records)
     (grids / "sweep.yaml").write_text(yaml.safe_dump({
-        "name": "sweep", "config": "c.yaml", "rows": {"h2": []},
+        "name": "sweep", "kind": "sweep", "config": "c.yaml", "rows": {"h2": []},
         "borrow": {"baseline": "main/baseline", "h1": "main/dag"},
         "pair_with": {"dag_long": "long"}}))
     lines = make_results.grid_table(res / "sweep", grids)
-    table = [line[2:-2].split(" | ") for line in lines if line.startswith("| ")]
-    assert table[0][5] == "val error % (last)"
-    rows = table[1:]
-    assert [r[0] for r in rows] == ["baseline (= main/baseline)",
-                                    "dag_long (Δ vs long)", "h1 (= main/dag)",
-                                    "h2", "long"]
-    by = {r[0]: r for r in rows}
-    assert by["baseline (= main/baseline)"][2] == "51.00 ± 1.41"
+    (rows,) = _tables(lines)
+    assert "val error % (last)" in rows[0]
+    assert [r["row"] for r in rows] == ["baseline (= main/baseline)",
+                                        "dag_long (Δ vs long)", "h1 (= main/dag)",
+                                        "h2", "long"]
+    by = {r["row"]: r for r in rows}
+    delta = "Δ vs baseline (paired by seed)"
+    assert by["baseline (= main/baseline)"]["test error % (last)"] == "51.00 ± 1.41"
     h1 = by["h1 (= main/dag)"]
-    assert h1[2] == "56.00 ± 5.66" and h1[4] == "5.00 ± 7.07"
-    assert by["h2"][4] == "4.50 ± 0.71"          # paired: 55-50, 56-52
-    assert by["h2"][6] == "2.00 ± 1.41"          # val: 41-40, 45-42
-    assert by["h2"][11] == "0.600 ± 0.141"       # kNN kept
+    assert h1["test error % (last)"] == "56.00 ± 5.66" and h1[delta] == "5.00 ± 7.07"
+    assert by["h2"][delta] == "4.50 ± 0.71"          # paired: 55-50, 56-52
+    assert by["h2"]["Δ val vs baseline (paired)"] == "2.00 ± 1.41"  # 41-40, 45-42
+    assert by["h2"]["kNN kept (last)"] == "0.600 ± 0.141"
     assert any("main/dag__seed*.json" in line for line in lines)
-    assert by["long"][4] == "–"                       # a reference row
-    assert by["dag_long (Δ vs long)"][4] == "-1.00"   # 44 - 45, not - 50
+    assert by["long"][delta] == "–"                       # a reference row
+    assert by["dag_long (Δ vs long)"][delta] == "-1.00"   # 44 - 45, not - 50
 
 
 def test_grid_table_full_test_columns(tmp_path):
@@ -208,15 +227,16 @@ def test_grid_table_full_test_columns(tmp_path):
               _record("dag", 0, 53.0, full=47.0), _record("dag", 1, 52.0, full=50.0),
               _record("dag", 2, 51.0)]:  # seed 2 not re-evaluated yet
         (res / f"{r['row']}__seed{r['seed']}.json").write_text(json.dumps(r))
-    lines = make_results.grid_table(res, tmp_path)
-    table = [line[2:-2].split(" | ") for line in lines if line.startswith("| ")]
-    assert table[0][5:7] == ["test error % on all 10,000 (seeds)",
-                             "Δ vs baseline on all 10,000 (paired)"]
-    by = {r[0]: r for r in table[1:]}
-    assert by["baseline"][5] == "50.25 ± 1.77 (2)" and by["baseline"][6] == "–"
-    assert by["dag"][5] == "48.50 ± 2.12 (2)"
-    assert by["dag"][6] == "-1.75 ± 0.35"      # paired: 47-49, 50-51.5
-    assert by["dag"][4] == "1.50 ± 2.12"  # subset: 53-50, 52-52; seed 2 unpaired
+    (rows,) = _tables(make_results.grid_table(res, tmp_path))
+    full, full_delta = ("test error % on all 10,000 (seeds)",
+                        "Δ vs baseline on all 10,000 (paired)")
+    by = {r["row"]: r for r in rows}
+    assert by["baseline"][full] == "50.25 ± 1.77 (2)"
+    assert by["baseline"][full_delta] == "–"
+    assert by["dag"][full] == "48.50 ± 2.12 (2)"
+    assert by["dag"][full_delta] == "-1.75 ± 0.35"      # paired: 47-49, 50-51.5
+    # subset: 53-50, 52-52; seed 2 unpaired
+    assert by["dag"]["Δ vs baseline (paired by seed)"] == "1.50 ± 2.12"
 
 
 def test_headline_table(tmp_path):
@@ -225,25 +245,29 @@ def test_headline_table(tmp_path):
     res.mkdir(parents=True)
     recs = [_record("baseline", 0, 50.0, full=49.0), _record("baseline", 1, 52.0),
             _record("dag", 0, 47.0, full=46.0), _record("dag", 1, 51.0, full=50.0)]
-    for r in recs:  # the paper's setting: configs/cifar10_4000.yaml
-        r["command"] = f"dag-pyg train configs/cifar10_4000.yaml --set seed={r['seed']}"
+    for r in recs:
         (res / f"{r['row']}__seed{r['seed']}.json").write_text(json.dumps(r))
+    # The paper's setting is the grid's config (its published error beside
+    # `dag`), whatever the records' commands say.
+    (tmp_path / "g.yaml").write_text(yaml.safe_dump({
+        "name": "g", "config": "configs/cifar10_4000.yaml",
+        "rows": {"baseline": [], "dag": []}}))
     lines = make_results.headline_table(res, tmp_path, "details/g.md")
     assert lines[0] == "### g" and "(details/g.md)" in lines[1]
     # One record lacks full_test: the whole grid reads its own test set.
     assert "own test set" in lines[1] and "3 of 4 records have `full_test`" in lines[1]
-    table = [line[2:-2].split(" | ") for line in lines if line.startswith("| ")]
-    assert table == [["row", "seeds", "test error %", "Δ vs baseline (paired)",
-                      "paper (400 epochs)"],
-                     ["baseline", "2", "51.00 ± 1.41", "–", ""],
-                     ["dag", "2", "49.00 ± 2.83", "-2.00 ± 1.41", "6.13"]]
+    assert _tables(lines) == [[
+        {"row": "baseline", "seeds": "2", "test error %": "51.00 ± 1.41",
+         "Δ vs baseline (paired)": "–", "paper (400 epochs)": ""},
+        {"row": "dag", "seeds": "2", "test error %": "49.00 ± 2.83",
+         "Δ vs baseline (paired)": "-2.00 ± 1.41", "paper (400 epochs)": "6.13"}]]
     (res / "baseline__seed1.json").unlink()  # now all have it: whole test set
     (res / "baseline__seed0.json").unlink()
     lines = make_results.headline_table(res, tmp_path)
     assert "on all 10,000 test images" in lines[1] and "no reference row" in lines[1]
-    table = [line[2:-2].split(" | ") for line in lines if line.startswith("| ")]
-    assert table == [["row", "seeds", "test error %", "paper (400 epochs)"],
-                     ["dag", "2", "48.00 ± 2.83", "6.13"]]
+    assert _tables(lines) == [[{"row": "dag", "seeds": "2",
+                                "test error %": "48.00 ± 2.83",
+                                "paper (400 epochs)": "6.13"}]]
 
 
 def test_headline_table_compares_with_a_second_row(tmp_path):
@@ -257,38 +281,44 @@ def test_headline_table_compares_with_a_second_row(tmp_path):
             "x_dagplus": [_record("dagplus", 0, 46.0), _record("dagplus", 1, 50.0)]}
     _write_records(res, recs)
     (grids / "x_dagplus.yaml").write_text(yaml.safe_dump({
-        "name": "x_dagplus", "config": "c.yaml", "rows": {"dagplus": []},
+        "name": "x_dagplus", "kind": "preset", "preset": "dagplus",
+        "config": "c.yaml", "rows": {"dagplus": []},
         "borrow": {"baseline": "main/baseline", "labels_only": "main/labels_only",
                    "dag": "main/dag"},
         "compare": {"dagplus": "dag"}}))
-    lines = make_results.headline_table(res / "x_dagplus", grids)
-    table = [line[2:-2].split(" | ") for line in lines if line.startswith("| ")]
-    assert table[0] == ["row", "seeds", "test error %", "Δ vs baseline (paired)",
-                        "Δ vs labels_only (paired)", "Δ vs dag (paired)",
-                        "paper, C10-1000 (Δ vs its baseline)"]
-    assert [r[0] for r in table[1:]] == [
+    (rows,) = _tables(make_results.headline_table(res / "x_dagplus", grids))
+    assert list(rows[0]) == ["row", "seeds", "test error %", "Δ vs baseline (paired)",
+                             "Δ vs labels_only (paired)", "Δ vs dag (paired)",
+                             "paper, C10-1000 (Δ vs its baseline)"]
+    assert [r["row"] for r in rows] == [
         "labels_only (= main/labels_only)", "baseline (= main/baseline)",
         "dag (= main/dag)", "dagplus"]
-    by = {r[0]: r for r in table[1:]}
-    assert by["dagplus"][3:6] == ["-3.00 ± 1.41",    # 46-50, 50-52
-                                  "-4.00 ± 1.41",    # 46-49, 50-55
-                                  "-2.00 ± 1.41"]    # 46-47, 50-53
-    assert by["dag (= main/dag)"][5] == "–"
+    by = {r["row"]: r for r in rows}
+    assert by["dagplus"]["Δ vs baseline (paired)"] == "-3.00 ± 1.41"  # 46-50, 50-52
+    assert by["dagplus"]["Δ vs labels_only (paired)"] == "-4.00 ± 1.41"  # 46-49, 50-55
+    assert by["dagplus"]["Δ vs dag (paired)"] == "-2.00 ± 1.41"       # 46-47, 50-53
+    assert by["dag (= main/dag)"]["Δ vs dag (paired)"] == "–"
     # The baseline against the labels alone, and the labels alone against it.
-    assert by["baseline (= main/baseline)"][3:5] == ["–", "-1.00 ± 2.83"]
-    assert by["labels_only (= main/labels_only)"][3:5] == [
-        "1.00 ± 2.83", "–"]
+    base = by["baseline (= main/baseline)"]
+    labels = by["labels_only (= main/labels_only)"]
+    assert base["Δ vs baseline (paired)"] == "–"
+    assert base["Δ vs labels_only (paired)"] == "-1.00 ± 2.83"
+    assert labels["Δ vs baseline (paired)"] == "1.00 ± 2.83"
+    assert labels["Δ vs labels_only (paired)"] == "–"
     # The headline's one line per preset grid.
     lines = make_results.preset_table([res / "x_dagplus"], grids)
     assert lines[0].startswith("### DAG+ against") and "Δ DAG+ vs DAG" in lines[3]
-    (line,) = [x[2:-2].split(" | ") for x in lines if x.startswith("| [")]
-    assert line[1] == "0, 1" and line[3:] == [
-        "52.00 ± 4.24", "51.00 ± 1.41", "50.00 ± 4.24", "48.00 ± 2.83",
-        "-3.00 ± 1.41", "-4.00 ± 1.41", "-2.00 ± 1.41",
-        "-1.00 ± 2.83"]   # dag - baseline: -3, +1
+    assert _tables(lines) == [[{
+        "grid": "[x_dagplus](details/x_dagplus.md)", "seeds": "0, 1",
+        "test set": "the whole test set", "labels only": "52.00 ± 4.24",
+        "baseline": "51.00 ± 1.41", "DAG (paper)": "50.00 ± 4.24",
+        "DAG+": "48.00 ± 2.83", "Δ DAG+ vs baseline": "-3.00 ± 1.41",
+        "Δ DAG+ vs labels only": "-4.00 ± 1.41", "Δ DAG+ vs DAG": "-2.00 ± 1.41",
+        "Δ DAG vs baseline": "-1.00 ± 2.83"}]]   # dag - baseline: -3, +1
     # An `auto` preset grid gets its own table, named as its preset.
     (grids / "x_auto.yaml").write_text(yaml.safe_dump({
-        "name": "x_auto", "config": "c.yaml", "rows": {"auto": []},
+        "name": "x_auto", "kind": "preset", "preset": "auto", "config": "c.yaml",
+        "rows": {"auto": []},
         "borrow": {"baseline": "main/baseline", "labels_only": "main/labels_only",
                    "dag": "main/dag"},
         "compare": {"auto": "dag"}}))
@@ -302,14 +332,51 @@ def test_headline_table_compares_with_a_second_row(tmp_path):
     assert titles == ["### DAG+ against the paper's DAG, its baseline and the "
                       "labels alone", "### auto against the paper's DAG, its "
                       "baseline and the labels alone"]
-    auto = [x[2:-2].split(" | ") for x in lines if x.startswith("| [x_auto")]
+    (dagplus,), (auto,) = _tables(lines)
+    assert "chosen arm (seeds)" not in dagplus
     # auto 49, 51 against baseline 50, 52 / labels 49, 55 / DAG 47, 53.
-    assert auto[0][6:10] == ["50.00 ± 1.41", "-1.00 ± 0.00", "-2.00 ± 2.83",
-                             "0.00 ± 2.83"]
+    assert auto["auto"] == "50.00 ± 1.41"
+    assert auto["Δ auto vs baseline"] == "-1.00 ± 0.00"
+    assert auto["Δ auto vs labels only"] == "-2.00 ± 2.83"
+    assert auto["Δ auto vs DAG"] == "0.00 ± 2.83"
     # Its choice per seed, in seed order.
-    head = [x for x in lines if x.startswith("| grid")][-1]
-    assert head.endswith("| chosen arm (seeds) |")
-    assert auto[0][-1] == "labels_only, steered"
+    assert auto["chosen arm (seeds)"] == "labels_only, steered"
+
+
+def test_a_grid_goes_where_its_kind_says(tmp_path):
+    """RESULTS.md places a grid by the ``kind`` its file declares, not by its
+    name; the runner refuses a kind, or a preset, it does not know."""
+    make_results, reproduce = load("make_results"), load("reproduce")
+    res, grids = tmp_path / "res", tmp_path / "grids"
+    grids.mkdir()
+    kinds = {"a_val": "headline", "b": "validation", "c_dagplus": "sweep"}
+    for name, kind in kinds.items():
+        (res / name).mkdir(parents=True)
+        rec = _record("dag", 0, 50.0)
+        rec["summary"]["config"] = {"pseudo_label": {"source": "model"}}
+        _write_records(res, {name: [rec]})
+        (grids / f"{name}.yaml").write_text(yaml.safe_dump({
+            "name": name, "kind": kind, "config": "c.yaml", "rows": {"dag": []}}))
+    none = tmp_path / "none"
+    report = make_results.collect(res, grids, none, none, none)
+    assert {g.grid.name: g.grid.kind for g in report.grids} == kinds
+    assert report.table4 is None and report.presets == {}
+    lines, pages = make_results.render(report, tmp_path / "details")
+    assert "### a_val" in lines and "### b" not in lines
+    sweeps = lines.index("## Sweeps of one switch (test split; tables on their "
+                         "pages)")
+    assert lines[sweeps + 2] == "- [c_dagplus](details/c_dagplus.md)"
+    val = lines.index("## Validation grids (settings chosen there, not test "
+                      "results)")
+    assert lines[val + 2] == "- [b](details/b.md)"
+    assert sorted(pages) == ["a_val", "b", "c_dagplus"]
+    for bad, match in (({"kind": "ablation"}, "kind 'ablation' is not one of"),
+                       ({"kind": "preset", "preset": "dag++"}, "preset 'dag[+][+]'"),
+                       ({"preset": "auto"}, "go together")):
+        path = tmp_path / "bad.yaml"
+        path.write_text(yaml.safe_dump({**TINY, **bad}))
+        with pytest.raises(SystemExit, match=match):
+            reproduce.load_grid(path)
 
 
 def test_neighbour_purity_hand_computed():

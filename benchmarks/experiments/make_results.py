@@ -15,6 +15,11 @@ Every number comes from a result JSON named next to it, written by
 ``reproduce.py``, ``eval_full_test.py``, a ``benchmarks/speed`` or a
 ``benchmarks/analysis`` script; nothing is typed by hand except the paper's
 published numbers, marked as such.
+
+Two steps: :func:`collect` reads each grid file once (its declared ``kind``
+says where the grid goes, :data:`benchmarks.common.GRID_KINDS`) and the result
+JSON, and computes every number into tables whose rows are keyed by column
+name; :func:`render` only formats them as markdown.
 """
 from __future__ import annotations
 
@@ -22,7 +27,8 @@ import json
 import os
 import shlex
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -31,17 +37,17 @@ from benchmarks.common import (
     ANALYSIS_RESULTS,
     EXPERIMENT_RESULTS,
     FIGURES,
+    GRID_PRESETS,
     GRIDS,
     ROOT,
     SPEED_RESULTS,
+    grid_kind,
 )
 from benchmarks.experiments.paper_rows import PAPER_ABLATION, PAPER_ROWS, TABLE4
 
 HERE = Path(__file__).resolve().parent
 RESULTS = EXPERIMENT_RESULTS
 MAX_LINES = 150  # RESULTS.md stays one page of headline tables
-# Grids sweeping one switch (their tables live on their detail pages).
-SWEEPS = ("_hops", "_ksub", "_sigma")
 
 # Published test errors (%) of Li et al., CVPR 2020 (final results, 400 epochs),
 # by the config (configs/<key>.yaml) of the setting.
@@ -66,6 +72,17 @@ PUBLISHED_GAP = {"mnist_100": (
     "unsupervised cost of their own (the Ladder network's reconstruction "
     "at every layer, Improved GAN's generator)")}
 
+# Preset grids (``kind: preset``, by their ``preset:``): how the headline
+# names each preset and says what it is.
+PRESETS = {
+    "dagplus": ("DAG+", "DAG+ is `configs/*_dagplus.yaml`"),
+    "auto": ("auto", "auto is `method: auto` (experimental): the check-steered "
+             "DAG and the labels alone, both with 20 % of each class's labels "
+             "held out of training, and the one of the two right on more of "
+             "those labels kept (its choice per seed in the last column)"),
+}
+assert set(PRESETS) == set(GRID_PRESETS), "a declared preset without its text"
+
 SPEED = ("bench_epoch", "bench_epoch_dagplus", "bench_epoch_dagplus_confirm",
          "bench_knn", "bench_knn_ivf",
          "bench_conv", "bench_conv_cora", "bench_kernels", "bench_planetoid",
@@ -84,71 +101,270 @@ ANALYSES = {"neighbour_purity": "neighbour_purity",
             "neighbour_purity_dagplus": "neighbour_purity",
             "dplp_diagnostics": "dplp_diagnostics"}
 
+# The paired references, in column order: the paper's baseline (Label Bank
+# pseudo labels) and training on the labels alone.
+REFS = ("baseline", "labels_only")
+PAPER_HEAD = "paper, C10-1000 (Δ vs its baseline)"
+# The paper's claims, as (claim, row, reference row): row below reference.
+CLAIMS = (("DNA < baseline", "dna", "baseline"),
+          ("DPLP < baseline", "dplp", "baseline"),
+          ("DAG < DNA", "dag", "dna"), ("DAG < DPLP", "dag", "dplp"),
+          ("DAG < baseline", "dag", "baseline"),
+          ("baseline < labels only", "baseline", "labels_only"),
+          ("DAG < labels only", "dag", "labels_only"))
+PL_KEYS = ["pl_coverage", "pl_acc", "model_acc_on_covered", "pl_acc_all", "model_acc",
+           "path_len_q10", "path_len_q50", "path_len_q90"]
 
-def fmt(values: list[float], digits: int = 2) -> str:
+
+# --------------------------------------------------------------------------- #
+# What collect computes: tables of cells keyed by column name
+# --------------------------------------------------------------------------- #
+@dataclass(frozen=True)
+class Stat:
+    """Mean and sample std of some values (over seeds, or seed-paired
+    differences); ``digits``: the decimals they are read to."""
+    mean: float | None = None  # None: no values
+    std: float | None = None   # None: fewer than two values
+    digits: int = 2
+
+
+# A cell with nothing to show, read '–': a reference row's Δ against its own
+# kind, a row the grid lacks.
+NA = Stat()
+
+
+def stat(values: Iterable[float | None], digits: int = 2) -> Stat:
+    """The :class:`Stat` of the values that are there."""
     values = [v for v in values if v is not None]
     if not values:
-        return "–"
-    mean = statistics.fmean(values)
-    if len(values) == 1:
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+        return Stat(digits=digits)
+    std = statistics.stdev(values) if len(values) > 1 else None
+    return Stat(statistics.fmean(values), std, digits)
 
 
-def shown(path: Path) -> str:
-    """A path as the pages show it: from the repository root where inside."""
-    path = Path(path).resolve()
-    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+@dataclass(frozen=True)
+class Mean:
+    """A mean alone (the per-epoch tables); None where no value."""
+    value: float | None
+    digits: int = 3
 
 
-def _load_rows(grid_dir: Path, grids: Path
-               ) -> tuple[dict[str, list[dict]], dict[str, str], dict[str, str]]:
+def mean_of(values: Iterable[float | None], digits: int = 3) -> Mean:
+    values = [v for v in values if v is not None]
+    return Mean(statistics.fmean(values) if values else None, digits)
+
+
+@dataclass(frozen=True)
+class Pair:
+    """Two means read side by side (DPLP's accuracy / the Label Bank's)."""
+    left: Mean
+    right: Mean
+
+
+@dataclass(frozen=True)
+class Counted:
+    """A :class:`Stat` with the number of seeds it is over."""
+    stat: Stat
+    seeds: int
+
+
+@dataclass(frozen=True)
+class PaperError:
+    """The paper's ablation error of a row and its Δ to the paper's baseline
+    (None: the baseline itself)."""
+    error: float
+    delta: float | None
+
+
+@dataclass(frozen=True)
+class Table4Cell:
+    """A row of one grid in the paper's Table 4: its error, its seed-paired
+    Δ to each of :data:`REFS`, and its seeds where fewer than the most."""
+    error: Stat
+    deltas: tuple[Stat, ...]
+    seeds: int
+    most: int  # the most seeds of any of the grid's Table 4 rows
+
+
+@dataclass(frozen=True)
+class TestSet:
+    """Where test errors were measured: every test image (``full_test``) or
+    the runs' own test set of ``size`` images (None: the whole test set)."""
+    full: bool
+    size: int | None = None
+
+
+@dataclass(frozen=True)
+class Record:
+    """A result JSON as the per-seed table names it."""
+    grid: str
+    row: str
+    seed: int
+    renamed_from: str | None = None
+
+
+@dataclass(frozen=True)
+class Listed:
+    """Values shown as a list (seeds, the arms chosen per seed)."""
+    items: tuple
+
+
+@dataclass
+class Table:
+    """Rows of cells keyed by column name; ``columns``: their order."""
+    columns: list[str]
+    rows: list[dict[str, object]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One of the paper's claims (:data:`CLAIMS`) read on a grid."""
+    claim: str
+    verdict: str
+    diffs: Stat
+
+
+@dataclass
+class Grid:
+    """A results folder with its grid file, each read once: the records by
+    row, in display order, with the rows borrowed from other grids."""
+    name: str
+    dir: Path
+    kind: str            # benchmarks.common.GRID_KINDS
+    preset: str | None   # for kind: preset
+    config: str | None   # the stem of the grid's ``config:`` (its setting)
+    rows: dict[str, list[dict]]
+    own: list[dict]      # the folder's own records, by file name
+    borrowed: dict[str, str]
+    pair_with: dict[str, str]
+    compare: dict[str, str]
+    legacy: tuple[str, ...]
+
+
+@dataclass
+class Headline:
+    """A grid's table on RESULTS.md and what its note says."""
+    grid: str
+    full: bool                  # every record has full_test: read those
+    full_sizes: list[int]       # their test sets' sizes
+    own_sizes: list[int | None]  # else the runs' own test sets (None: whole)
+    with_full: int              # records that have full_test
+    records: int
+    refs: list[str]
+    table: Table
+    claims: list[Claim] | None  # the paper's ordering, on ablation grids
+    published: str | None       # the setting whose published errors it quotes
+
+
+@dataclass
+class GridTable:
+    """A detail page's table of every column, with each row's command."""
+    grid: str
+    table: Table
+    commands: list[tuple[str, str, str | None]]  # row, seed 0's, whole test set's
+    sources: list[Path]  # the grid's folder, then the borrowed rows' stems
+
+
+@dataclass
+class GridPage:
+    grid: str
+    subset: bool  # some record reads a test subset or has full_test
+    table: GridTable
+    per_seed: Table
+    label_bank: Table | None
+    pseudo_labels: Table | None
+
+
+@dataclass
+class GridReport:
+    grid: Grid
+    headline: Headline
+    page: GridPage
+
+
+@dataclass
+class Bench:
+    """A speed benchmark's or analysis' result JSON: its tables as recorded."""
+    name: str
+    path: Path
+    tables: list[tuple[str, Table]]  # (the JSON's key, its table)
+    machine: dict
+    module: str  # the script that wrote it
+    args: object  # its recorded arguments
+
+
+@dataclass
+class Report:
+    """Everything RESULTS.md and its detail pages show."""
+    grids: list[GridReport]  # those with records, by name
+    table4: Table | None
+    presets: dict[str, Table]  # by preset, in PRESETS' order
+    speed: list[Bench]
+    speed_names: list[str]  # the speed JSONs there (with tables or not)
+    speed_dir: Path
+    analyses: list[Bench]
+    analysis_dir: Path
+    figures: list[Path]
+    figures_dir: Path
+
+
+# --------------------------------------------------------------------------- #
+# collect: reading the grids and records
+# --------------------------------------------------------------------------- #
+def read_grid(grid_dir: Path, grids: Path = GRIDS) -> Grid:
+    """A results folder and its grid file (where there is none: a
+    ``headline`` grid of no known setting, its rows in the files' order)."""
+    path = grids / f"{grid_dir.name}.yaml"
+    spec = (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
+    try:
+        kind, preset = grid_kind(spec)
+    except ValueError as e:
+        raise SystemExit(f"grid '{path}': {e}") from None
+    own = [json.loads(p.read_text()) for p in sorted(grid_dir.glob("*__seed*.json"))]
+    rows, borrowed = _rows(grid_dir, spec, own)
+    return Grid(name=grid_dir.name, dir=grid_dir, kind=kind, preset=preset,
+                config=Path(spec["config"]).stem if spec.get("config") else None,
+                rows=rows, own=own, borrowed=borrowed,
+                # A row's Δ columns compare with "baseline" and "labels_only"
+                # unless the grid pairs it with another row of the same kind
+                # (``pair_with: {dag_e24: labels_only_e24}``: same schedule).
+                pair_with=dict(spec.get("pair_with") or {}),
+                compare=dict(spec.get("compare") or {}),
+                legacy=tuple(spec.get("legacy") or ()))
+
+
+def _rows(grid_dir: Path, spec: dict, own: list[dict]
+          ) -> tuple[dict[str, list[dict]], dict[str, str]]:
     """Result records by row, in the paper's order (labels only, baseline,
     the module rows, DAG; :data:`paper_rows.TABLE4`) and then the grid file's,
     with the rows the grid borrows from another grid (``borrow: {row:
     grid/row}``: the same configuration, run there) filling the seeds not run
-    here."""
+    here; and the borrowed rows' sources."""
     rows: dict[str, list[dict]] = {}
-    for path in sorted(grid_dir.glob("*__seed*.json")):
-        r = json.loads(path.read_text())
+    for r in own:
         rows.setdefault(r["row"], []).append(r)
-    grid = _grid(grid_dir, grids)
     borrowed: dict[str, str] = {}
-    for row, source in (grid.get("borrow") or {}).items():
-        own = {r["seed"] for r in rows.get(row, [])}
+    for row, source in (spec.get("borrow") or {}).items():
+        seeds = {r["seed"] for r in rows.get(row, [])}
         extra = [json.loads(p.read_text()) for p in sorted(
             (grid_dir.parent / source).parent.glob(f"{Path(source).name}__seed*.json"))]
-        extra = [r for r in extra if r["seed"] not in own]
+        extra = [r for r in extra if r["seed"] not in seeds]
         if extra:
             rows.setdefault(row, []).extend(extra)
             borrowed[row] = source
-    if grid.get("borrow"):  # sweeps (h0 h1 h2, k2 k4 k8 k16): numeric order
+    if spec.get("borrow"):  # sweeps (h0 h1 h2, k2 k4 k8 k16): numeric order
         def key(name: str) -> tuple:
             digits = "".join(c for c in name if c.isdigit() or c == ".")
             first = ("labels_only", "baseline")  # TABLE4's order
             return (name not in first, first.index(name) if name in first else 0,
                     name.rstrip("0123456789."),
                     float(digits) if digits.strip(".") else 0.0)
-        rows = dict(sorted(rows.items(), key=lambda kv: key(kv[0])))
-    elif grid:
-        order = [*TABLE4, *PAPER_ROWS, *grid["rows"]]
+        return dict(sorted(rows.items(), key=lambda kv: key(kv[0]))), borrowed
+    if spec:
+        order = [*TABLE4, *PAPER_ROWS, *spec["rows"]]
         rows = dict(sorted(rows.items(), key=lambda kv: order.index(kv[0])
                            if kv[0] in order else len(order)))
-    # A row's Δ columns compare with "baseline" and "labels_only" unless the
-    # grid pairs it with another row of the same kind (``pair_with: {dag_e24:
-    # labels_only_e24}``: same schedule).
-    return rows, borrowed, dict(grid.get("pair_with") or {})
-
-
-def _grid(grid_dir: Path, grids: Path) -> dict:
-    """A results folder's grid file (empty where there is none)."""
-    path = grids / f"{grid_dir.name}.yaml"
-    return (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
-
-
-# The paired references, in column order: the paper's baseline (Label Bank
-# pseudo labels) and training on the labels alone.
-REFS = ("baseline", "labels_only")
+    return rows, borrowed
 
 
 def _ref(row: str, ref: str, pair_with: dict[str, str]) -> str:
@@ -165,10 +381,10 @@ def _ref(row: str, ref: str, pair_with: dict[str, str]) -> str:
 
 def _deltas(row: str, runs: list[dict], refs: list[str],
             rows: dict[str, list[dict]], pair_with: dict[str, str],
-            key: Callable[[dict], float | None]) -> list[str]:
-    """A row's seed-paired Δ of ``key`` to each reference (``–`` for a
+            key: Callable[[dict], float | None]) -> list[Stat]:
+    """A row's seed-paired Δ of ``key`` to each reference (:data:`NA` for a
     reference row against its own kind)."""
-    return ["–" if row == ref or row in pair_with.values() else fmt(_paired(
+    return [NA if row == ref or row in pair_with.values() else stat(_paired(
         runs, _by_seed(rows.get(_ref(row, ref, pair_with), []), key), key))
         for ref in refs]
 
@@ -201,6 +417,12 @@ def _val(run: dict) -> float | None:
     return _last(run, "val_error")
 
 
+def _error(runs: list[dict]) -> Callable[[dict], float | None]:
+    """The test error the runs are compared by: on the whole test set where
+    every one has it, else on their own test sets."""
+    return _full if all(_full(r) is not None for r in runs) else _own
+
+
 def _paired(runs: list[dict], base: dict[int, float], key) -> list[float]:
     return [key(r) - base[r["seed"]] for r in runs
             if r["seed"] in base and key(r) is not None]
@@ -209,6 +431,11 @@ def _paired(runs: list[dict], base: dict[int, float], key) -> list[float]:
 def _by_seed(runs: list[dict], key: Callable[[dict], float | None]
              ) -> dict[int, float]:
     return {r["seed"]: key(r) for r in runs if key(r) is not None}
+
+
+def _num_test(run: dict) -> int | None:
+    """The size of a run's own test set as its config gives it (None: all)."""
+    return run["summary"].get("config", {}).get("data", {}).get("num_test")
 
 
 def _row_name(row: str, borrowed: dict[str, str], pair_with: dict[str, str]) -> str:
@@ -220,166 +447,13 @@ def _row_name(row: str, borrowed: dict[str, str], pair_with: dict[str, str]) -> 
     return name
 
 
-def _num_test(run: dict) -> str:
-    """The size of a run's own test set as its config gives it."""
-    n = run["summary"].get("config", {}).get("data", {}).get("num_test")
-    return "the whole test set" if n is None else f"a {n:,}-image test subset"
-
-
-def _sources(grid_dir: Path, borrowed: dict[str, str]) -> str:
-    return ", ".join([f"`{shown(grid_dir)}/*.json`"]
-                     + [f"`{shown(grid_dir.parent / b)}__seed*.json`"
-                        for b in sorted(set(borrowed.values()))])
-
-
-# --------------------------------------------------------------------------- #
-# RESULTS.md: the headline of each grid
-# --------------------------------------------------------------------------- #
-def _config_stem(run: dict) -> str | None:
-    """The config file a run's command trained (``configs/<stem>.yaml``)."""
-    args = shlex.split(run.get("command", ""))
-    return Path(args[2]).stem if len(args) > 2 and args[1] == "train" else None
-
-
-def headline_table(grid_dir: Path, grids: Path = GRIDS,
-                   details: str | None = None) -> list[str]:
-    """A grid's rows, mean ± std over seeds, and their seed-paired Δ to the
-    paper's baseline and to training on the labels alone: on the whole test
-    set where every record has ``full_test``, else on the runs' own test set
-    (the note says which). A grid of the paper's ablation rows (labels only,
-    baseline, DAG) also gets the paper's numbers beside and, in one line,
-    whether the paper's ordering holds (:func:`ordering`)."""
-    rows, borrowed, pair_with = _load_rows(grid_dir, grids)
-    grid = _grid(grid_dir, grids)
-    rows = {r: v for r, v in rows.items() if r not in (grid.get("legacy") or ())}
-    runs_all = [r for runs in rows.values() for r in runs]
-    if not runs_all:
-        return []
-    full = all(_full(r) is not None for r in runs_all)
-    err = _full if full else _own
-    if full:
-        sizes = "/".join(f"{v:,}" for v in sorted(
-            {r["full_test"]["num_test"] for r in runs_all}))
-        where = f"on all {sizes} test images (`full_test`)"
-    else:
-        kinds = sorted({_num_test(r) for r in runs_all})
-        where = f"on the runs' own test set ({' / '.join(kinds)}; no `full_test`)"
-        some = sum(_full(r) is not None for r in runs_all)
-        if some:
-            where += f"; {some} of {len(runs_all)} records have `full_test`"
-    has_val = any(_last(r, "val_error") is not None for r in runs_all)
-    paper = {row: PAPER[_config_stem(runs[0])] for row, runs in rows.items()
-             if (row == "dag" or borrowed.get(row, "").endswith("/dag"))
-             and _config_stem(runs[0]) in PAPER}
-    refs = [ref for ref in REFS if ref in rows]
-    ablation = all(r in rows for r in ("labels_only", "baseline", "dag"))
-    note = f"Test error % {where}"
-    note += (f"; Δ: minus the {' / '.join(refs)} row, paired by seed (negative: "
-             "better)" if refs else "; no reference row")
-    if details:
-        note += f". Details, per seed, commands: [{details}]({details})"
-    head = ["row", "seeds", "test error %"] + [f"Δ vs {ref} (paired)" for ref in refs]
-    # A second reference (``compare: {dagplus: dag}``): Δ to it, by seed.
-    compare = {row: other for row, other in (grid.get("compare") or {}).items()
-               if other in rows}
-    for other in sorted(set(compare.values())):
-        head.append(f"Δ vs {other} (paired)")
-    if has_val:
-        head += ["val error % (last)"] + [f"Δ val vs {ref} (paired)" for ref in refs]
-    if paper:
-        head += ["paper (400 epochs)"]
-    if ablation:
-        head += [PAPER_HEAD]
-    lines = [f"### {grid_dir.name}", note + ".", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-
-    for row, runs in rows.items():
-        cells = [_row_name(row, borrowed, pair_with), str(len(runs)),
-                 fmt([err(r) for r in runs])]
-        cells += _deltas(row, runs, refs, rows, pair_with, err)
-        for other in sorted(set(compare.values())):
-            cells.append(fmt(_paired(runs, _by_seed(rows[other], err), err))
-                         if compare.get(row) == other else "–")
-        if has_val:
-            cells.append(fmt([_val(r) for r in runs]))
-            cells += _deltas(row, runs, refs, rows, pair_with, _val)
-        if paper:
-            cells.append(f"{paper[row]:.2f}" if row in paper else "")
-        if ablation:
-            cells.append(_paper_cell(row))
-        lines.append("| " + " | ".join(cells) + " |")
-    if ablation:
-        lines += ["", ordering(rows, err)]
-    return lines + _published(grid_dir, runs_all) + [""]
-
-
-PAPER_HEAD = "paper, C10-1000 (Δ vs its baseline)"
-
-
-def _paper_cell(row: str) -> str:
-    """The paper's ablation error of a row, with its Δ to the paper's
-    baseline (the shape of the gain)."""
+def _paper_error(row: str) -> PaperError | None:
+    """The paper's ablation error of a row (None: not quoted)."""
     errors = PAPER_ABLATION["errors"]
     if row not in errors:
-        return ""
-    if row == "baseline":
-        return f"{errors[row]:.2f}"
-    return f"{errors[row]:.2f} ({errors[row] - errors['baseline']:+.2f})"
-
-
-def table4(grid_dirs: list[Path], grids: Path = GRIDS) -> list[str]:
-    """The paper's Table 4 at our scale: one column per ablation grid (those
-    with labels_only, baseline and dag rows), its rows labels only |
-    baseline | DNA | DPLP | DAG; each cell the test error and its paired Δ
-    to the paper's baseline and to the labels alone; the paper's own column
-    beside."""
-    cols = []
-    for grid_dir in grid_dirs:
-        rows, _, _ = _load_rows(grid_dir, grids)
-        if all(r in rows for r in ("labels_only", "baseline", "dag")):
-            runs = [r for row in TABLE4 for r in rows.get(row, [])]
-            err = _full if all(_full(r) is not None for r in runs) else _own
-            cols.append((grid_dir.name, rows, err))
-    if not cols:
-        return []
-    head = ["row", *[f"[{name}](details/{name}.md)" for name, _, _ in cols],
-            PAPER_HEAD]
-    lines = ["### The paper's Table 4 at CPU scale",
-             "Test error % (mean ± std over seeds; whole test sets), then in "
-             "brackets the seed-paired Δ to the paper's baseline / to the "
-             "labels alone (negative: better). The paper's baseline trains every "
-             "unlabelled image on its Label Bank entry (the model's own "
-             "prediction), with Eq. 2 and mixup; DNA and DPLP each add one module "
-             "to it, DAG both (definitions: README, `paper_rows.py`). Each grid's "
-             "own table below has the other rows and whether the paper's ordering "
-             "holds.", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row in TABLE4:
-        cells = [PAPER_ROWS[row][0]]
-        for _, rows, err in cols:
-            if row not in rows:
-                cells.append("–")
-                continue
-            deltas = [fmt(_paired(rows[row], _by_seed(rows[ref], err), err))
-                      if ref != row else "–" for ref in REFS]
-            most = max(len(rows[r]) for r in TABLE4 if r in rows)
-            short = (f", {len(rows[row])} of {most} seeds"
-                     if len(rows[row]) < most else "")
-            cells.append(f"{fmt([err(r) for r in rows[row]])} "
-                         f"({' / '.join(deltas)}{short})")
-        cells.append(_paper_cell(row) or "not quoted")
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines + ["", f"Paper's column: {PAPER_ABLATION['setting']}; "
-                    f"{PAPER_ABLATION['missing']}", ""]
-
-
-# The paper's claims, as (claim, row, reference row): row below reference.
-CLAIMS = (("DNA < baseline", "dna", "baseline"),
-          ("DPLP < baseline", "dplp", "baseline"),
-          ("DAG < DNA", "dag", "dna"), ("DAG < DPLP", "dag", "dplp"),
-          ("DAG < baseline", "dag", "baseline"),
-          ("baseline < labels only", "baseline", "labels_only"),
-          ("DAG < labels only", "dag", "labels_only"))
+        return None
+    return PaperError(errors[row], None if row == "baseline"
+                      else errors[row] - errors["baseline"])
 
 
 def verdict(diffs: list[float]) -> str:
@@ -394,272 +468,549 @@ def verdict(diffs: list[float]) -> str:
             else "within the spread")
 
 
-def ordering(rows: dict[str, list[dict]], err) -> str:
-    """One line: each of the paper's claims (:data:`CLAIMS`) on this grid."""
-    parts = []
+def claims(rows: dict[str, list[dict]], err) -> list[Claim]:
+    """Each of the paper's claims (:data:`CLAIMS`) whose rows the grid has."""
+    out = []
     for claim, row, ref in CLAIMS:
         if row in rows and ref in rows:
             diffs = _paired(rows[row], _by_seed(rows[ref], err), err)
-            parts.append(f"{claim}: **{verdict(diffs)}** ({fmt(diffs)})")
-    return ("The paper's ordering, paired by seed (holds: mean + std of the "
-            "paired Δ below 0; reversed: mean − std above 0): "
-            + "; ".join(parts) + ".")
-
-
-def _published(grid_dir: Path, runs: list[dict]) -> list[str]:
-    """Other methods' published errors in the setting of a test-split grid."""
-    stem = _config_stem(runs[0]) or ""
-    if stem not in PUBLISHED or grid_dir.name.endswith("_val"):
-        return []
-    quoted = "; ".join(f"{m} {e} % ({w})" for m, e, w in PUBLISHED[stem])
-    return ["", f"Published in this setting (quoted from the papers, not "
-            f"re-run): {quoted}. {PUBLISHED_GAP[stem]}."]
-
-
-# Preset grids (name suffix: preset row): how the headline names each
-# preset and says what it is.
-PRESETS = {
-    "_dagplus": ("DAG+", "DAG+ is `configs/*_dagplus.yaml`"),
-    "_auto": ("auto", "auto is `method: auto` (experimental): the check-steered "
-              "DAG and the labels alone, both with 20 % of each class's labels "
-              "held out of training, and the one of the two right on more of "
-              "those labels kept (its choice per seed in the last column)"),
-}
-
-
-def preset_kind(grid_dir: Path) -> str | None:
-    """The preset suffix of a grid's name (``None``: not a preset grid)."""
-    return next((k for k in PRESETS if grid_dir.name.endswith(k)), None)
-
-
-def preset_table(grid_dirs: list[Path], grids: Path = GRIDS) -> list[str]:
-    """One table per kind of preset (:data:`PRESETS`), one line per preset
-    grid (``compare: {preset: reference}``): labels only, the paper's
-    baseline, the reference (the paper's DAG) and the preset, mean ± std
-    over seeds, and the preset's seed-paired Δ to each."""
-    out = []
-    for kind, (label, what) in PRESETS.items():
-        lines = _preset_lines([d for d in grid_dirs if preset_kind(d) == kind],
-                              grids)
-        if not lines:
-            continue
-        head = ["grid", "seeds", "test set", "labels only", "baseline",
-                "DAG (paper)", label, f"Δ {label} vs baseline",
-                f"Δ {label} vs labels only", f"Δ {label} vs DAG",
-                "Δ DAG vs baseline", *(["chosen arm (seeds)"] if kind == "_auto"
-                                       else [])]
-        out += [f"### {label} against the paper's DAG, its baseline and the "
-                "labels alone",
-                f"Test error %, mean ± std over seeds; Δ paired by seed "
-                f"(negative: {label} better). Baseline: the paper's (Label Bank "
-                f"pseudo labels, Eq. 2, mixup); {what}; the paper's DAG stays "
-                "the default.", "",
-                "| " + " | ".join(head) + " |", "|" + "---|" * len(head), *lines,
-                ""]
+            out.append(Claim(claim, verdict(diffs), stat(diffs)))
     return out
 
 
-def _preset_lines(grid_dirs: list[Path], grids: Path) -> list[str]:
-    lines = []
-    for grid_dir in grid_dirs:
-        rows, _, _ = _load_rows(grid_dir, grids)
-        for preset, ref in (_grid(grid_dir, grids).get("compare") or {}).items():
-            if any(r not in rows for r in (preset, ref, *REFS)):
+# --------------------------------------------------------------------------- #
+# collect: RESULTS.md's tables
+# --------------------------------------------------------------------------- #
+def collect_headline(grid: Grid) -> Headline | None:
+    """A grid's rows (but its legacy ones), mean ± std over seeds, and their
+    seed-paired Δ to the paper's baseline and to training on the labels
+    alone: on the whole test set where every record has ``full_test``, else
+    on the runs' own test set. A grid of the paper's ablation rows (labels
+    only, baseline, DAG) also gets the paper's numbers beside and whether the
+    paper's ordering holds. None: the grid has no records."""
+    rows = {r: v for r, v in grid.rows.items() if r not in grid.legacy}
+    runs_all = [r for runs in rows.values() for r in runs]
+    if not runs_all:
+        return None
+    err = _error(runs_all)
+    has_val = any(_val(r) is not None for r in runs_all)
+    paper = {row: PAPER[grid.config] for row in rows
+             if (row == "dag" or grid.borrowed.get(row, "").endswith("/dag"))
+             and grid.config in PAPER}
+    refs = [ref for ref in REFS if ref in rows]
+    ablation = all(r in rows for r in ("labels_only", "baseline", "dag"))
+    # A second reference (``compare: {dagplus: dag}``): Δ to it, by seed.
+    compare = {row: other for row, other in grid.compare.items() if other in rows}
+    others = sorted(set(compare.values()))
+    delta_cols = [f"Δ vs {ref} (paired)" for ref in refs]
+    other_cols = [f"Δ vs {other} (paired)" for other in others]
+    val_cols = [f"Δ val vs {ref} (paired)" for ref in refs]
+    table = Table(["row", "seeds", "test error %", *delta_cols, *other_cols]
+                  + (["val error % (last)", *val_cols] if has_val else [])
+                  + (["paper (400 epochs)"] if paper else [])
+                  + ([PAPER_HEAD] if ablation else []))
+    for row, runs in rows.items():
+        cells = {"row": _row_name(row, grid.borrowed, grid.pair_with),
+                 "seeds": len(runs), "test error %": stat(err(r) for r in runs)}
+        cells.update(zip(delta_cols, _deltas(row, runs, refs, rows, grid.pair_with,
+                                             err), strict=True))
+        for other, col in zip(others, other_cols, strict=True):
+            cells[col] = (stat(_paired(runs, _by_seed(rows[other], err), err))
+                          if compare.get(row) == other else NA)
+        if has_val:
+            cells["val error % (last)"] = stat(_val(r) for r in runs)
+            cells.update(zip(val_cols, _deltas(row, runs, refs, rows,
+                                               grid.pair_with, _val), strict=True))
+        if paper:
+            cells["paper (400 epochs)"] = paper.get(row)
+        if ablation:
+            cells[PAPER_HEAD] = _paper_error(row)
+        table.rows.append(cells)
+    return Headline(
+        grid=grid.name, full=err is _full,
+        full_sizes=(sorted({r["full_test"]["num_test"] for r in runs_all})
+                    if err is _full else []),
+        own_sizes=list(dict.fromkeys(_num_test(r) for r in runs_all)),
+        with_full=sum(_full(r) is not None for r in runs_all),
+        records=len(runs_all), refs=refs, table=table,
+        claims=claims(rows, err) if ablation else None,
+        published=(grid.config if grid.config in PUBLISHED
+                   and grid.kind != "validation" else None))
+
+
+def _grid_link(name: str) -> str:
+    return f"[{name}](details/{name}.md)"
+
+
+def collect_table4(grids: list[Grid]) -> Table | None:
+    """The paper's Table 4 at our scale: one column per ablation grid (those
+    with labels_only, baseline and dag rows), its rows labels only |
+    baseline | DNA | DPLP | DAG; each cell the test error and its paired Δ
+    to the paper's baseline and to the labels alone; the paper's own column
+    beside."""
+    cols = []
+    for grid in grids:
+        rows = grid.rows
+        if all(r in rows for r in ("labels_only", "baseline", "dag")):
+            err = _error([r for row in TABLE4 for r in rows.get(row, [])])
+            cols.append((_grid_link(grid.name), rows, err))
+    if not cols:
+        return None
+    table = Table(["row", *[col for col, _, _ in cols], PAPER_HEAD])
+    for row in TABLE4:
+        cells: dict[str, object] = {"row": PAPER_ROWS[row][0]}
+        for col, rows, err in cols:
+            if row not in rows:
+                cells[col] = NA
                 continue
-            runs_all = [r for row in (preset, ref, *REFS) for r in rows[row]]
-            err = _full if all(_full(r) is not None for r in runs_all) else _own
-            by_seed = {row: _by_seed(rows[row], err) for row in (ref, *REFS)}
-            seeds = sorted(_by_seed(rows[preset], err))
-            where = ("all test images (`full_test`)" if err is _full
-                     else _num_test(rows[preset][0]))
-            lines.append("| " + " | ".join([
-                f"[{grid_dir.name}](details/{grid_dir.name}.md)",
-                ", ".join(map(str, seeds)), where,
-                *[fmt([err(r) for r in rows[row]])
-                  for row in ("labels_only", "baseline", ref, preset)],
-                *[fmt(_paired(rows[preset], by_seed[row], err))
-                  for row in ("baseline", "labels_only", ref)],
-                fmt(_paired(rows[ref], by_seed["baseline"], err)),
-                *_choices(rows[preset])]) + " |")
-    return lines
+            deltas = tuple(stat(_paired(rows[row], _by_seed(rows[ref], err), err))
+                           if ref != row else NA for ref in REFS)
+            cells[col] = Table4Cell(stat(err(r) for r in rows[row]), deltas,
+                                    len(rows[row]),
+                                    max(len(rows[r]) for r in TABLE4 if r in rows))
+        cells[PAPER_HEAD] = _paper_error(row)
+        table.rows.append(cells)
+    return table
 
 
-def _choices(runs: list[dict]) -> list[str]:
-    """``method: auto``'s chosen arm per seed (nothing for other presets)."""
+def collect_presets(grids: list[Grid]) -> dict[str, Table]:
+    """One table per preset (:data:`PRESETS`) that has a line, one line per
+    preset grid (``compare: {preset row: reference}``): labels only, the
+    paper's baseline, the reference (the paper's DAG) and the preset, mean ±
+    std over seeds, and the preset's seed-paired Δ to each."""
+    out = {}
+    for preset, (label, _) in PRESETS.items():
+        table = Table(["grid", "seeds", "test set", "labels only", "baseline",
+                       "DAG (paper)", label, f"Δ {label} vs baseline",
+                       f"Δ {label} vs labels only", f"Δ {label} vs DAG",
+                       "Δ DAG vs baseline",
+                       *(["chosen arm (seeds)"] if preset == "auto" else [])])
+        for grid in grids:
+            if grid.preset == preset:
+                table.rows += _preset_lines(grid, label)
+        if table.rows:
+            out[preset] = table
+    return out
+
+
+def _preset_lines(grid: Grid, label: str) -> list[dict[str, object]]:
+    return [line for preset, ref in grid.compare.items()
+            if (line := _preset_line(grid, label, preset, ref)) is not None]
+
+
+def _preset_line(grid: Grid, label: str, preset: str, ref: str
+                 ) -> dict[str, object] | None:
+    """A preset row against its reference and :data:`REFS` (None: the grid
+    lacks one of them)."""
+    rows = grid.rows
+    if any(r not in rows for r in (preset, ref, *REFS)):
+        return None
+    err = _error([r for row in (preset, ref, *REFS) for r in rows[row]])
+    errors = {row: stat(err(r) for r in rows[row])
+              for row in ("labels_only", "baseline", ref, preset)}
+    by_seed = {row: _by_seed(rows[row], err) for row in (ref, *REFS)}
+    line: dict[str, object] = {
+        "grid": _grid_link(grid.name),
+        "seeds": Listed(tuple(sorted(_by_seed(rows[preset], err)))),
+        "test set": TestSet(err is _full, _num_test(rows[preset][0])),
+        "labels only": errors["labels_only"], "baseline": errors["baseline"],
+        "DAG (paper)": errors[ref], label: errors[preset],
+        f"Δ {label} vs baseline": stat(_paired(rows[preset], by_seed["baseline"],
+                                               err)),
+        f"Δ {label} vs labels only": stat(_paired(rows[preset],
+                                                  by_seed["labels_only"], err)),
+        f"Δ {label} vs DAG": stat(_paired(rows[preset], by_seed[ref], err)),
+        "Δ DAG vs baseline": stat(_paired(rows[ref], by_seed["baseline"], err))}
+    arms = _choices(rows[preset])
+    if arms is not None:
+        line["chosen arm (seeds)"] = arms
+    return line
+
+
+def _choices(runs: list[dict]) -> Listed | None:
+    """``method: auto``'s chosen arm per seed (None for other presets)."""
     chosen = [(r["seed"], r["summary"]["auto"]["arm"]) for r in runs
               if "auto" in r.get("summary", {})]
-    return [", ".join(arm for _, arm in sorted(chosen))] if chosen else []
+    return Listed(tuple(arm for _, arm in sorted(chosen))) if chosen else None
 
 
 # --------------------------------------------------------------------------- #
-# details/<grid>.md
+# collect: details/<grid>.md
 # --------------------------------------------------------------------------- #
-def grid_table(grid_dir: Path, grids: Path = GRIDS) -> list[str]:
-    rows, borrowed, pair_with = _load_rows(grid_dir, grids)
-    legacy = set(_grid(grid_dir, grids).get("legacy") or ())
+def collect_grid_table(grid: Grid) -> GridTable:
+    """Every row (the legacy ones marked) with every column the records
+    have, and each row's command."""
+    rows, pair_with = grid.rows, grid.pair_with
     runs_all = [r for runs in rows.values() for r in runs]
-    has_val = any(_last(r, "val_error") is not None for r in runs_all)
+    has_val = any(_val(r) is not None for r in runs_all)
     has_drift = any(_last(r, "knn_kept") is not None for r in runs_all)
     has_live = any(_last(r, "live_bank_cos") is not None for r in runs_all)
     has_admit = any((_last(r, "pl_admitted") or 1.0) < 1.0 for r in runs_all)
     full = sorted({r["full_test"]["num_test"] for r in runs_all if "full_test" in r})
     refs = [ref for ref in REFS if ref in rows]
-    head = ["row", "seeds", "test error % (last)", "test error % at best val",
-            *[f"Δ vs {ref} (paired by seed)" for ref in refs]]
-    if full:  # eval_full_test.py: the same checkpoints, every test image
-        n = "/".join(f"{v:,}" for v in full)
-        head += [f"test error % on all {n} (seeds)",
-                 *[f"Δ vs {ref} on all {n} (paired)" for ref in refs]]
-    if has_val:
-        head += ["val error % (last)", *[f"Δ val vs {ref} (paired)" for ref in refs]]
-    head += ["DPLP coverage", "DPLP acc. on covered", "model acc. on covered"]
-    if has_drift:
-        head += ["bank cos to previous (last)", "kNN kept (last)"]
-    if has_live:  # the live-vs-bank gap
-        head += ["live-bank cos (mean of epochs)"]
-    if has_admit:
-        head += ["pseudo labels admitted (last)", "pseudo-label acc. (last)"]
-    head += ["s / epoch", "wall s / run"]
-    lines = [f"### {grid_dir.name}", "", "| " + " | ".join(head) + " |",
-             "|" + "---|" * len(head)]
+    own_cols = [f"Δ vs {ref} (paired by seed)" for ref in refs]
+    n = "/".join(f"{v:,}" for v in full)
+    full_col = f"test error % on all {n} (seeds)"
+    full_cols = [f"Δ vs {ref} on all {n} (paired)" for ref in refs]
+    val_cols = [f"Δ val vs {ref} (paired)" for ref in refs]
+    table = Table(
+        ["row", "seeds", "test error % (last)", "test error % at best val", *own_cols]
+        # eval_full_test.py: the same checkpoints, every test image
+        + ([full_col, *full_cols] if full else [])
+        + (["val error % (last)", *val_cols] if has_val else [])
+        + ["DPLP coverage", "DPLP acc. on covered", "model acc. on covered"]
+        + (["bank cos to previous (last)", "kNN kept (last)"] if has_drift else [])
+        # the live-vs-bank gap
+        + (["live-bank cos (mean of epochs)"] if has_live else [])
+        + (["pseudo labels admitted (last)", "pseudo-label acc. (last)"]
+           if has_admit else [])
+        + ["s / epoch", "wall s / run"])
     for row, runs in rows.items():
         s = [r["summary"] for r in runs]
-        best = [(x.get("best_by_val") or {}).get("test_error") for x in s]
-        per_epoch = [statistics.fmean([m["time_epoch"] for m in r["metrics"]
-                                       if m.get("phase") == "train"]) for r in runs]
-        cells = [_row_name(row, borrowed, pair_with)
-                 + (" (not a paper row)" if row in legacy else ""), str(len(runs)),
-                 fmt([x["test_error_last"] for x in s]), fmt(best),
-                 *_deltas(row, runs, refs, rows, pair_with, _own)]
+        cells: dict[str, object] = {
+            "row": _row_name(row, grid.borrowed, pair_with)
+            + (" (not a paper row)" if row in grid.legacy else ""),
+            "seeds": len(runs),
+            "test error % (last)": stat(x["test_error_last"] for x in s),
+            "test error % at best val": stat((x.get("best_by_val") or {})
+                                             .get("test_error") for x in s)}
+        cells.update(zip(own_cols, _deltas(row, runs, refs, rows, pair_with, _own),
+                         strict=True))
         if full:
             have = [r for r in runs if _full(r) is not None]
-            cells += [fmt([_full(r) for r in have]) + f" ({len(have)})",
-                      *_deltas(row, have, refs, rows, pair_with, _full)]
+            cells[full_col] = Counted(stat(_full(r) for r in have), len(have))
+            cells.update(zip(full_cols, _deltas(row, have, refs, rows, pair_with,
+                                                _full), strict=True))
         if has_val:
-            cells += [fmt([_val(r) for r in runs]),
-                      *_deltas(row, runs, refs, rows, pair_with, _val)]
-        cells += [fmt([x.get("pl_coverage_last") for x in s], 3),
-                  fmt([x.get("pl_acc_last") for x in s], 3),
-                  fmt([x.get("model_acc_on_covered_last") for x in s], 3)]
+            cells["val error % (last)"] = stat(_val(r) for r in runs)
+            cells.update(zip(val_cols, _deltas(row, runs, refs, rows, pair_with,
+                                               _val), strict=True))
+        cells["DPLP coverage"] = stat((x.get("pl_coverage_last") for x in s), 3)
+        cells["DPLP acc. on covered"] = stat((x.get("pl_acc_last") for x in s), 3)
+        cells["model acc. on covered"] = stat(
+            (x.get("model_acc_on_covered_last") for x in s), 3)
         if has_drift:
-            cells += [fmt([_last(r, "bank_cos_prev") for r in runs], 3),
-                      fmt([_last(r, "knn_kept") for r in runs], 3)]
+            cells["bank cos to previous (last)"] = stat(
+                (_last(r, "bank_cos_prev") for r in runs), 3)
+            cells["kNN kept (last)"] = stat((_last(r, "knn_kept") for r in runs), 3)
         if has_live:
-            cells.append(fmt([_epoch_mean(r, "live_bank_cos") for r in runs], 3))
+            cells["live-bank cos (mean of epochs)"] = stat(
+                (_epoch_mean(r, "live_bank_cos") for r in runs), 3)
         if has_admit:
-            cells += [fmt([_last(r, "pl_admitted") for r in runs], 3),
-                      fmt([_last(r, "pl_acc_all") for r in runs], 3)]
-        cells += [fmt(per_epoch, 3), fmt([r["wall_time_s"] for r in runs], 1)]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Commands (seed 0 of each row; the other seeds differ in "
-              "`seed` and the run folder only):", ""]
+            cells["pseudo labels admitted (last)"] = stat(
+                (_last(r, "pl_admitted") for r in runs), 3)
+            cells["pseudo-label acc. (last)"] = stat(
+                (_last(r, "pl_acc_all") for r in runs), 3)
+        cells["s / epoch"] = stat((statistics.fmean(
+            [m["time_epoch"] for m in r["metrics"] if m.get("phase") == "train"])
+            for r in runs), 3)
+        cells["wall s / run"] = stat((r["wall_time_s"] for r in runs), 1)
+        table.rows.append(cells)
+    commands = []
     for row, runs in rows.items():
         first = min(runs, key=lambda r: r["seed"])
-        line = f"- `{row}`: `{first['command']}`"
-        if (first.get("full_test") or {}).get("command"):
-            line += f"; whole test set: `{first['full_test']['command']}`"
-        lines.append(line)
-    lines.append(f"\nSource: {_sources(grid_dir, borrowed)}.\n")
-    return lines
+        commands.append((row, first["command"],
+                         (first.get("full_test") or {}).get("command")))
+    sources = [grid.dir, *[grid.dir.parent / b
+                           for b in sorted(set(grid.borrowed.values()))]]
+    return GridTable(grid.name, table, commands, sources)
 
 
-def per_seed_table(grid_dir: Path, grids: Path = GRIDS) -> list[str]:
+def collect_per_seed(grid: Grid) -> Table:
     """Every record the grid's tables average, one line each."""
-    rows, borrowed, _ = _load_rows(grid_dir, grids)
-    runs_all = [r for runs in rows.values() for r in runs]
+    runs_all = [r for runs in grid.rows.values() for r in runs]
     has_full = any(_full(r) is not None for r in runs_all)
-    has_val = any(_last(r, "val_error") is not None for r in runs_all)
-    head = ["row", "seed", "last epoch", "test error % (own test set)"]
-    head += ["test error % (whole test set)"] if has_full else []
-    head += ["val error % (last)"] if has_val else []
-    head += ["record"]
-    lines = [f"#### {grid_dir.name}: every seed", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row, runs in rows.items():
-        grid = borrowed[row].split("/")[0] if row in borrowed else grid_dir.name
+    has_val = any(_val(r) is not None for r in runs_all)
+    table = Table(["row", "seed", "last epoch", "test error % (own test set)"]
+                  + (["test error % (whole test set)"] if has_full else [])
+                  + (["val error % (last)"] if has_val else []) + ["record"])
+    for row, runs in grid.rows.items():
+        source = (grid.borrowed[row].split("/")[0] if row in grid.borrowed
+                  else grid.name)
         for r in sorted(runs, key=lambda r: r["seed"]):
-            g = r.get("grid", grid)
-            cells = [row, str(r["seed"]), str(r["summary"].get("last_epoch")),
-                     fmt([_own(r)])]
-            cells += [fmt([_full(r)])] if has_full else []
-            cells += [fmt([_last(r, "val_error")])] if has_val else []
-            cells.append(f"`{g}/{r['row']}__seed{r['seed']}.json`" + (
-                f" (row `{r['renamed_from']}` until the rows took the paper's "
-                "names)" if r.get("renamed_from") else ""))
-            lines.append("| " + " | ".join(cells) + " |")
-    return lines + [""]
+            cells: dict[str, object] = {
+                "row": row, "seed": r["seed"],
+                "last epoch": r["summary"].get("last_epoch"),
+                "test error % (own test set)": stat([_own(r)])}
+            if has_full:
+                cells["test error % (whole test set)"] = stat([_full(r)])
+            if has_val:
+                cells["val error % (last)"] = stat([_val(r)])
+            cells["record"] = Record(r.get("grid", source), r["row"], r["seed"],
+                                     r.get("renamed_from"))
+            table.rows.append(cells)
+    return table
 
 
-PL_KEYS = ["pl_coverage", "pl_acc", "model_acc_on_covered", "pl_acc_all", "model_acc",
-           "path_len_q10", "path_len_q50", "path_len_q90"]
-
-
-def pseudo_label_table(grid_dir: Path) -> list[str]:
+def collect_pseudo_labels(grid: Grid) -> Table | None:
     """Per-epoch pseudo-label quality of the rows whose labels come from DPLP
-    (mean over seeds): coverage, accuracy on the covered nodes against the
-    model's own accuracy on them, and path-length quantiles."""
+    (mean over seeds; the grid's own records): coverage, accuracy on the
+    covered nodes against the model's own accuracy on them, and path-length
+    quantiles."""
     rows: dict[str, list[dict]] = {}
-    for path in sorted(grid_dir.glob("*__seed*.json")):
-        r = json.loads(path.read_text())
-        cfg = r["summary"]["config"]
-        if cfg["pseudo_label"]["source"] == "dplp":
+    for r in grid.own:
+        if r["summary"]["config"]["pseudo_label"]["source"] == "dplp":
             rows.setdefault(r["row"], []).append(r)
     if not rows:
-        return []
-    lines = [f"#### {grid_dir.name}: DPLP pseudo labels per epoch (mean over seeds)",
-             "", "| row | epoch | seeds | " + " | ".join(PL_KEYS) + " |",
-             "|---|---|---|" + "---|" * len(PL_KEYS)]
+        return None
+    table = Table(["row", "epoch", "seeds", *PL_KEYS])
     for row, runs in rows.items():
         epochs = sorted({m["epoch"] for r in runs for m in r["metrics"]
                          if m.get("pl_coverage") is not None})
         for e in epochs:
             recs = [m for r in runs for m in r["metrics"] if m["epoch"] == e]
-            cells = []
-            for key in PL_KEYS:
-                vals = [m[key] for m in recs if m.get(key) is not None]
-                cells.append(f"{statistics.fmean(vals):.3f}" if vals else "–")
-            lines.append(f"| {row} | {e} | {len(recs)} | " + " | ".join(cells) + " |")
-    lines += ["", "pl_acc: DPLP label accuracy on the unlabelled nodes it covers; "
-              "model_acc_on_covered: the Label Bank's (the model's) accuracy on "
-              "the same nodes; *_all: on every unlabelled node.", ""]
-    return lines
+            table.rows.append({"row": row, "epoch": e, "seeds": len(recs),
+                               **{key: mean_of(m.get(key) for m in recs)
+                                  for key in PL_KEYS}})
+    return table
 
 
-def label_bank_table(grid_dir: Path, grids: Path = GRIDS) -> list[str]:
+def collect_label_bank(grid: Grid) -> Table | None:
     """Per epoch, mean over seeds, for the paper's rows that train on pseudo
     labels: the accuracy of the targets on every unlabelled node
     (``pl_acc_all``: the Label Bank's own predictions for ``baseline`` and
     ``dna``, DPLP's labels where its paths reach for ``dplp`` and ``dag``)
     and, for the DPLP rows, DPLP's accuracy on the nodes it covers against
     the Label Bank's on the same nodes: what each row teaches, side by side."""
-    rows, _, _ = _load_rows(grid_dir, grids)
+    rows = grid.rows
     shown_rows = [r for r in (*TABLE4, "na_no_density", "lp_l", "gat")
                   if r in rows and any(m.get("pl_acc_all") is not None
                                        for run in rows[r] for m in run["metrics"])]
     if not shown_rows:
-        return []
+        return None
     dplp_rows = [r for r in shown_rows if any(
         m.get("pl_acc") is not None for run in rows[r] for m in run["metrics"])]
     epochs = sorted({m["epoch"] for r in shown_rows for run in rows[r]
                      for m in run["metrics"] if m.get("pl_acc_all") is not None})
 
-    def mean(row: str, epoch: int, key: str) -> str:
-        vals = [m[key] for run in rows[row] for m in run["metrics"]
-                if m["epoch"] == epoch and m.get(key) is not None]
-        return f"{statistics.fmean(vals):.3f}" if vals else "–"
+    def at(row: str, epoch: int, key: str) -> Mean:
+        return mean_of(m.get(key) for run in rows[row] for m in run["metrics"]
+                    if m["epoch"] == epoch)
 
-    head = ["epoch", *[f"{r}: targets right" for r in shown_rows],
-            *[f"{r}: DPLP / Label Bank on covered" for r in dplp_rows]]
-    lines = [f"#### {grid_dir.name}: what each row teaches, per epoch (mean over "
-             "seeds)", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    targets = {r: f"{r}: targets right" for r in shown_rows}
+    covered = {r: f"{r}: DPLP / Label Bank on covered" for r in dplp_rows}
+    table = Table(["epoch", *targets.values(), *covered.values()])
     for e in epochs:
-        cells = [str(e), *[mean(r, e, "pl_acc_all") for r in shown_rows],
-                 *[f"{mean(r, e, 'pl_acc')} / {mean(r, e, 'model_acc_on_covered')}"
-                   for r in dplp_rows]]
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines + ["", "targets right: the share of unlabelled nodes whose "
-                    "training target (Label Bank prediction, or DPLP's label where "
-                    "it covers the node) is the true class (`pl_acc_all`).", ""]
+        table.rows.append({
+            "epoch": e, **{col: at(r, e, "pl_acc_all") for r, col in targets.items()},
+            **{col: Pair(at(r, e, "pl_acc"), at(r, e, "model_acc_on_covered"))
+               for r, col in covered.items()}})
+    return table
+
+
+def collect_grid_page(grid: Grid) -> GridPage:
+    subset = any("full_test" in r or _num_test(r) is not None for r in grid.own)
+    return GridPage(grid.name, subset, collect_grid_table(grid),
+                    collect_per_seed(grid), collect_label_bank(grid),
+                    collect_pseudo_labels(grid))
+
+
+# --------------------------------------------------------------------------- #
+# collect: speed benchmarks, analyses, figures; everything
+# --------------------------------------------------------------------------- #
+def collect_bench(name: str, results: Path = SPEED_RESULTS,
+                  module: str | None = None) -> Bench | None:
+    """A benchmark JSON's tables (None: no JSON, or no table in it)."""
+    path = results / f"{name}.json"
+    if not path.exists():
+        return None
+    data = json.loads(path.read_text())
+    tables = []
+    for key in ("rows", "training", "collectives", "sampling", "training_step"):
+        rows = data.get(key)
+        if rows:  # its columns: every key of a row but the nested ones
+            tables.append((key, Table(list(dict.fromkeys(
+                k for r in rows for k in r if not isinstance(r[k], dict))), rows)))
+    if not tables:
+        return None
+    return Bench(name, path, tables, data.get("machine", {}),
+                 module or f"benchmarks.speed.{SPEED_SCRIPTS.get(name, name)}",
+                 data.get("args") or data.get("config"))
+
+
+def collect(results: Path = RESULTS, grids: Path = GRIDS,
+            speed: Path = SPEED_RESULTS, analysis: Path = ANALYSIS_RESULTS,
+            figures: Path = FIGURES) -> Report:
+    """Reads every grid (its file once) and result JSON and computes every
+    number the pages show."""
+    reports = []
+    for grid_dir in sorted(d for d in results.iterdir() if d.is_dir()):
+        grid = read_grid(grid_dir, grids)
+        headline = collect_headline(grid)
+        if headline is not None:
+            reports.append(GridReport(grid, headline, collect_grid_page(grid)))
+    of_kind = {kind: [g.grid for g in reports if g.grid.kind == kind]
+               for kind in ("headline", "preset")}
+    benches = [collect_bench(name, speed) for name in SPEED]
+    analyses = [collect_bench(name, analysis, f"benchmarks.analysis.{script}")
+                for name, script in ANALYSES.items()]
+    return Report(
+        grids=reports, table4=collect_table4(of_kind["headline"]),
+        presets=collect_presets(of_kind["preset"]),
+        speed=[b for b in benches if b is not None],
+        speed_names=[n for n in SPEED if (speed / f"{n}.json").exists()],
+        speed_dir=speed, analyses=[b for b in analyses if b is not None],
+        analysis_dir=analysis, figures=sorted(figures.glob("*.png")),
+        figures_dir=figures)
+
+
+# --------------------------------------------------------------------------- #
+# render: formatting only
+# --------------------------------------------------------------------------- #
+def shown(path: Path) -> str:
+    """A path as the pages show it: from the repository root where inside."""
+    path = Path(path).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+def _test_set(size: int | None) -> str:
+    return "the whole test set" if size is None else f"a {size:,}-image test subset"
+
+
+def cell(value: object) -> str:
+    """A table cell's text."""
+    if value is None:
+        return ""
+    if isinstance(value, Stat):
+        if value.mean is None:
+            return "–"
+        text = f"{value.mean:.{value.digits}f}"
+        return text if value.std is None else f"{text} ± {value.std:.{value.digits}f}"
+    if isinstance(value, Mean):
+        return "–" if value.value is None else f"{value.value:.{value.digits}f}"
+    if isinstance(value, Pair):
+        return f"{cell(value.left)} / {cell(value.right)}"
+    if isinstance(value, Counted):
+        return f"{cell(value.stat)} ({value.seeds})"
+    if isinstance(value, PaperError):
+        return (f"{value.error:.2f}" if value.delta is None
+                else f"{value.error:.2f} ({value.delta:+.2f})")
+    if isinstance(value, Table4Cell):
+        short = (f", {value.seeds} of {value.most} seeds"
+                 if value.seeds < value.most else "")
+        return (f"{cell(value.error)} "
+                f"({' / '.join(cell(d) for d in value.deltas)}{short})")
+    if isinstance(value, TestSet):
+        return "all test images (`full_test`)" if value.full else _test_set(value.size)
+    if isinstance(value, Record):
+        return f"`{value.grid}/{value.row}__seed{value.seed}.json`" + (
+            f" (row `{value.renamed_from}` until the rows took the paper's names)"
+            if value.renamed_from else "")
+    if isinstance(value, Listed):
+        return ", ".join(map(str, value.items))
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    return str(value)
+
+
+def render_table(table: Table, fmt: Callable[[object], str] = cell) -> list[str]:
+    """A markdown table; a column a row lacks stays empty."""
+    # Rows are keyed by column name: two columns of one name would be one.
+    assert len(set(table.columns)) == len(table.columns), table.columns
+    return (["| " + " | ".join(table.columns) + " |",
+             "|" + "---|" * len(table.columns)]
+            + ["| " + " | ".join(fmt(row[c]) if c in row else "" for c in table.columns)
+               + " |" for row in table.rows])
+
+
+def render_ordering(found: list[Claim]) -> str:
+    """One line: each of the paper's claims on a grid."""
+    parts = [f"{c.claim}: **{c.verdict}** ({cell(c.diffs)})" for c in found]
+    return ("The paper's ordering, paired by seed (holds: mean + std of the "
+            "paired Δ below 0; reversed: mean − std above 0): "
+            + "; ".join(parts) + ".")
+
+
+def render_headline(h: Headline, details: str | None = None) -> list[str]:
+    if h.full:
+        sizes = "/".join(f"{v:,}" for v in h.full_sizes)
+        where = f"on all {sizes} test images (`full_test`)"
+    else:
+        kinds = sorted({_test_set(n) for n in h.own_sizes})
+        where = f"on the runs' own test set ({' / '.join(kinds)}; no `full_test`)"
+        if h.with_full:
+            where += f"; {h.with_full} of {h.records} records have `full_test`"
+    note = f"Test error % {where}"
+    note += (f"; Δ: minus the {' / '.join(h.refs)} row, paired by seed (negative: "
+             "better)" if h.refs else "; no reference row")
+    if details:
+        note += f". Details, per seed, commands: [{details}]({details})"
+    lines = [f"### {h.grid}", note + ".", "", *render_table(h.table)]
+    if h.claims is not None:
+        lines += ["", render_ordering(h.claims)]
+    if h.published:
+        quoted = "; ".join(f"{m} {e} % ({w})" for m, e, w in PUBLISHED[h.published])
+        lines += ["", f"Published in this setting (quoted from the papers, not "
+                  f"re-run): {quoted}. {PUBLISHED_GAP[h.published]}."]
+    return lines + [""]
+
+
+def render_table4(table: Table | None) -> list[str]:
+    if table is None:
+        return []
+    return ["### The paper's Table 4 at CPU scale",
+            "Test error % (mean ± std over seeds; whole test sets), then in "
+            "brackets the seed-paired Δ to the paper's baseline / to the "
+            "labels alone (negative: better). The paper's baseline trains every "
+            "unlabelled image on its Label Bank entry (the model's own "
+            "prediction), with Eq. 2 and mixup; DNA and DPLP each add one module "
+            "to it, DAG both (definitions: README, `paper_rows.py`). Each grid's "
+            "own table below has the other rows and whether the paper's ordering "
+            "holds.", "",
+            # None only in the paper's column: a cell the paper's quote lacks
+            *render_table(table, lambda v: "not quoted" if v is None else cell(v)),
+            "", f"Paper's column: {PAPER_ABLATION['setting']}; "
+            f"{PAPER_ABLATION['missing']}", ""]
+
+
+def render_presets(tables: dict[str, Table]) -> list[str]:
+    out = []
+    for preset, table in tables.items():
+        label, what = PRESETS[preset]
+        out += [f"### {label} against the paper's DAG, its baseline and the "
+                "labels alone",
+                f"Test error %, mean ± std over seeds; Δ paired by seed "
+                f"(negative: {label} better). Baseline: the paper's (Label Bank "
+                f"pseudo labels, Eq. 2, mixup); {what}; the paper's DAG stays "
+                "the default.", "", *render_table(table), ""]
+    return out
+
+
+def render_grid_table(t: GridTable) -> list[str]:
+    lines = [f"### {t.grid}", "", *render_table(t.table)]
+    lines += ["", "Commands (seed 0 of each row; the other seeds differ in "
+              "`seed` and the run folder only):", ""]
+    for row, command, full in t.commands:
+        lines.append(f"- `{row}`: `{command}`"
+                     + (f"; whole test set: `{full}`" if full else ""))
+    own, *borrowed = t.sources
+    sources = ", ".join([f"`{shown(own)}/*.json`"]
+                        + [f"`{shown(b)}__seed*.json`" for b in borrowed])
+    lines.append(f"\nSource: {sources}.\n")
+    return lines
+
+
+def render_per_seed(grid: str, table: Table) -> list[str]:
+    return [f"#### {grid}: every seed", "", *render_table(table), ""]
+
+
+def render_pseudo_labels(grid: str, table: Table | None) -> list[str]:
+    if table is None:
+        return []
+    return [f"#### {grid}: DPLP pseudo labels per epoch (mean over seeds)", "",
+            *render_table(table),
+            "", "pl_acc: DPLP label accuracy on the unlabelled nodes it covers; "
+            "model_acc_on_covered: the Label Bank's (the model's) accuracy on "
+            "the same nodes; *_all: on every unlabelled node.", ""]
+
+
+def render_label_bank(grid: str, table: Table | None) -> list[str]:
+    if table is None:
+        return []
+    return [f"#### {grid}: what each row teaches, per epoch (mean over seeds)", "",
+            *render_table(table), "", "targets right: the share of unlabelled "
+            "nodes whose training target (Label Bank prediction, or DPLP's label "
+            "where it covers the node) is the true class (`pl_acc_all`).", ""]
 
 
 TIMING_NOTE = (
@@ -676,24 +1027,18 @@ SUBSET_NOTE = (
     "brackets): the paired differences there are the ones to read.")
 
 
-def grid_page(grid_dir: Path, grids: Path = GRIDS) -> list[str]:
-    records = [json.loads(p.read_text()) for p in grid_dir.glob("*__seed*.json")]
-    subset = any("full_test" in r or _num_test(r) != "the whole test set"
-                 for r in records)
-    notes = [TIMING_NOTE, ""] + ([SUBSET_NOTE, ""] if subset else [])
-    return [f"# {grid_dir.name}: details", "",
+def render_grid_page(page: GridPage) -> list[str]:
+    notes = [TIMING_NOTE, ""] + ([SUBSET_NOTE, ""] if page.subset else [])
+    return [f"# {page.grid}: details", "",
             "Generated by `python -m benchmarks.experiments.make_results`; do not "
             "edit by hand. Headline: [RESULTS.md](../RESULTS.md).", "", *notes,
-            *grid_table(grid_dir, grids), *per_seed_table(grid_dir, grids),
-            *label_bank_table(grid_dir, grids), *pseudo_label_table(grid_dir)]
+            *render_grid_table(page.table), *render_per_seed(page.grid, page.per_seed),
+            *render_label_bank(page.grid, page.label_bank),
+            *render_pseudo_labels(page.grid, page.pseudo_labels)]
 
 
-# --------------------------------------------------------------------------- #
-# details/speed.md, details/<analysis>.md, details/figures.md
-# --------------------------------------------------------------------------- #
-def command(module: str, data: dict) -> str:
+def command(module: str, args: object) -> str:
     """The command that wrote a benchmark JSON, from its recorded arguments."""
-    args = data.get("args") or data.get("config")
     if not isinstance(args, dict):
         return f"`python -m {module}` (arguments not recorded)"
     words = ["python", "-m", module, *(str(r) for r in args.get("runs") or [])]
@@ -706,43 +1051,26 @@ def command(module: str, data: dict) -> str:
     return f"`{shlex.join(words)}`"
 
 
-def bench_section(name: str, results: Path = SPEED_RESULTS,
-                  module: str | None = None) -> list[str]:
-    path = results / f"{name}.json"
-    if not path.exists():
+def _bench_cell(v: object) -> str:
+    if isinstance(v, list):
+        v = "[" + ", ".join(f"{x:.4g}" if isinstance(x, float) else str(x)
+                            for x in v) + "]"
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def render_bench(bench: Bench | None) -> list[str]:
+    if bench is None:
         return []
-    data = json.loads(path.read_text())
-    tables = [(key, data[key]) for key in ("rows", "training", "collectives",
-                                           "sampling", "training_step")
-              if data.get(key)]
-    if not tables:
-        return []
-    lines = [f"### {name}", ""]
-    for key, rows in tables:
+    lines = [f"### {bench.name}", ""]
+    for key, table in bench.tables:
         if key != "rows":
             lines += [f"{key}:", ""]
-        cols = list(dict.fromkeys(k for r in rows for k in r
-                                  if not isinstance(r[k], dict)))
-        lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-        for r in rows:
-            cells = []
-            for k in cols:
-                if k not in r:
-                    cells.append("")
-                    continue
-                v = r[k]
-                if isinstance(v, list):
-                    v = "[" + ", ".join(f"{x:.4g}" if isinstance(x, float) else str(x)
-                                        for x in v) + "]"
-                cells.append(f"{v:.4g}" if isinstance(v, float) else str(v))
-            lines.append("| " + " | ".join(cells) + " |")
-        lines.append("")
-    m = data.get("machine", {})
-    module = module or f"benchmarks.speed.{SPEED_SCRIPTS.get(name, name)}"
-    lines += [f"Machine: {m.get('processor') or m.get('platform')}, "
-              f"{m.get('cpus')} CPUs, torch {m.get('torch')}. Command: "
-              f"{command(module, data)}. Source: `{shown(path)}`.", ""]
-    return lines
+        lines += [*render_table(table, _bench_cell), ""]
+    m = bench.machine
+    return lines + [f"Machine: {m.get('processor') or m.get('platform')}, "
+                    f"{m.get('cpus')} CPUs, torch {m.get('torch')}. Command: "
+                    f"{command(bench.module, bench.args)}. Source: "
+                    f"`{shown(bench.path)}`.", ""]
 
 
 def _page(title: str, body: list[str]) -> list[str]:
@@ -755,59 +1083,34 @@ def _link(target: Path, page_dir: Path) -> str:
     return Path(os.path.relpath(target.resolve(), page_dir.resolve())).as_posix()
 
 
-def write_pages(results: Path, out: Path, speed: Path = SPEED_RESULTS,
-                analysis: Path = ANALYSIS_RESULTS, figures: Path = FIGURES,
-                grids: Path = GRIDS) -> list[str]:
-    """Writes the detail pages beside ``out`` and returns RESULTS.md's lines."""
-    details = out.parent / "details"
-    details.mkdir(parents=True, exist_ok=True)
-    pages: dict[str, list[str]] = {}
-    heads: list[str] = []
-    selections: list[str] = []
-    presets: list[Path] = []
-    sweeps: list[str] = []
-    ablations: list[Path] = []
-    for grid_dir in sorted(d for d in results.iterdir() if d.is_dir()):
-        rel = f"details/{grid_dir.name}.md"
-        table = headline_table(grid_dir, grids, rel)
-        if not table:
-            continue
-        pages[grid_dir.name] = grid_page(grid_dir, grids)
-        if grid_dir.name.endswith("_val"):
-            # Choices made on a validation split: their tables are on the
-            # detail page; the headline shows test-split grids.
-            selections.append(f"- [{grid_dir.name}]({rel})")
-        elif preset_kind(grid_dir):
-            presets.append(grid_dir)  # one line each in its preset table
-        elif grid_dir.name.endswith(SWEEPS):
-            # One switch swept over values: linked, so the page stays one page.
-            sweeps.append(f"- [{grid_dir.name}]({rel})")
-        else:
-            heads += table
-            ablations.append(grid_dir)
+def render(report: Report, details: Path) -> tuple[list[str], dict[str, list[str]]]:
+    """RESULTS.md's lines and the detail pages' (by name; pages in
+    ``details``, which figure links are relative to)."""
+    pages = {g.grid.name: render_grid_page(g.page) for g in report.grids}
+    links = {kind: [f"- {_grid_link(g.grid.name)}" for g in report.grids
+                    if g.grid.kind == kind] for kind in ("sweep", "validation")}
+    # Test-split grids of their own table; choices made on a validation split
+    # and sweeps of one switch are linked, so the page stays one page.
+    heads = [line for g in report.grids if g.grid.kind == "headline"
+             for line in render_headline(g.headline, f"details/{g.grid.name}.md")]
     others: list[str] = []
-    body = [line for name in SPEED for line in bench_section(name, speed)]
-    if body:
-        pages["speed"] = _page("Speed benchmarks", body)
-        have = [n for n in SPEED if (speed / f"{n}.json").exists()]
-        others.append(f"- [Speed benchmarks](details/speed.md): {', '.join(have)} "
-                      f"(`{shown(speed)}/`).")
-    for name, script in ANALYSES.items():
-        body = bench_section(name, analysis, f"benchmarks.analysis.{script}")
-        if body:
-            pages[name] = _page(name, body)
-            others.append(f"- [{name}](details/{name}.md) (`{shown(analysis)}/"
-                          f"{name}.json`).")
-    pngs = sorted(figures.glob("*.png"))
-    if pngs:
+    if report.speed:
+        pages["speed"] = _page("Speed benchmarks", [
+            line for bench in report.speed for line in render_bench(bench)])
+        others.append(f"- [Speed benchmarks](details/speed.md): "
+                      f"{', '.join(report.speed_names)} "
+                      f"(`{shown(report.speed_dir)}/`).")
+    for bench in report.analyses:
+        pages[bench.name] = _page(bench.name, render_bench(bench))
+        others.append(f"- [{bench.name}](details/{bench.name}.md) "
+                      f"(`{shown(report.analysis_dir)}/{bench.name}.json`).")
+    if report.figures:
         pages["figures"] = _page("Figures", [
             f"Written by `python -m benchmarks.analysis.figures`; "
-            f"`{shown(figures)}/`.", "",
-            *[f"![{p.stem}]({_link(p, details)})\n" for p in pngs]])
+            f"`{shown(report.figures_dir)}/`.", "",
+            *[f"![{p.stem}]({_link(p, details)})\n" for p in report.figures]])
         others.append(f"- [Figures](details/figures.md): "
-                      f"{', '.join(p.stem for p in pngs)}.")
-    for name, lines in pages.items():
-        (details / f"{name}.md").write_text("\n".join(lines) + "\n")
+                      f"{', '.join(p.stem for p in report.figures)}.")
     paper = ", ".join(f"{k} {v:.2f}" for k, v in PAPER.items())
     return ["# Results", "",
             "Generated by `python -m benchmarks.experiments.make_results` from the "
@@ -821,13 +1124,55 @@ def write_pages(results: Path, out: Path, speed: Path = SPEED_RESULTS,
             "on a 1,000-image test subset while training; `eval_full_test` "
             "re-classifies the whole test set with the final checkpoints, and "
             "the tables use that where it exists.", "",
-            "## Experiment grids", "", *table4(ablations, grids),
-            *preset_table(presets, grids), *heads,
+            "## Experiment grids", "", *render_table4(report.table4),
+            *render_presets(report.presets), *heads,
             *(["## Sweeps of one switch (test split; tables on their pages)", "",
-               *sweeps, ""] if sweeps else []),
+               *links["sweep"], ""] if links["sweep"] else []),
             *(["## Validation grids (settings chosen there, not test results)",
-               "", *selections, ""] if selections else []),
-            "## Speed, analyses, figures", "", *others]
+               "", *links["validation"], ""] if links["validation"] else []),
+            "## Speed, analyses, figures", "", *others], pages
+
+
+# --------------------------------------------------------------------------- #
+# One table of one grid folder (collect, then render), as the tests read them
+# --------------------------------------------------------------------------- #
+def headline_table(grid_dir: Path, grids: Path = GRIDS,
+                   details: str | None = None) -> list[str]:
+    headline = collect_headline(read_grid(grid_dir, grids))
+    return [] if headline is None else render_headline(headline, details)
+
+
+def table4(grid_dirs: list[Path], grids: Path = GRIDS) -> list[str]:
+    return render_table4(collect_table4([read_grid(d, grids) for d in grid_dirs]))
+
+
+def preset_table(grid_dirs: list[Path], grids: Path = GRIDS) -> list[str]:
+    return render_presets(collect_presets([read_grid(d, grids) for d in grid_dirs]))
+
+
+def grid_table(grid_dir: Path, grids: Path = GRIDS) -> list[str]:
+    return render_grid_table(collect_grid_table(read_grid(grid_dir, grids)))
+
+
+def per_seed_table(grid_dir: Path, grids: Path = GRIDS) -> list[str]:
+    return render_per_seed(grid_dir.name, collect_per_seed(read_grid(grid_dir, grids)))
+
+
+def label_bank_table(grid_dir: Path, grids: Path = GRIDS) -> list[str]:
+    return render_label_bank(grid_dir.name,
+                             collect_label_bank(read_grid(grid_dir, grids)))
+
+
+def write_pages(results: Path, out: Path, speed: Path = SPEED_RESULTS,
+                analysis: Path = ANALYSIS_RESULTS, figures: Path = FIGURES,
+                grids: Path = GRIDS) -> list[str]:
+    """Writes the detail pages beside ``out`` and returns RESULTS.md's lines."""
+    details = out.parent / "details"
+    details.mkdir(parents=True, exist_ok=True)
+    lines, pages = render(collect(results, grids, speed, analysis, figures), details)
+    for name, page in pages.items():
+        (details / f"{name}.md").write_text("\n".join(page) + "\n")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -7,6 +7,7 @@
 A grid YAML names a base config, the seeds, and rows of overrides::
 
     name: digits_table1
+    kind: headline                    # where RESULTS.md shows it (common.GRID_KINDS)
     config: configs/digits.yaml
     seeds: [0, 1, 2]
     set: [optim.epochs=30]            # applied to every row
@@ -52,7 +53,7 @@ from typing import Any
 
 import yaml
 
-from benchmarks.common import EXPERIMENT_RESULTS, ROOT, RUNS
+from benchmarks.common import EXPERIMENT_RESULTS, ROOT, RUNS, grid_kind
 from benchmarks.experiments.paper_rows import check_paper_row
 from dag_pyg.config import Config, load_config, upgrade
 from dag_pyg.train import train
@@ -70,6 +71,10 @@ def load_grid(path: Path) -> dict:
             raise SystemExit(f"grid '{path}' lacks the key '{key}'")
     grid.setdefault("seeds", [0])
     grid.setdefault("set", [])
+    try:  # make_results would refuse an unknown kind: refuse it before any run
+        grid_kind(grid)
+    except ValueError as e:
+        raise SystemExit(f"grid '{path}': {e}") from None
     for row in grid["rows"]:
         try:
             check_paper_row(row, row_config(grid, row, 0))
