@@ -142,7 +142,10 @@ class GraphConfig:
     density: Density = "mean_sim"
     density_threshold: float = 0.5
     ivf_nlist: int | None = None   # faiss_ivf cells (null: about 4 sqrt(N))
-    ivf_nprobe: int = 16           # faiss_ivf cells scanned per query
+    ivf_nprobe: int = 16           # faiss_ivf cells scanned per query (tuning start)
+    # faiss_ivf doubles nprobe from ivf_nprobe until sampled queries recall
+    # this share of their exact neighbours (logged); null: ivf_nprobe as given.
+    ivf_recall: float | None = 0.99
     # Feature Bank + graph + pseudo-label refreshes per main epoch: >1 also
     # refreshes them mid-epoch, so DNA reads a less stale bank.
     refresh_per_epoch: int = 1
@@ -402,6 +405,10 @@ def _check(cfg: Config) -> None:
     if cfg.graph.ivf_nlist is not None and cfg.graph.ivf_nlist < 1:
         raise ConfigError("Config key 'graph.ivf_nlist' must be >= 1, or null for "
                           f"about 4 sqrt(N) (got {cfg.graph.ivf_nlist}).")
+    r = cfg.graph.ivf_recall
+    if r is not None and not 0 < r <= 1:
+        raise ConfigError("Config key 'graph.ivf_recall' must be in (0, 1], or null "
+                          f"to scan graph.ivf_nprobe cells as given (got {r}).")
     if cfg.distributed.timeout_s <= 0:
         raise ConfigError("Config key 'distributed.timeout_s' must be > 0 (got "
                           f"{cfg.distributed.timeout_s}).")

@@ -73,6 +73,7 @@ def test_unknown_key_names_closest_and_valid_keys(tmp_path):
     ("optim.labelled_batch_size=1000", "labelled_batch_size"),
     ("graph.ivf_nlist=0", "'graph.ivf_nlist' must be >= 1"),
     ("graph.ivf_nprobe=0", "'graph.ivf_nprobe' must be >= 1"),
+    ("graph.ivf_recall=1.5", "'graph.ivf_recall' must be in"),
     ("graph.refresh_per_epoch=0", "'graph.refresh_per_epoch' must be >= 1"),
     ("distributed.timeout_s=0", "'distributed.timeout_s' must be > 0"),
     ("distributed.graph=rank1", "Did you mean 'rank0'"),

@@ -221,3 +221,59 @@ def test_bank_drift_against_hand_computed():
     assert bank_drift(old, new, g2, 5)["knn_kept"] == pytest.approx(expect)
     with pytest.raises(ValueError, match="cannot be compared"):
         bank_drift(old, old[:3], g2, 2)
+
+
+def _recall_of(a: torch.Tensor, b: torch.Tensor, k: int) -> float:
+    a, b = a.edge_index[0].view(-1, k), b.edge_index[0].view(-1, k)
+    return float((a.unsqueeze(2) == b.unsqueeze(1)).any(2).float().mean())
+
+
+@pytest.mark.skipif(not has_faiss(), reason="faiss not installed")
+def test_ivf_nprobe_is_tuned_to_the_recall_target(caplog):
+    from benchmarks.common import clustered_features
+
+    x, _ = clustered_features(6000, 32, num_classes=30, seed=1)
+    k = 16
+    exact = build_density_graph(x, k, backend="faiss")
+    # From one cell per query, far below the target: doubled until the
+    # sampled queries recall 99 % of their exact neighbours.
+    with caplog.at_level("INFO", logger="dag_pyg.graph.knn"):
+        g = build_density_graph(x, k, backend="faiss_ivf", ivf_nlist=100,
+                                ivf_nprobe=1)
+    assert g.ivf_nprobe in (2, 4, 8, 16, 32, 64, 100) and g.ivf_recall >= 0.99
+    # The sample's recall stands for the whole graph's (measured here).
+    whole = _recall_of(g, exact, k)
+    assert whole >= 0.985 and abs(whole - g.ivf_recall) < 0.01
+    assert "recalls" in caplog.text and f"nprobe {g.ivf_nprobe} of 100" in caplog.text
+    # A smaller nprobe would have missed the target on the same sample.
+    if g.ivf_nprobe > 1:
+        below = build_density_graph(x, k, backend="faiss_ivf", ivf_nlist=100,
+                                    ivf_nprobe=g.ivf_nprobe // 2, ivf_recall=None)
+        assert _recall_of(below, exact, k) < 0.995
+    # ivf_recall None: nprobe as given, nothing measured.
+    given = build_density_graph(x, k, backend="faiss_ivf", ivf_nlist=100,
+                                ivf_nprobe=1, ivf_recall=None)
+    assert given.ivf_nprobe == 1 and math.isnan(given.ivf_recall)
+    assert _recall_of(given, exact, k) < 0.99
+    # Recall 1 scans until every sampled neighbour is found (up to all cells).
+    full = build_density_graph(x, k, backend="faiss_ivf", ivf_nlist=100,
+                               ivf_nprobe=1, ivf_recall=1.0)
+    assert full.ivf_recall == 1.0 or full.ivf_nprobe == 100
+    with pytest.raises(ValueError, match="ivf_recall"):
+        build_density_graph(x, k, backend="faiss_ivf", ivf_recall=1.5)
+
+
+@pytest.mark.skipif(not has_faiss(), reason="faiss not installed")
+def test_auto_backend_turns_to_ivf_for_large_banks(monkeypatch, caplog):
+    import dag_pyg.graph.knn as knn_module
+
+    cpu = torch.device("cpu")
+    assert resolve_backend("auto", cpu, 10_000) == "faiss"
+    assert resolve_backend("auto", cpu, knn_module.IVF_AUTO_NODES + 1) == "faiss_ivf"
+    assert resolve_backend("exact", cpu, 10**9) == "exact"  # explicit wins
+    monkeypatch.setattr(knn_module, "IVF_AUTO_NODES", 500)
+    x = torch.randn(800, 8, generator=torch.Generator().manual_seed(0))
+    with caplog.at_level("INFO", logger="dag_pyg.graph.knn"):
+        g = build_density_graph(x, 5)
+    assert g.backend == "faiss_ivf" and g.ivf_recall >= 0.99
+    assert "faiss_ivf for 800 nodes" in caplog.text

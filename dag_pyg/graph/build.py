@@ -6,7 +6,7 @@ from torch import Tensor
 from torch_geometric.data import Data
 
 from dag_pyg.graph.density import check_density, compute_density
-from dag_pyg.graph.knn import knn_search, normalize_rows, resolve_backend
+from dag_pyg.graph.knn import IVF_RECALL, knn_search, normalize_rows, resolve_backend
 
 
 def build_density_graph(x: Tensor, k: int = 64, *, backend: str = "auto",
@@ -14,6 +14,7 @@ def build_density_graph(x: Tensor, k: int = 64, *, backend: str = "auto",
                         density_threshold: float = 0.5,
                         chunk_size: int | None = None,
                         ivf_nlist: int | None = None, ivf_nprobe: int = 16,
+                        ivf_recall: float | None = IVF_RECALL,
                         allow_zero_rows: bool = False) -> Data:
     r"""Builds the density-aware kNN graph of Sec. 4.1.
 
@@ -35,7 +36,11 @@ def build_density_graph(x: Tensor, k: int = 64, *, backend: str = "auto",
         chunk_size (int, optional): Rows per block of the ``exact`` backend.
         ivf_nlist (int, optional): ``faiss_ivf`` cells (default about
             :math:`4\sqrt{N}`).
-        ivf_nprobe (int): ``faiss_ivf`` cells scanned per query.
+        ivf_nprobe (int): ``faiss_ivf`` cells scanned per query (where
+            the tuning to ``ivf_recall`` starts).
+        ivf_recall (float, optional): ``faiss_ivf``'s recall target of exact
+            neighbours (:func:`~dag_pyg.graph.knn_search`); :obj:`None`:
+            ``ivf_nprobe`` as given.
         allow_zero_rows (bool): Accept all-zero rows (similarity 0 to every
             node). Off by default: in a Feature Bank they signal a bug.
 
@@ -44,7 +49,9 @@ def build_density_graph(x: Tensor, k: int = 64, *, backend: str = "auto",
         (row 0 the neighbour :math:`v`, row 1 the centre :math:`u`; grouped
         by centre, each group by descending similarity, ties by the smaller
         index; no self loops), ``sim [N*k]``, ``density [N]``, ``num_nodes``,
-        ``k``, ``backend`` (the engine that ran) and ``density_kind``.
+        ``k``, ``backend`` (the engine that ran) and ``density_kind``;
+        with ``faiss_ivf`` also ``ivf_nlist``, ``ivf_nprobe`` and the
+        measured ``ivf_recall``.
     """
     check_density(density)
     xn = normalize_rows(x, allow_zero=allow_zero_rows)
@@ -54,15 +61,17 @@ def build_density_graph(x: Tensor, k: int = 64, *, backend: str = "auto",
     if k >= n:
         raise ValueError(f"k={k} must be smaller than the number of nodes ({n}): "
                          f"each node needs k other nodes. Use k <= {n - 1}.")
-    engine = resolve_backend(backend, xn.device)
+    engine = resolve_backend(backend, xn.device, n)
+    stats: dict = {}
     nbr, sim = knn_search(xn, None, k, backend=engine, chunk_size=chunk_size,
                           normalized=True, ivf_nlist=ivf_nlist,
-                          ivf_nprobe=ivf_nprobe)
+                          ivf_nprobe=ivf_nprobe, ivf_recall=ivf_recall,
+                          stats=stats)
     centre = torch.arange(n, device=xn.device).repeat_interleave(k)
     edge_index = torch.stack([nbr.reshape(-1), centre], dim=0)
     return Data(edge_index=edge_index, sim=sim.reshape(-1),
                 density=compute_density(sim, density, density_threshold),
-                num_nodes=n, k=k, backend=engine, density_kind=density)
+                num_nodes=n, k=k, backend=engine, density_kind=density, **stats)
 
 
 def neighbour_table(graph: Data) -> Tensor:

@@ -76,7 +76,8 @@ def build_graph(feats: Tensor, cfg: Config, device: torch.device) -> Data:
                                density=g.density,
                                density_threshold=g.density_threshold,
                                ivf_nlist=g.ivf_nlist,
-                               ivf_nprobe=g.ivf_nprobe).cpu()
+                               ivf_nprobe=g.ivf_nprobe,
+                               ivf_recall=g.ivf_recall).cpu()
 
 
 @torch.no_grad()
