@@ -68,12 +68,24 @@ def test_plot_path_lengths(tmp_path):
     _png_size(plot_path_lengths(None, tmp_path / "none.png"))
 
 
-def test_import_is_lazy(monkeypatch):
+def test_import_is_lazy(monkeypatch, tmp_path):
     # With matplotlib unimportable, re-executing the module must still work.
+    # Its submodules are blocked too: already loaded (by the tests above), a
+    # top-level `from matplotlib.figure import Figure` would take them from
+    # sys.modules and pass with the package alone blocked.
     import dag_pyg.train.plots as plots
 
+    for name in [m for m in sys.modules if m.split(".")[0] == "matplotlib"]:
+        monkeypatch.setitem(sys.modules, name, None)
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    importlib.reload(plots)
+    assert importlib.reload(plots) is plots
+    # The import happens when plotting, and the block holds: plotting is
+    # what fails, naming matplotlib, and writes nothing.
+    with pytest.raises(ImportError, match="matplotlib"):
+        plots.plot_curves(_records(), tmp_path / "curves.png")
+    with pytest.raises(ImportError, match="matplotlib"):
+        plots.plot_path_lengths([1, 2], tmp_path / "pl.png")
+    assert not any(tmp_path.iterdir())
 
 
 def test_drift_figure_from_metrics(tmp_path):
