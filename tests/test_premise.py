@@ -256,7 +256,9 @@ def test_steered_steers_the_refresh(monkeypatch):
                                cfg.dna.k, CPU)
     conf = torch.softmax(logits.double(), 1).amax(1)
     kept = out.banks.targets >= 0
-    assert torch.equal(kept[unl], conf[unl] >= tau)
+    train_unl = unl & ~data.check_mask
+    assert torch.equal(kept[train_unl], conf[train_unl] >= tau)
+    assert not bool(kept[data.check_mask].any())  # check nodes never train
     assert 0 < int(kept[unl].sum()) < int(unl.sum())
     # An earlier choice to drop the neighbour term is kept: the Label Bank is
     # the head on each node alone, and DPLP runs over that Label Bank.
@@ -273,7 +275,8 @@ def test_steered_steers_the_refresh(monkeypatch):
     conf = torch.softmax(own.double(), 1).amax(1)
     tau = off.stats["auto_threshold"]
     assert torch.equal(off.banks.targets,
-                       torch.where(unl & (conf < tau), -1, lp.targets))
+                       torch.where(unl & ((conf < tau) | data.check_mask), -1,
+                                   lp.targets))
     assert off.stats["check_lb_acc"] == pytest.approx(float(
         (prior[data.check_mask] == data.true_y[data.check_mask]).float().mean()))
 

@@ -241,7 +241,9 @@ def steer(cfg: Config, head: DNAHead, feats: Tensor, graph: Data,
     check = data.check_mask
     conf = torch.softmax(logits.double(), dim=1).amax(1)
     tau = admission_threshold(conf[check], out.targets[check] == truth[check])
-    drop = ~mask if tau is None else ~mask & (conf < tau)
+    # Check nodes never train (see dag_pyg.train.premise): the check then
+    # reads a model that has not fitted them, as test images meet it.
+    drop = (~mask if tau is None else ~mask & (conf < tau)) | check
     targets = torch.where(drop, torch.full_like(out.targets, -1), out.targets)
     rec.update(auto_neighbours=float(neighbours), auto_dplp=float(use_dplp),
                auto_threshold=math.nan if tau is None else tau)
