@@ -18,8 +18,8 @@ from dag_pyg.sampler import make_loader
 from dag_pyg.train import refresh
 from dag_pyg.train.epoch import epoch_batches, train_steps
 from dag_pyg.train.logger import RunLogger
-from dag_pyg.train.optim import build_optimizer, build_scaler
-from dag_pyg.train.setup import build_model, load_data
+from dag_pyg.train.optim import build_optim, build_optimizer
+from dag_pyg.train.setup import Run, build_model, load_data
 
 CPU = torch.device("cpu")
 QUIET = RunLogger()
@@ -31,6 +31,12 @@ def digits_setup(*extra):
     torch.manual_seed(0)
     data = load_data(cfg)
     return cfg, data, build_model(cfg, data, CPU, DistContext())
+
+
+def run_of(cfg, model, data, device=CPU):
+    """A one-process run of ``model`` on ``data`` that draws nothing."""
+    return Run(cfg=cfg, model=model, data=data, device=device, dist=DistContext(),
+               log=QUIET, gen=torch.Generator())
 
 
 # --------------------------------------------------------------------------- #
@@ -52,12 +58,13 @@ def one_step(cfg, data, model, banks, graph, seeds):
     """train_steps on one batch at learning rate 0 (nothing moves but the
     banks), returning the loss terms and the generator state it started at."""
     cfg.optim.lr = 0.0
-    opt, _ = build_optimizer(model.trainable_parameters(), cfg.optim)
     gen = torch.Generator().manual_seed(11)
     start = gen.get_state()
-    sums, done, _ = train_steps(cfg, model, data, opt, build_scaler("none", CPU),
-                                [seeds], banks, graph, False, CPU, gen,
-                                DistContext(), QUIET, "t")
+    run = Run(cfg=cfg, model=model, data=data, device=CPU, dist=DistContext(),
+              log=QUIET, gen=gen,
+              optim=build_optim(model.trainable_parameters(), cfg.optim, CPU))
+    sums, done, _ = train_steps(run, [seeds], banks, graph, pretrain=False,
+                                desc="t")
     assert done == 1
     return sums, start
 
@@ -94,7 +101,7 @@ def test_a_step_mixes_where_asked(place):
     from dag_pyg.train.losses import dag_loss
 
     cfg, data, model = digits_setup(f"loss.mixup_at={place}")
-    out = refresh(cfg, model, data, CPU, DistContext(), QUIET)
+    out = refresh(run_of(cfg, model, data))
     seeds = epoch_batches(data.num_labelled, data.nodes.numel(), cfg.optim,
                           False, torch.Generator().manual_seed(0))[0]
     bank_before = out.banks.features.clone()
@@ -117,7 +124,7 @@ def test_the_two_mixup_places_differ_and_agree_without_mixing():
         for alpha in (1.0, 0.0):
             cfg, data, model = digits_setup(f"loss.mixup_at={place}",
                                             f"loss.mixup_alpha={alpha}")
-            out = refresh(cfg, model, data, CPU, DistContext(), QUIET)
+            out = refresh(run_of(cfg, model, data))
             seeds = torch.arange(20, 84)
             losses[place, alpha] = one_step(cfg, data, model, out.banks,
                                             out.graph, seeds)[0]["loss"]
@@ -127,7 +134,7 @@ def test_the_two_mixup_places_differ_and_agree_without_mixing():
 
 def test_online_bank_rows_are_the_live_features():
     cfg, data, model = digits_setup("graph.bank=online", "loss.mixup_at=feature")
-    out = refresh(cfg, model, data, CPU, DistContext(), QUIET)
+    out = refresh(run_of(cfg, model, data))
     seeds = torch.arange(30, 94)
     before = out.banks.features.clone()
     _, start = one_step(cfg, data, model, out.banks, out.graph, seeds)
@@ -138,7 +145,7 @@ def test_online_bank_rows_are_the_live_features():
     rest[seeds] = False
     assert torch.equal(after[rest], before[rest])
     # A refresh from an online bank builds on it and extracts nothing.
-    again = refresh(cfg, model, data, CPU, DistContext(), QUIET, features=after)
+    again = refresh(run_of(cfg, model, data), features=after)
     assert again.banks.features is after
     assert again.graph.num_nodes == after.size(0)
 
@@ -180,7 +187,7 @@ def test_refresh_admits_by_confidence_and_agreement():
     from dag_pyg.train.refresh import label_bank_logits
 
     cfg, data, model = digits_setup()
-    full = refresh(cfg, model, data, CPU, DistContext(), QUIET)
+    full = refresh(run_of(cfg, model, data))
     assert full.stats["pl_admitted"] == 1.0
     logits = label_bank_logits(model.head, full.banks.features, full.graph,
                                cfg.dna.k, CPU)
@@ -191,7 +198,7 @@ def test_refresh_admits_by_confidence_and_agreement():
               "pseudo_label.admit=agree": full.banks.targets == pred}
     for extra, admitted in expect.items():
         cfg, data, model = digits_setup(extra)  # the same model (seeded)
-        out = refresh(cfg, model, data, CPU, DistContext(), QUIET)
+        out = refresh(run_of(cfg, model, data))
         want = torch.where(admitted | data.labelled_mask, full.banks.targets, -1)
         assert torch.equal(out.banks.targets, want)
         assert out.stats["pl_admitted"] == pytest.approx(
@@ -244,9 +251,9 @@ def test_head_passes_attention_options_to_its_layers():
 
 def test_bank_extraction_precision():
     cfg, data, model = digits_setup("model.backbone=cnn")
-    ref = refresh(cfg, model, data, CPU, DistContext(), QUIET).banks.features
+    ref = refresh(run_of(cfg, model, data)).banks.features
     cfg.graph.bank_amp = "bf16"
-    out = refresh(cfg, model, data, CPU, DistContext(), QUIET).banks.features
+    out = refresh(run_of(cfg, model, data)).banks.features
     assert out.dtype == torch.float32 and not torch.equal(out, ref)
     cos = torch.nn.functional.cosine_similarity(out, ref, dim=1)
     assert float(cos.min()) > 0.99  # bf16 rounding, nothing more

@@ -17,9 +17,15 @@ from dag_pyg.nn import DNAHead
 from dag_pyg.train import refresh
 from dag_pyg.train.logger import RunLogger
 from dag_pyg.train.premise import neighbour_vote, paired_gain, premise_check, wilson
-from dag_pyg.train.setup import build_model, load_data
+from dag_pyg.train.setup import Run, build_model, load_data
 
 CPU = torch.device("cpu")
+
+
+def run_of(cfg, model, data):
+    """A one-process run of ``model`` on ``data`` that draws nothing."""
+    return Run(cfg=cfg, model=model, data=data, device=CPU, dist=DistContext(),
+               log=RunLogger(), gen=torch.Generator())
 
 
 def test_wilson_matches_published_intervals():
@@ -118,7 +124,7 @@ def test_num_check_holds_labels_out_and_the_refresh_checks_them():
     assert not bool((data.labelled_mask & check).any())
     assert sorted(data.nodes.tolist()) == sorted(full.nodes.tolist())
     model = build_model(cfg, data, CPU, DistContext())
-    out = refresh(cfg, model, data, CPU, DistContext(), RunLogger())
+    out = refresh(run_of(cfg, model, data))
     s = out.stats
     assert s["check_n"] == 20
     truth = data.true_y[check]
@@ -127,7 +133,7 @@ def test_num_check_holds_labels_out_and_the_refresh_checks_them():
     # Training never reads the check nodes' labels: other labels there give
     # the same banks and targets (and another check record).
     data.true_y[check] = out.banks.prior[check]
-    again = refresh(cfg, model, data, CPU, DistContext(), RunLogger())
+    again = refresh(run_of(cfg, model, data))
     assert torch.equal(again.banks.targets, out.banks.targets)
     assert torch.equal(again.banks.prior, out.banks.prior)
     assert again.stats["check_lb_acc"] == 1.0 != s["check_lb_acc"]
@@ -246,7 +252,7 @@ def test_steered_steers_the_refresh(monkeypatch):
     # nodes' median.
     monkeypatch.setattr(refresh_module, "admission_threshold",
                         lambda conf, right: float(conf.median()))
-    out = refresh(cfg, model, data, CPU, DistContext(), RunLogger())
+    out = refresh(run_of(cfg, model, data))
     s, unl = out.stats, ~data.labelled_mask
     assert s["auto_dplp"] == 1.0 and out.banks.neighbours == bool(s["auto_neighbours"])
     tau = s["auto_threshold"]
@@ -262,8 +268,7 @@ def test_steered_steers_the_refresh(monkeypatch):
     assert 0 < int(kept[unl].sum()) < int(unl.sum())
     # An earlier choice to drop the neighbour term is kept: the Label Bank is
     # the head on each node alone, and DPLP runs over that Label Bank.
-    off = refresh(cfg, model, data, CPU, DistContext(), RunLogger(),
-                  neighbours=False)
+    off = refresh(run_of(cfg, model, data), neighbours=False)
     assert off.banks.neighbours is False and off.stats["auto_neighbours"] == 0.0
     with torch.no_grad():
         own = model.head.classify(model.head.embed_self(off.banks.features))

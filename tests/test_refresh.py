@@ -27,7 +27,7 @@ from dag_pyg.train import evaluate, refresh
 from dag_pyg.train.epoch import epoch_batches, split_for_refreshes
 from dag_pyg.train.logger import RunLogger
 from dag_pyg.train.refresh import label_stats, needs_banks
-from dag_pyg.train.setup import build_model, load_data
+from dag_pyg.train.setup import Run, build_model, load_data
 
 sys.path.insert(0, os.path.dirname(__file__))
 from dplp_reference import reference_dplp  # noqa: E402
@@ -166,9 +166,15 @@ def digits_setup(*extra, device=CPU):
     return cfg, data, build_model(cfg, data, device, DistContext())
 
 
+def run_of(cfg, model, data, device=CPU):
+    """A one-process run of ``model`` on ``data`` that draws nothing."""
+    return Run(cfg=cfg, model=model, data=data, device=device, dist=DistContext(),
+               log=QUIET, gen=torch.Generator())
+
+
 def test_refresh_equals_its_steps_done_by_hand(device):
     cfg, data, model = digits_setup("dplp.sigma=q0.5", device=device)
-    out = refresh(cfg, model, data, device, DistContext(), QUIET)
+    out = refresh(run_of(cfg, model, data, device))
     model.backbone.cpu().eval()  # the references on the CPU
     model.head.cpu()
     model.head.eval()
@@ -202,12 +208,12 @@ def test_refresh_equals_its_steps_done_by_hand(device):
 def test_refresh_of_a_baseline_reads_no_bank():
     cfg, data, model = digits_setup("dna.aggregator=none", "pseudo_label.source=none")
     assert not needs_banks(cfg, model.uses_graph_head)
-    out = refresh(cfg, model, data, CPU, DistContext(), QUIET)
+    out = refresh(run_of(cfg, model, data))
     assert out.graph is None and out.stats == {} and not out.banks.features.numel()
     assert torch.equal(out.banks.targets,
                        torch.where(data.labelled_mask, data.true_y, -1))
     cfg, data, model = digits_setup("pseudo_label.weighting=certainty")
-    out = refresh(cfg, model, data, CPU, DistContext(), QUIET)
+    out = refresh(run_of(cfg, model, data))
     assert out.banks.weights is not None
     assert 0 < out.stats["pl_weight_mean"] < 1
 
@@ -216,9 +222,9 @@ def test_refresh_of_a_baseline_reads_no_bank():
 def test_evaluate_classifies_like_the_model(aggregator, device):
     cfg, data, model = digits_setup(f"dna.aggregator={aggregator}", "data.num_val=40",
                                     device=device)
-    out = refresh(cfg, model, data, device, DistContext(), QUIET)
-    rec = evaluate(cfg, model, data, out.banks.features, out.graph, device,
-                   DistContext(), QUIET)
+    out = refresh(run_of(cfg, model, data, device))
+    rec = evaluate(run_of(cfg, model, data, device), out.banks.features,
+                   out.graph)
     model.backbone.cpu()  # the reference on the CPU
     model.head.cpu()
     test = data.test_set

@@ -1,5 +1,6 @@
 """End to end on scikit-learn's digits with tiny epochs (whole runs: the
 slow tier; the steps themselves are tested in test_refresh.py)."""
+import inspect
 import json
 import math
 
@@ -29,6 +30,11 @@ def tiny(*extra):
 def weights(run_dir):
     s = load_checkpoint(run_dir / "checkpoint.pt")
     return s["backbone"], s["head"], s["banks"]
+
+
+def bound(fn, args, kwargs):
+    """The arguments of a call ``fn(*args, **kwargs)``, by parameter name."""
+    return inspect.signature(fn).bind(*args, **kwargs).arguments
 
 
 def same(a, b):
@@ -247,13 +253,16 @@ def test_refreshes_within_an_epoch(tmp_path, monkeypatch):
     real_steps, real_refresh = epoch_module.train_steps, loop_module.refresh
 
     def steps(*args, **kwargs):
-        events.append(("steps", len(args[5])))  # the batches trained on
-        read.append(None if args[6] is None else args[6].features.clone())
+        call = bound(real_steps, args, kwargs)
+        events.append(("steps", len(call["batches"])))  # the batches trained on
+        banks = call["banks"]
+        read.append(None if banks is None else banks.features.clone())
         return real_steps(*args, **kwargs)
 
     def refresh(*args, **kwargs):
-        events.append(("refresh", args[1].backbone.training))
-        fresh.append(bank_by_hand(args[1].backbone, args[2]))
+        run = bound(real_refresh, args, kwargs)["run"]
+        events.append(("refresh", run.model.backbone.training))
+        fresh.append(bank_by_hand(run.model.backbone, run.data))
         return real_refresh(*args, **kwargs)
 
     monkeypatch.setattr(epoch_module, "train_steps", steps)

@@ -48,7 +48,7 @@ from dag_pyg.distributed import DistContext
 from dag_pyg.train.checkpoint import CheckpointError
 from dag_pyg.train.evaluate import load_run, predict
 from dag_pyg.train.interrupt import TrainingInterrupted
-from dag_pyg.train.logger import write_json_atomic
+from dag_pyg.train.logger import RunLogger, write_json_atomic
 from dag_pyg.train.premise import paired_gain, wilson
 from dag_pyg.train.setup import CHECKPOINT, CHOICE, default_num_check, run_started
 
@@ -86,8 +86,9 @@ def check_right(run_dir: Path) -> tuple[Tensor, Tensor]:
                           "it has no check to compare on.")
     rows = data.nodes[data.check_mask]
     feats, graph = loaded.bank_and_graph()
-    pred = predict(loaded.cfg, loaded.model, data, feats, graph, data.train_set,
-                   rows, loaded.device, DistContext(), None, "check")
+    with RunLogger() as quiet:  # no bars, no files
+        pred = predict(loaded.as_run(quiet), feats, graph, data.train_set, rows,
+                       "check")
     return rows, pred == data.train_set.targets[rows]
 
 

@@ -14,12 +14,10 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Data
 
-from dag_pyg.config import Config, OptimConfig
+from dag_pyg.config import OptimConfig
 from dag_pyg.data.transforms import mix, mixup_draw
 from dag_pyg.distributed import DistContext
 from dag_pyg.sampler import make_loader
-from dag_pyg.train.interrupt import StopRequest
-from dag_pyg.train.logger import RunLogger
 from dag_pyg.train.losses import dag_loss
 from dag_pyg.train.optim import autocast
 from dag_pyg.train.refresh import (
@@ -29,7 +27,7 @@ from dag_pyg.train.refresh import (
     refresh,
     writes_bank,
 )
-from dag_pyg.train.setup import Model, TrainData
+from dag_pyg.train.setup import Run
 
 
 def epoch_batches(num_labelled: int, num_nodes: int, o: OptimConfig,
@@ -72,19 +70,17 @@ def split_for_refreshes(batches: list[Tensor], parts: int) -> list[list[Tensor]]
     return [batches[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
-def train_steps(cfg: Config, model: Model, data: TrainData,
-                optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-                batches: list[Tensor],
-                banks: Banks | None, graph: Data | None, pretrain: bool,
-                device: torch.device, gen: torch.Generator, dist: DistContext,
-                log: RunLogger, desc: str,
-                sums: dict[str, float] | None = None,
-                stop: StopRequest | None = None
+def train_steps(run: Run, batches: list[Tensor], banks: Banks | None,
+                graph: Data | None, pretrain: bool, desc: str,
+                sums: dict[str, float] | None = None
                 ) -> tuple[dict[str, float], int, int | None]:
-    """Trains on ``batches`` with the banks and graph given; returns the
-    loss terms summed over the steps (added to ``sums``), the number of
-    steps taken and, where ``stop`` was requested, the signal (the steps
-    then end after the current one)."""
+    """Trains on ``batches`` with the banks and graph given (``desc``: the
+    progress bar's label); returns the loss terms summed over the steps
+    (added to ``sums``), the number of steps taken and, where the run's
+    ``stop`` was requested, the signal (the steps then end after the
+    current one)."""
+    cfg, model, data, device = run.cfg, run.model, run.data, run.device
+    gen, dist, optim = run.gen, run.dist, run.optim
     sums = dict(sums or {})
     done, signum = 0, None
     use_graph = model.uses_graph_head and not pretrain and banks.neighbours
@@ -98,7 +94,7 @@ def train_steps(cfg: Config, model: Model, data: TrainData,
         loader = make_loader(graph, cfg.dna.k, cfg.dna.hops, sampler=cfg.dna.sampler)
         bank, density = banks.features.to(device), graph.density.to(device)
     num_classes = data.num_classes
-    for seeds in log.progress(batches, desc=desc, total=len(batches)):
+    for seeds in run.log.progress(batches, desc=desc, total=len(batches)):
         y = data.true_y[seeds] if pretrain else banks.targets[seeds]
         # Samples without a target get an all-zero target row: mixing then
         # weights each component's cross-entropy by its share (see losses).
@@ -139,10 +135,10 @@ def train_steps(cfg: Config, model: Model, data: TrainData,
         terms = dag_loss(logits.float(), target.to(device),
                          0.0 if pretrain else cfg.loss.entropy_weight,
                          0.0 if pretrain else cfg.loss.balance_weight, ctx=dist)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(terms["loss"]).backward()
-        scaler.step(optimizer)
-        scaler.update()
+        optim.optimizer.zero_grad(set_to_none=True)
+        optim.scaler.scale(terms["loss"]).backward()
+        optim.scaler.step(optim.optimizer)
+        optim.scaler.update()
         for key, value in terms.items():
             sums[key] = sums.get(key, 0.0) + float(value.detach())
         if live is not None:
@@ -163,7 +159,7 @@ def train_steps(cfg: Config, model: Model, data: TrainData,
                 if use_graph and bank is not banks.features:
                     bank[rows_ok.to(device)] = live.to(bank.device)
         done += 1
-        if stop is not None and (signum := stop.requested(dist)):
+        if run.stop is not None and (signum := run.stop.requested(dist)):
             break
     return sums, done, signum
 
@@ -219,35 +215,34 @@ class EpochResult(NamedTuple):
     signum: int | None         # the signal that interrupted the epoch
 
 
-def train_epoch(cfg: Config, model: Model, data: TrainData,
-                optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-                banks: Banks | None,
-                graph: Data | None, epoch: int, device: torch.device,
-                gen: torch.Generator, dist: DistContext,
-                log: RunLogger, progress: EpochProgress | None = None,
-                stop: StopRequest | None = None) -> EpochResult:
-    """One epoch (or the rest of an interrupted one, ``progress``); with
-    ``graph.refresh_per_epoch`` > 1 the banks and graph are also refreshed at
-    evenly spaced steps. A signal (``stop``) ends it after the current step."""
+def train_epoch(run: Run, epoch: int, banks: Banks | None, graph: Data | None,
+                progress: EpochProgress | None = None) -> EpochResult:
+    """One epoch (or the rest of an interrupted one, ``progress``) from the
+    banks and graph given; with ``graph.refresh_per_epoch`` > 1 they are also
+    refreshed at evenly spaced steps. A signal (the run's ``stop``) ends it
+    after the current step."""
+    cfg, data, dist = run.cfg, run.data, run.dist
     pretrain = epoch < cfg.optim.pretrain_epochs
     if progress is None:
         batches = epoch_batches(data.num_labelled, data.nodes.numel(), cfg.optim,
-                                pretrain, gen)
+                                pretrain, run.gen)
         world = dist.world_size
         if world > 1 and any(b.numel() < world for b in batches):
-            log.warning(f"epoch {epoch}: batches with fewer samples than the "
-                        f"{world} processes are skipped; lower the number of "
-                        "processes or raise optim.batch_size.")
+            run.log.warning(f"epoch {epoch}: batches with fewer samples than "
+                            f"the {world} processes are skipped; lower the "
+                            "number of processes or raise optim.batch_size.")
             batches = [b for b in batches if b.numel() >= world]
         progress = EpochProgress(batches)
-    mid = not pretrain and needs_banks(cfg, model.uses_graph_head)
+    mid = not pretrain and needs_banks(cfg, run.model.uses_graph_head)
     parts = split_for_refreshes(progress.batches,
                                 cfg.graph.refresh_per_epoch if mid else 1)
     desc = f"{'pretrain' if pretrain else 'train'} {epoch}"
     online = mid and writes_bank(cfg, pretrain) and banks is not None
-    built = banks  # the banks the current graph was built on
+    # The Feature Bank the current graph was built on (an online bank: the
+    # steps since wrote into a copy).
+    built = None if banks is None else banks.features
     if online and progress.built is not None:
-        built = dataclasses.replace(banks, features=progress.built)
+        built = progress.built
     ends = itertools.accumulate(len(part) for part in parts)
     for i, (part, end) in enumerate(zip(parts, ends, strict=True)):
         start = end - len(part)
@@ -255,23 +250,20 @@ def train_epoch(cfg: Config, model: Model, data: TrainData,
             continue  # finished before the interruption
         if i and start >= progress.done:  # not refreshed before it
             t = time.perf_counter()
-            new = refresh(cfg, model, data, device, dist, log,
-                          features=banks.features if online else None,
+            new = refresh(run, features=banks.features if online else None,
                           neighbours=banks.neighbours)
             progress.mid_s += time.perf_counter() - t
-            if step_drift := drift_stats(built, new.banks, new.graph, cfg.dna.k,
-                                         device):
+            if step_drift := drift_stats(run, built, new.banks, new.graph):
                 progress.drift.append(step_drift)
             banks, graph = new.banks, new.graph
-            built = banks
+            built = banks.features
         if online:  # the steps write into a copy: `built` stays as it was
             banks = dataclasses.replace(banks, features=banks.features.clone())
-            progress.built = built.features
+            progress.built = built
         shown = desc if len(parts) == 1 else f"{desc} ({i + 1}/{len(parts)})"
         todo = part[max(0, progress.done - start):]
         progress.sums, taken, signum = train_steps(
-            cfg, model, data, optimizer, scaler, todo, banks, graph, pretrain,
-            device, gen, dist, log, shown, progress.sums, stop)
+            run, todo, banks, graph, pretrain, shown, progress.sums)
         # max: an empty first run (a cut at step 0) must not move it back.
         progress.done = max(progress.done, end - len(todo) + taken)
         if signum:

@@ -16,13 +16,14 @@ from dag_pyg.data import ArrayDataset
 from dag_pyg.distributed import DistContext
 from dag_pyg.sampler import predict_queries
 from dag_pyg.train.checkpoint import CheckpointError, load_checkpoint
-from dag_pyg.train.features import extract_features
+from dag_pyg.train.features import features_of
 from dag_pyg.train.logger import RunLogger, write_json_atomic
 from dag_pyg.train.refresh import build_graph
 from dag_pyg.train.setup import (
     CHECKPOINT,
     CHOICE,
     Model,
+    Run,
     TrainData,
     build_model,
     check_run_dir,
@@ -32,17 +33,14 @@ from dag_pyg.train.setup import (
 )
 
 
-def predict(cfg: Config, model: Model, data: TrainData, feats: Tensor | None,
-            graph: Data | None, dataset: ArrayDataset, rows: Tensor,
-            device: torch.device, dist: DistContext,
-            log: RunLogger | None, desc: str) -> Tensor:
+def predict(run: Run, feats: Tensor | None, graph: Data | None,
+            dataset: ArrayDataset, rows: Tensor, desc: str) -> Tensor:
     """Predicted class of ``dataset[rows]`` ``[len(rows)]``: each rank
     classifies its shard of the queries, retrieving neighbours from the
     global Feature Bank ``feats`` (a graph head without a ``graph``
     classifies them on their own)."""
-    q = extract_features(model.backbone, data.eval_tf, dataset, dist.shard(rows),
-                         device, cfg.eval.batch_size, log, desc, cfg.optim.amp,
-                         cfg.model.channels_last)
+    cfg, model, dist, device = run.cfg, run.model, run.dist, run.device
+    q = features_of(run, dataset, dist.shard(rows), desc, cfg.optim.amp)
     model.head.eval()
     if model.uses_graph_head and graph is not None:
         logits = predict_queries(model.head, q, feats.to(device), graph.to(device),
@@ -54,32 +52,27 @@ def predict(cfg: Config, model: Model, data: TrainData, feats: Tensor | None,
                                 dist.shard_sizes(rows.numel())).cpu()
 
 
-def error_rate(cfg: Config, model: Model, data: TrainData, feats: Tensor | None,
-               graph: Data | None, dataset: ArrayDataset, rows: Tensor,
-               truth: Tensor, device: torch.device, dist: DistContext,
-               log: RunLogger | None, desc: str) -> float:
-    """Error (%) of :func:`predict` on ``dataset[rows]`` against ``truth``."""
-    pred = predict(cfg, model, data, feats, graph, dataset, rows, device, dist,
-                   log, desc)
-    return 100.0 * float((pred != truth).float().mean())
+def error_rate(run: Run, feats: Tensor | None, graph: Data | None,
+               dataset: ArrayDataset, rows: Tensor, desc: str) -> float:
+    """Error (%) of :func:`predict` on ``dataset[rows]`` against their
+    labels."""
+    pred = predict(run, feats, graph, dataset, rows, desc)
+    return 100.0 * float((pred != dataset.targets[rows]).float().mean())
 
 
-def evaluate(cfg: Config, model: Model, data: TrainData, feats: Tensor | None,
-             graph: Data | None, device: torch.device, dist: DistContext,
-             log: RunLogger | None) -> dict[str, float]:
+def evaluate(run: Run, feats: Tensor | None, graph: Data | None
+             ) -> dict[str, float]:
     """Test error, validation error (where the split holds a validation set)
-    and the time both took."""
+    and the time both took, retrieving from the Feature Bank ``feats`` over
+    ``graph`` (see :func:`predict`)."""
     t, rec = time.perf_counter(), {}
+    data = run.data
     test = data.test_set
-    rec["test_error"] = error_rate(cfg, model, data, feats, graph, test,
-                                   torch.arange(len(test)), test.targets, device,
-                                   dist, log, "test")
+    rec["test_error"] = error_rate(run, feats, graph, test,
+                                   torch.arange(len(test)), "test")
     val = data.split.val
     if val.numel():
-        rec["val_error"] = error_rate(cfg, model, data, feats, graph,
-                                      data.train_set, val,
-                                      data.train_set.targets[val], device, dist,
-                                      log, "val")
+        rec["val_error"] = error_rate(run, feats, graph, data.train_set, val, "val")
     rec["time_eval"] = time.perf_counter() - t
     return rec
 
@@ -111,6 +104,13 @@ class LoadedRun:
 
     def build_graph(self, feats: Tensor) -> Data:
         return build_graph(feats, self.cfg, self.device)
+
+    def as_run(self, log: RunLogger) -> Run:
+        """The loaded model as a :class:`~dag_pyg.train.setup.Run` of one
+        process that evaluates (it draws nothing from its generator)."""
+        return Run(cfg=self.cfg, model=self.model, data=self.data,
+                   device=self.device, dist=DistContext(), log=log,
+                   gen=torch.Generator())
 
     def bank_and_graph(self) -> tuple[Tensor | None, Data | None]:
         """The Feature Bank and the graph queries retrieve from (:obj:`None`
@@ -184,8 +184,7 @@ def evaluate_run(run_dir: str | Path, num_test: int | str | None = None) -> dict
                    resume_epoch=None) as log:
         out = {"run_dir": str(run_dir), "epoch": run.state["epoch"],
                "num_test": len(run.data.test_set),
-               **evaluate(run.cfg, run.model, run.data, feats, graph, run.device,
-                          DistContext(), log)}
+               **evaluate(run.as_run(log), feats, graph)}
     name = "eval.json" if num_test is None else f"eval_test-{num_test}.json"
     write_json_atomic(run_dir / name, out)
     return out

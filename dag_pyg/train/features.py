@@ -9,9 +9,9 @@ import torch
 from torch import Tensor, nn
 
 from dag_pyg.data import ArrayDataset, BatchTransform
-from dag_pyg.distributed import DistContext
 from dag_pyg.train.logger import RunLogger
 from dag_pyg.train.optim import autocast
+from dag_pyg.train.setup import Run
 
 
 @torch.no_grad()
@@ -38,17 +38,24 @@ def extract_features(backbone: nn.Module, transform: BatchTransform,
     return torch.cat(out)
 
 
-def extract_bank(backbone: nn.Module, transform: BatchTransform,
-                 dataset: ArrayDataset, rows: Tensor, device: torch.device,
-                 batch_size: int, dist: DistContext,
-                 log: RunLogger | None = None,
-                 desc: str = "feature bank", amp: str = "none",
-                 channels_last: bool = False) -> tuple[Tensor, float]:
-    """:func:`extract_features` of all ``rows`` on the CPU, each rank
-    extracting its shard; returns the features and the seconds the
-    all-gather took."""
-    local = extract_features(backbone, transform, dataset, dist.shard(rows),
-                             device, batch_size, log, desc, amp, channels_last)
+def features_of(run: Run, dataset: ArrayDataset, rows: Tensor, desc: str,
+                amp: str) -> Tensor:
+    """:func:`extract_features` of ``dataset[rows]`` with the run's backbone,
+    eval transform, device, ``eval.batch_size``, progress bars and memory
+    format, under ``amp``."""
+    cfg = run.cfg
+    return extract_features(run.model.backbone, run.data.eval_tf, dataset, rows,
+                            run.device, cfg.eval.batch_size, run.log, desc, amp,
+                            cfg.model.channels_last)
+
+
+def extract_bank(run: Run) -> tuple[Tensor, float]:
+    """The Feature Bank: :func:`features_of` every training node (under
+    ``graph.bank_amp``, else ``optim.amp``) on the CPU, each rank extracting
+    its shard; returns the features and the seconds the all-gather took."""
+    cfg, dist, rows = run.cfg, run.dist, run.data.nodes
+    local = features_of(run, run.data.train_set, dist.shard(rows), "feature bank",
+                        cfg.graph.bank_amp or cfg.optim.amp)
     t = time.perf_counter()
     out = dist.all_gather_rows(local, dist.shard_sizes(rows.numel())).cpu()
     return out, time.perf_counter() - t

@@ -25,7 +25,6 @@ same order and with the same augmentation as one.
 """
 from __future__ import annotations
 
-import dataclasses
 import gc
 import signal
 import time
@@ -43,32 +42,25 @@ from dag_pyg.distributed import (
     shutdown,
 )
 from dag_pyg.train.auto import train_auto
-from dag_pyg.train.checkpoint import capture_rng_state, load_checkpoint, save_checkpoint
-from dag_pyg.train.epoch import EpochProgress, train_epoch
+from dag_pyg.train.checkpoint import load_checkpoint, save_checkpoint
+from dag_pyg.train.epoch import train_epoch
 from dag_pyg.train.evaluate import evaluate
 from dag_pyg.train.interrupt import StopRequest, TrainingInterrupted
 from dag_pyg.train.logger import RunLogger, read_metrics, write_json_atomic
-from dag_pyg.train.optim import build_optimizer, build_scaler
+from dag_pyg.train.optim import build_optim
 from dag_pyg.train.plots import plot_curves, plot_path_lengths
 from dag_pyg.train.premise import check_summary
-from dag_pyg.train.refresh import (
-    Banks,
-    drift_stats,
-    refresh,
-    shared_graph,
-    writes_bank,
-)
+from dag_pyg.train.refresh import drift_stats, refresh, shared_graph, writes_bank
 from dag_pyg.train.setup import (
     CHECKPOINT,
-    Model,
-    TrainData,
+    Run,
     build_model,
     check_run_dir,
     load_data,
     resolve_device,
     seed_everything,
 )
-from dag_pyg.train.state import restore_run_state, run_state
+from dag_pyg.train.state import TrainState, check_checkpoint, resume_epoch
 
 
 def _peak_rss_mb() -> float:
@@ -97,10 +89,10 @@ def summary_line(rec: dict) -> str:
     return "  ".join(parts)
 
 
-def finish(cfg: Config, run_dir: Path, data: TrainData, history: dict,
-           last: dict, path_lengths: torch.Tensor | None,
-           log: RunLogger) -> dict:
+def finish(run: Run, history: dict, last: dict,
+           path_lengths: torch.Tensor | None) -> dict:
     """Writes ``summary.json`` and the plots; returns the summary."""
+    cfg, run_dir, data = run.cfg, run.run_dir, run.data
     records = read_metrics(run_dir / "metrics.jsonl")
     main = [r for r in records if r.get("phase") == "train"]
     summary = {
@@ -130,32 +122,33 @@ def finish(cfg: Config, run_dir: Path, data: TrainData, history: dict,
     msg = f"done: test error {err if err is None else round(err, 2)}% (last epoch)"
     if best:
         msg += f", {best['test_error']:.2f}% at best val epoch {best['epoch']}"
-    log.info(msg)
+    run.log.info(msg)
     return summary
 
 
-def write_checkpoint(run_dir: Path, dist: DistContext, gen: torch.Generator,
-                     epoch: int, cfg: Config, model: Model,
-                     optimizer: torch.optim.Optimizer,
-                     scheduler: torch.optim.lr_scheduler.LRScheduler,
-                     scaler: torch.amp.GradScaler,
-                     banks: Banks | None, history: dict, data: TrainData,
-                     **extra) -> None:
-    """Rank 0 writes the checkpoint (atomically) with every rank's RNG state
-    (``extra``: the mid-epoch fields of :func:`~dag_pyg.train.state.run_state`)."""
-    rng = dist.all_gather_object(capture_rng_state({"data": gen}))
-    dist.on_main(lambda: save_checkpoint(run_dir / CHECKPOINT, run_state(
-        epoch, cfg, model, optimizer, scheduler, scaler, banks, history, data,
-        rng, dist.world_size, **extra)), share=False)
+def write_checkpoint(state: TrainState) -> None:
+    """Every rank adds its RNG state (and within an epoch its loss sums) to
+    the checkpoint; rank 0 writes it, atomically."""
+    run = state.run
+    checkpoint = state.state_dict()
+    run.dist.on_main(lambda: save_checkpoint(run.run_dir / CHECKPOINT, checkpoint),
+                     share=False)
 
 
-def _interrupted(log: RunLogger, signum: int, where: str,
-                 run_dir: Path) -> TrainingInterrupted:
+def _interrupted(run: Run, signum: int, where: str) -> TrainingInterrupted:
     msg = (f"interrupted by {signal.Signals(signum).name} {where}; the checkpoint "
-           f"is written: continue with `dag-pyg train CONFIG --out {run_dir} "
+           f"is written: continue with `dag-pyg train CONFIG --out {run.run_dir} "
            "--resume`")
-    log.warning(msg)
+    run.log.warning(msg)
     return TrainingInterrupted(msg, signum)
+
+
+def skipped_note(skipped: list[str]) -> list[str]:
+    """The log's note on undecodable files left out (none: no note)."""
+    if not skipped:
+        return []
+    return [f"data.skip_bad_files: left out {len(skipped)} file(s) that do not "
+            f"decode: {', '.join(skipped[:5])}{' ...' if len(skipped) > 5 else ''}"]
 
 
 def run(cfg: Config, run_dir: str | Path, resume: bool = False,
@@ -179,120 +172,108 @@ def run(cfg: Config, run_dir: str | Path, resume: bool = False,
     gen = torch.Generator().manual_seed(cfg.seed)
     data = load_data(cfg)
     model = build_model(cfg, data, device, dist)
-    optimizer, scheduler = build_optimizer(model.trainable_parameters(), cfg.optim)
-    scaler = build_scaler(cfg.optim.amp, device)
+    optim = build_optim(model.trainable_parameters(), cfg.optim, device)
 
-    total = cfg.optim.pretrain_epochs + cfg.optim.epochs
-    start, banks, history, notes = 0, None, {"best_val": None, "best": None}, []
-    progress, epoch_start = None, None
+    saved = None
     if resume:
         # Rank 0 reads the file (other machines need not see it) and shares it.
-        state = dist.on_main(lambda: load_checkpoint(run_dir / CHECKPOINT))
-        done, banks, history, notes = restore_run_state(
-            state, cfg, model, optimizer, scheduler, scaler, data, gen, dist,
-            str(run_dir))
-        start = done + 1
-        if state.get("progress") is not None:  # stopped within epoch `done`
-            start = done
-            progress = EpochProgress(**state["progress"]).for_rank(dist)
-            feats = state.get("epoch_start_features")
-            epoch_start = None if feats is None else Banks(feats, banks.prior,
-                                                           banks.targets)
-    if dist.is_main:  # after the checkpoint matched: a failed resume writes nothing
+        saved = dist.on_main(lambda: load_checkpoint(run_dir / CHECKPOINT))
+        # Before anything is written: a failed resume leaves the folder as it was.
+        check_checkpoint(saved, cfg, data, run_dir)
+    if dist.is_main:
         data.split.save(str(run_dir / "split.json"))
         save_config(cfg, run_dir / "config.yaml")
-    graph, path_lengths = None, None
     stop = StopRequest()
     log = RunLogger(run_dir, rank=dist.rank, tensorboard=cfg.log.tensorboard,
-                    progress=cfg.log.progress, resume_epoch=start)
+                    progress=cfg.log.progress,
+                    resume_epoch=0 if saved is None else resume_epoch(saved))
+    run = Run(cfg=cfg, model=model, data=data, device=device, dist=dist, log=log,
+              gen=gen, run_dir=run_dir, optim=optim, stop=stop)
+    state = TrainState(run)
+    if saved is not None:
+        state.load_state_dict(saved)
     with stop.installed(), log:
-        if data.skipped:
-            notes.append(f"data.skip_bad_files: left out {len(data.skipped)} "
-                         f"file(s) that do not decode: "
-                         f"{', '.join(data.skipped[:5])}"
-                         f"{' ...' if len(data.skipped) > 5 else ''}")
-        for note in notes:
-            log.warning(note)
-        procs = (f", {dist.world_size} processes ({dist.backend})"
-                 if dist.enabled else "")
-        log.info(f"run {cfg.name} -> {run_dir} on {device}{procs}: "
-                 f"{len(data.nodes)} train nodes ({data.num_labelled} "
-                 f"labelled), {len(data.test_set)} test, "
-                 f"epochs {start}..{total - 1}")
-        if banks is not None and banks.features.numel():
-            # An online bank stopped mid-epoch was written since its graph
-            # was built: the graph comes from the bank as it was then.
-            built = banks.features if progress is None or progress.built is None \
-                else progress.built
-            graph = shared_graph(built, cfg, device, dist)
-        rec: dict = history.get("last", {})
-        for epoch in range(start, total):
-            pretrain = epoch < cfg.optim.pretrain_epochs
-            t0 = time.perf_counter()
-            if banks is None and not pretrain:  # no pre-training: seed banks
-                seeded = refresh(cfg, model, data, device, dist, log)
-                banks, graph = seeded.banks, seeded.graph
+        return train_epochs(run, state, stop_after)
+
+
+def train_epochs(run: Run, state: TrainState, stop_after: int | None) -> dict:
+    """The epochs from ``state`` on (see :func:`run`); returns the summary."""
+    cfg, dist, log = run.cfg, run.dist, run.log
+    total = cfg.optim.pretrain_epochs + cfg.optim.epochs
+    start = state.next_epoch
+    for note in state.notes + skipped_note(run.data.skipped):
+        log.warning(note)
+    data = run.data
+    procs = (f", {dist.world_size} processes ({dist.backend})"
+             if dist.enabled else "")
+    log.info(f"run {cfg.name} -> {run.run_dir} on {run.device}{procs}: "
+             f"{len(data.nodes)} train nodes ({data.num_labelled} "
+             f"labelled), {len(data.test_set)} test, "
+             f"epochs {start}..{total - 1}")
+    graph, path_lengths = None, None
+    if (built := state.graph_bank()) is not None:
+        # An online bank stopped mid-epoch was written since its graph
+        # was built: the graph comes from the bank as it was then.
+        graph = shared_graph(run, built)
+    rec: dict = state.history.get("last", {})
+    for epoch in range(start, total):
+        pretrain = epoch < cfg.optim.pretrain_epochs
+        t0 = time.perf_counter()
+        if state.banks is None and not pretrain:  # no pre-training: seed banks
+            seeded = refresh(run)
+            state.banks, graph = seeded.banks, seeded.graph
+        if state.progress is None:
             # The end-of-epoch drift is measured against the banks the epoch
             # started with, across any mid-epoch refreshes.
-            old = banks if progress is None else epoch_start
-            res = train_epoch(cfg, model, data, optimizer, scaler, banks, graph,
-                              epoch, device, gen, dist, log, progress, stop)
-            losses, mid, banks, graph, progress = res.losses, res.mids, \
-                res.banks, res.graph, None
-            if res.signum:
-                res.progress.sums_ranks = dist.all_gather_object(res.progress.sums)
-                write_checkpoint(run_dir, dist, gen, epoch, cfg, model, optimizer,
-                                 scheduler, scaler, banks, history, data,
-                                 progress=dataclasses.asdict(res.progress),
-                                 epoch_start_features=None if old is None
-                                 else old.features)
-                raise _interrupted(log, res.signum, f"in epoch {epoch} after "
-                                   f"step {res.progress.done}/"
-                                   f"{len(res.progress.batches)}", run_dir)
-            t_train = time.perf_counter() - t0
-            scheduler.step()
-            rec = {"epoch": epoch, "phase": "pretrain" if pretrain else "train",
-                   "lr": optimizer.param_groups[0]["lr"], **losses,
-                   "time_train": t_train, **mid}
-            # The last pre-training epoch builds epoch 0's banks.
-            if not pretrain or epoch == cfg.optim.pretrain_epochs - 1:
-                main_epoch = epoch - cfg.optim.pretrain_epochs + 1
-                # An online bank was written by this epoch's steps; the one
-                # after pre-training is extracted.
-                new = refresh(cfg, model, data, device, dist, log,
-                              features=banks.features
-                              if writes_bank(cfg, pretrain) else None,
-                              neighbours=None if banks is None
-                              else banks.neighbours)
-                banks, graph = new.banks, new.graph
-                path_lengths = new.path_lengths
-                rec.update(new.stats)
-                if epoch == total - 1 or (main_epoch >= 0
-                                          and main_epoch % cfg.eval.every == 0):
-                    rec.update(evaluate(cfg, model, data, banks.features,
-                                        graph if banks.neighbours else None,
-                                        device, dist, log))
-                rec.update(drift_stats(old, banks, graph, cfg.dna.k, device))
-            rec["time_epoch"] = time.perf_counter() - t0
-            rss = dist.all_gather_object(_peak_rss_mb())
-            rec["mem_rss_mb"] = max(rss)
-            if dist.enabled:
-                rec["mem_rss_mb_ranks"] = rss
-            update_best(history, rec)
-            history["last"] = rec
-            log.metrics(rec)
-            log.info(summary_line(rec))
-            write_checkpoint(run_dir, dist, gen, epoch, cfg, model, optimizer,
-                             scheduler, scaler, banks, history, data)
-            if epoch < total - 1 and (signum := stop.requested(dist)):
-                raise _interrupted(log, signum, f"after epoch {epoch}", run_dir)
-            if stop_after is not None and epoch >= stop_after and epoch < total - 1:
-                log.info(f"stopping after epoch {epoch} as asked; continue "
-                         "with --resume")
-                break
-        summary = dist.on_main(lambda: finish(cfg, run_dir, data, history, rec,
-                                              path_lengths, log))
-    return summary
+            state.epoch_start = None if state.banks is None \
+                else state.banks.features
+        res = train_epoch(run, epoch, state.banks, graph, state.progress)
+        state.banks, graph, state.progress = res.banks, res.graph, None
+        if res.signum:
+            state.epoch, state.progress = epoch, res.progress
+            write_checkpoint(state)
+            raise _interrupted(run, res.signum, f"in epoch {epoch} after step "
+                               f"{res.progress.done}/{len(res.progress.batches)}")
+        t_train = time.perf_counter() - t0
+        run.optim.scheduler.step()
+        rec = {"epoch": epoch, "phase": "pretrain" if pretrain else "train",
+               "lr": run.optim.optimizer.param_groups[0]["lr"], **res.losses,
+               "time_train": t_train, **res.mids}
+        # The last pre-training epoch builds epoch 0's banks.
+        if not pretrain or epoch == cfg.optim.pretrain_epochs - 1:
+            main_epoch = epoch - cfg.optim.pretrain_epochs + 1
+            banks = state.banks
+            # An online bank was written by this epoch's steps; the one
+            # after pre-training is extracted.
+            new = refresh(run, features=banks.features
+                          if writes_bank(cfg, pretrain) else None,
+                          neighbours=None if banks is None else banks.neighbours)
+            state.banks, graph = new.banks, new.graph
+            path_lengths = new.path_lengths
+            rec.update(new.stats)
+            if epoch == total - 1 or (main_epoch >= 0
+                                      and main_epoch % cfg.eval.every == 0):
+                rec.update(evaluate(run, new.banks.features,
+                                    graph if new.banks.neighbours else None))
+            rec.update(drift_stats(run, state.epoch_start, new.banks, graph))
+        rec["time_epoch"] = time.perf_counter() - t0
+        rss = dist.all_gather_object(_peak_rss_mb())
+        rec["mem_rss_mb"] = max(rss)
+        if dist.enabled:
+            rec["mem_rss_mb_ranks"] = rss
+        update_best(state.history, rec)
+        state.history["last"] = rec
+        log.metrics(rec)
+        log.info(summary_line(rec))
+        state.epoch = epoch
+        write_checkpoint(state)
+        if epoch < total - 1 and (signum := run.stop.requested(dist)):
+            raise _interrupted(run, signum, f"after epoch {epoch}")
+        if stop_after is not None and epoch >= stop_after and epoch < total - 1:
+            log.info(f"stopping after epoch {epoch} as asked; continue "
+                     "with --resume")
+            break
+    return dist.on_main(lambda: finish(run, state.history, rec, path_lengths))
 
 
 def _train(cfg: Config, run_dir: str | Path, resume: bool,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -45,3 +46,20 @@ def build_scaler(amp: str, device: torch.device) -> torch.amp.GradScaler:
     """The gradient scaler fp16 needs (its small range underflows
     gradients); a disabled one, which passes gradients through, otherwise."""
     return torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+
+
+@dataclass(frozen=True)
+class Optim:
+    """What steps the model: the optimiser, its per-epoch schedule and the
+    gradient scaler (their states are checkpointed by
+    :class:`~dag_pyg.train.state.TrainState`)."""
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+
+
+def build_optim(params: Iterable[nn.Parameter] | Iterable[dict], o: OptimConfig,
+                device: torch.device) -> Optim:
+    """:func:`build_optimizer` and :func:`build_scaler` of ``optim``."""
+    optimizer, scheduler = build_optimizer(params, o)
+    return Optim(optimizer, scheduler, build_scaler(o.amp, device))

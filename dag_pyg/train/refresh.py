@@ -27,9 +27,8 @@ from dag_pyg.propagation import (
 )
 from dag_pyg.sampler import knn_subgraph
 from dag_pyg.train.features import extract_bank
-from dag_pyg.train.logger import RunLogger
 from dag_pyg.train.premise import admission_threshold, auto_decisions, premise_check
-from dag_pyg.train.setup import Model, TrainData
+from dag_pyg.train.setup import Run
 
 
 @dataclass
@@ -42,6 +41,41 @@ class Banks:
     weights: Tensor | None = None  # weight of each target [N] (None: all 1)
     # Whether the head reads its neighbours (method steered may turn them off).
     neighbours: bool = True
+
+    def state_dict(self) -> dict[str, Tensor | bool | None]:
+        """The checkpoint's ``banks`` entry (the tensors themselves)."""
+        return {"features": self.features, "prior": self.prior,
+                "targets": self.targets, "weights": self.weights,
+                "neighbours": self.neighbours}
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> Banks:
+        """The banks of a checkpoint's ``banks`` entry (older checkpoints
+        hold no weights and no neighbour flag)."""
+        return cls(features=state["features"], prior=state["prior"],
+                   targets=state["targets"], weights=state.get("weights"),
+                   neighbours=state.get("neighbours", True))
+
+    @classmethod
+    def to_receive(cls, features: Tensor, weighted: bool,
+                   neighbours: bool) -> Banks:
+        """Banks of the right shapes, to be overwritten by rank 0's
+        (:meth:`broadcast_`), on a Feature Bank every rank holds."""
+        n = features.size(0)
+        return cls(features=features, prior=torch.empty(n, dtype=torch.long),
+                   targets=torch.empty(n, dtype=torch.long),
+                   weights=torch.empty(n) if weighted else None,
+                   neighbours=neighbours)
+
+    def broadcast_(self, dist: DistContext) -> Banks:
+        """Rank 0's Label Bank, targets and weights on every rank, in place;
+        returns ``self``. The Feature Bank is not sent: every rank holds the
+        same one already (all-gathered, or written alike by every rank)."""
+        dist.broadcast_(self.prior)
+        dist.broadcast_(self.targets)
+        if self.weights is not None:
+            dist.broadcast_(self.weights)
+        return self
 
 
 @dataclass
@@ -127,50 +161,49 @@ def self_label_bank_logits(head: DNAHead, feats: Tensor,
     return head.forward_self(feats.to(device)).cpu()
 
 
-def _label_bank(head: DNAHead, feats: Tensor, graph: Data, data: TrainData,
-                k_sub: int, device: torch.device, neighbours: bool
+def _label_bank(run: Run, feats: Tensor, graph: Data, neighbours: bool
                 ) -> tuple[Tensor, Tensor]:
     """The Label Bank's logits and labels (labelled nodes keep theirs)."""
-    logits = (label_bank_logits(head, feats, graph, k_sub, device)
+    head, data = run.model.head, run.data
+    logits = (label_bank_logits(head, feats, graph, run.cfg.dna.k, run.device)
               if neighbours or head.hops == 0
-              else self_label_bank_logits(head, feats, device))
+              else self_label_bank_logits(head, feats, run.device))
     prior = logits.argmax(1)
     mask = data.labelled_mask
     prior[mask] = data.true_y[mask]
     return logits, prior
 
 
-def _checked(cfg: Config, head: DNAHead, feats: Tensor, graph: Data,
-             data: TrainData, prior: Tensor, out: PseudoLabels | None,
-             device: torch.device) -> tuple[PseudoLabels, dict[str, float]]:
+def _checked(run: Run, feats: Tensor, graph: Data, prior: Tensor,
+             out: PseudoLabels | None) -> tuple[PseudoLabels, dict[str, float]]:
     """DPLP's labels over the Label Bank ``prior`` (``out`` where the run
     trains on them; :obj:`None`: computed here) and its premise check."""
+    cfg, data = run.cfg, run.data
     lp = out
     if lp is None or cfg.pseudo_label.source != "dplp":
         lp = pseudo_labels(graph, data.true_y, data.labelled_mask, prior,
                            source="dplp", sigma=cfg.dplp.sigma,
                            mode=cfg.dplp.mode, num_classes=data.num_classes)
-    return lp, premise_check(head, feats, knn_subgraph(graph, cfg.dna.k), prior,
-                             lp.targets, lp.covered, data.true_y,
-                             data.labelled_mask, data.check_mask, device)
+    return lp, premise_check(run.model.head, feats, knn_subgraph(graph, cfg.dna.k),
+                             prior, lp.targets, lp.covered, data.true_y,
+                             data.labelled_mask, data.check_mask, run.device)
 
 
-def graph_and_labels(cfg: Config, head: DNAHead, feats: Tensor, data: TrainData,
-                     device: torch.device, neighbours: bool | None = None
+def graph_and_labels(run: Run, feats: Tensor, neighbours: bool | None = None
                      ) -> Refreshed:
     """Graph, Label Bank, pseudo labels, their weights and statistics of a
     Feature Bank. With ``method: steered`` the premise check steers them
     (:func:`steer`); ``neighbours`` is its earlier choice for the head's
     neighbour term (:obj:`None`: not made yet)."""
+    cfg, data = run.cfg, run.data
     rec: dict[str, float] = {}
     t = time.perf_counter()
-    graph = build_graph(feats, cfg, device)
+    graph = build_graph(feats, cfg, run.device)
     rec["time_graph"] = time.perf_counter() - t
 
     t = time.perf_counter()
     mask, truth = data.labelled_mask, data.true_y
-    logits, prior = _label_bank(head, feats, graph, data, cfg.dna.k, device,
-                                neighbours is not False)
+    logits, prior = _label_bank(run, feats, graph, neighbours is not False)
     rec["time_label_bank"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -183,15 +216,14 @@ def graph_and_labels(cfg: Config, head: DNAHead, feats: Tensor, data: TrainData,
     lp = None
     if data.check_mask is not None:
         t = time.perf_counter()
-        lp, check = _checked(cfg, head, feats, graph, data, prior, out, device)
+        lp, check = _checked(run, feats, graph, prior, out)
         rec.update(check)
         rec["time_check"] = time.perf_counter() - t
 
     unl = ~mask
     if cfg.method == "steered":
         out, targets, logits, prior, neighbours = steer(
-            cfg, head, feats, graph, data, device, logits, prior, lp, rec,
-            neighbours)
+            run, feats, graph, logits, prior, lp, rec, neighbours)
     else:
         targets = out.targets
         if pl.threshold > 0 or pl.admit != "all":
@@ -207,13 +239,12 @@ def graph_and_labels(cfg: Config, head: DNAHead, feats: Tensor, data: TrainData,
     if weights is not None:
         has = unl & (targets >= 0)
         rec["pl_weight_mean"] = float(weights[has].mean()) if has.any() else 0.0
-    return Refreshed(Banks(feats, prior, targets, weights,
-                           neighbours if neighbours is not None else True),
-                     graph, rec, lengths)
+    banks = Banks(features=feats, prior=prior, targets=targets, weights=weights,
+                  neighbours=neighbours if neighbours is not None else True)
+    return Refreshed(banks, graph, rec, lengths)
 
 
-def steer(cfg: Config, head: DNAHead, feats: Tensor, graph: Data,
-          data: TrainData, device: torch.device, logits: Tensor, prior: Tensor,
+def steer(run: Run, feats: Tensor, graph: Data, logits: Tensor, prior: Tensor,
           lp: PseudoLabels, rec: dict[str, float], neighbours: bool | None
           ) -> tuple[PseudoLabels, Tensor, Tensor, Tensor, bool]:
     """``method: steered``'s refresh (:func:`~dag_pyg.train.premise.auto_decisions`,
@@ -223,17 +254,16 @@ def steer(cfg: Config, head: DNAHead, feats: Tensor, graph: Data,
     the decisions (``auto_*``), and where the first refresh drops the
     neighbour term, the check of the Label Bank without it (the first
     check's neighbour gain is kept as ``auto_neighbour_gain``)."""
+    cfg, data = run.cfg, run.data
     mask, truth = data.labelled_mask, data.true_y
     if neighbours is None:
         neighbours = auto_decisions(rec)["neighbours"]
         for key in ("", "_lo", "_hi"):
             rec[f"auto_neighbour_gain{key}"] = rec.get(f"check_neighbour_gain{key}",
                                                        math.nan)
-        if not neighbours and head.hops > 0:
-            logits, prior = _label_bank(head, feats, graph, data, cfg.dna.k,
-                                        device, False)
-            lp, check = _checked(cfg, head, feats, graph, data, prior, None,
-                                 device)
+        if not neighbours and run.model.head.hops > 0:
+            logits, prior = _label_bank(run, feats, graph, False)
+            lp, check = _checked(run, feats, graph, prior, None)
             rec.update(check)
     use_dplp = auto_decisions(rec)["dplp"]
     out = lp if use_dplp else pseudo_labels(graph, truth, mask, prior,
@@ -250,61 +280,52 @@ def steer(cfg: Config, head: DNAHead, feats: Tensor, graph: Data,
     return out, targets, logits, prior, neighbours
 
 
-def broadcast_refresh(dist: DistContext, out: Refreshed | None, feats: Tensor,
-                      weighted: bool) -> Refreshed:
+def broadcast_refresh(run: Run, out: Refreshed | None, feats: Tensor
+                      ) -> Refreshed:
     """Rank 0's graph, Label Bank, targets and statistics on every rank
     (``out`` is :obj:`None` elsewhere)."""
+    dist, pl = run.dist, run.cfg.pseudo_label
     t = time.perf_counter()
     graph = broadcast_data(dist, None if out is None else out.graph)
     stats = dist.broadcast_object(None if out is None else out.stats)
     if out is None:
-        n = feats.size(0)
-        banks = Banks(feats, torch.empty(n, dtype=torch.long),
-                      torch.empty(n, dtype=torch.long),
-                      torch.empty(n) if weighted else None,
-                      bool(stats.get("auto_neighbours", 1.0)))
+        banks = Banks.to_receive(
+            feats, has_target_weights(pl.source, pl.weighting, pl.weight),
+            neighbours=bool(stats.get("auto_neighbours", 1.0)))
         lengths = None
     else:
         banks, lengths = out.banks, out.path_lengths
-    dist.broadcast_(banks.prior)
-    dist.broadcast_(banks.targets)
-    if banks.weights is not None:
-        dist.broadcast_(banks.weights)
+    banks.broadcast_(dist)
     stats["time_broadcast"] = time.perf_counter() - t
     return Refreshed(banks, graph, stats, lengths)
 
 
-def shared_graph(feats: Tensor, cfg: Config, device: torch.device,
-                 dist: DistContext) -> Data:
+def shared_graph(run: Run, feats: Tensor) -> Data:
     """The graph of a Feature Bank, identical on every rank."""
+    cfg, dist = run.cfg, run.dist
     if dist.enabled and cfg.distributed.graph == "rank0":
         return broadcast_data(dist, dist.on_main(
-            lambda: build_graph(feats, cfg, device), share=False))
-    return build_graph(feats, cfg, device)
+            lambda: build_graph(feats, cfg, run.device), share=False))
+    return build_graph(feats, cfg, run.device)
 
 
-def refresh(cfg: Config, model: Model, data: TrainData, device: torch.device,
-            dist: DistContext, log: RunLogger,
-            features: Tensor | None = None,
+def refresh(run: Run, features: Tensor | None = None,
             neighbours: bool | None = None) -> Refreshed:
-    """Feature Bank, graph, Label Bank and pseudo labels from the current
-    model; with ``features`` (an online bank, identical on every rank; it
-    becomes the new bank, not copied) the bank is not re-extracted. A run
-    that reads no bank (:func:`needs_banks`) gets the labels alone, no
+    """Feature Bank, graph, Label Bank and pseudo labels from the run's
+    current model; with ``features`` (an online bank, identical on every
+    rank; it becomes the new bank, not copied) the bank is not re-extracted.
+    A run that reads no bank (:func:`needs_banks`) gets the labels alone, no
     graph. ``neighbours``: ``method: steered``'s earlier choice (see
     :func:`graph_and_labels`)."""
-    if not needs_banks(cfg, model.uses_graph_head):
+    cfg, data, dist = run.cfg, run.data, run.dist
+    if not needs_banks(cfg, run.model.uses_graph_head):
         targets = torch.where(data.labelled_mask, data.true_y, -1)
-        return Refreshed(Banks(torch.empty(0), targets.clone(), targets), None, {})
+        return Refreshed(Banks(features=torch.empty(0), prior=targets.clone(),
+                               targets=targets), None, {})
     rec: dict[str, float] = {}
     t = time.perf_counter()
     if features is None:
-        feats, gather_s = extract_bank(model.backbone, data.eval_tf,
-                                       data.train_set, data.nodes, device,
-                                       cfg.eval.batch_size, dist, log,
-                                       "feature bank",
-                                       cfg.graph.bank_amp or cfg.optim.amp,
-                                       cfg.model.channels_last)
+        feats, gather_s = extract_bank(run)
         if dist.enabled:
             rec["time_bank_gather"] = gather_s
     else:
@@ -313,23 +334,20 @@ def refresh(cfg: Config, model: Model, data: TrainData, device: torch.device,
     rec["bank_mb"] = feats.numel() * feats.element_size() / 2**20
 
     if dist.enabled and cfg.distributed.graph == "rank0":
-        pl = cfg.pseudo_label
-        out = dist.on_main(lambda: graph_and_labels(cfg, model.head, feats, data,
-                                                    device, neighbours),
+        out = dist.on_main(lambda: graph_and_labels(run, feats, neighbours),
                            share=False)
-        out = broadcast_refresh(dist, out, feats, has_target_weights(
-            pl.source, pl.weighting, pl.weight))
+        out = broadcast_refresh(run, out, feats)
     else:
-        out = graph_and_labels(cfg, model.head, feats, data, device, neighbours)
+        out = graph_and_labels(run, feats, neighbours)
     rec.update(out.stats)
     out.stats = rec
     return out
 
 
-def drift_stats(old: Banks | None, new: Banks, graph: Data | None, k: int,
-                device: torch.device) -> dict[str, float]:
-    """Staleness: how far the Feature Bank moved since ``old`` was read
-    (``{}`` where there is no previous bank or no graph)."""
-    if graph is None or old is None or not old.features.numel():
+def drift_stats(run: Run, old: Tensor | None, new: Banks, graph: Data | None
+                ) -> dict[str, float]:
+    """Staleness: how far the Feature Bank moved since the bank ``old`` was
+    read (``{}`` where there is no previous bank or no graph)."""
+    if graph is None or old is None or not old.numel():
         return {}
-    return bank_drift(old.features.to(device), new.features, graph, k)
+    return bank_drift(old.to(run.device), new.features, graph, run.cfg.dna.k)

@@ -1,5 +1,6 @@
 """Set-up of a run: device, seeds, data and split, the model (backbone +
-DNA head, wrapped for DistributedDataParallel), and the run-folder check."""
+DNA head, wrapped for DistributedDataParallel), the run-folder check, and
+:class:`Run`, what a run is made of."""
 from __future__ import annotations
 
 import hashlib
@@ -29,7 +30,9 @@ from dag_pyg.models import build_backbone
 from dag_pyg.nn import DNAHead
 from dag_pyg.sampler import swap_seed_neighbours
 from dag_pyg.train.checkpoint import CheckpointError
-from dag_pyg.train.logger import show_progress
+from dag_pyg.train.interrupt import StopRequest
+from dag_pyg.train.logger import RunLogger, show_progress
+from dag_pyg.train.optim import Optim
 from dag_pyg.train.premise import default_check_count
 
 CHECKPOINT = "checkpoint.pt"
@@ -287,6 +290,25 @@ def build_model(cfg: Config, data: TrainData, device: torch.device,
             forward_sync_buffers=not cfg.distributed.sync_batchnorm,
             device_ids=[device.index] if device.type == "cuda" else None)
     return Model(backbone, head, net)
+
+
+@dataclass(frozen=True)
+class Run:
+    """The collaborators a run is made of, fixed from its set-up to its end
+    (what changes and what a checkpoint resumes is
+    :class:`~dag_pyg.train.state.TrainState`)."""
+    cfg: Config
+    model: Model
+    data: TrainData
+    device: torch.device
+    dist: DistContext         # this process's rank and world
+    log: RunLogger
+    # The data generator (batches, augmentation, mixup): seeded alike on
+    # every rank, so that all draw the same global batches.
+    gen: torch.Generator
+    run_dir: Path | None = None   # where rank 0 writes the checkpoint
+    optim: Optim | None = None    # None: a run loaded to be evaluated
+    stop: StopRequest | None = None  # a signal ends training after a step
 
 
 def default_num_check(cfg: Config) -> int:
