@@ -50,7 +50,13 @@ from dag_pyg.train.logger import RunLogger, read_metrics, write_json_atomic
 from dag_pyg.train.optim import build_optim
 from dag_pyg.train.plots import plot_curves, plot_path_lengths
 from dag_pyg.train.premise import check_summary
-from dag_pyg.train.refresh import drift_stats, refresh, shared_graph, writes_bank
+from dag_pyg.train.refresh import (
+    Refreshed,
+    drift_stats,
+    refresh,
+    shared_graph,
+    writes_bank,
+)
 from dag_pyg.train.setup import (
     CHECKPOINT,
     Run,
@@ -196,6 +202,25 @@ def run(cfg: Config, run_dir: str | Path, resume: bool = False,
         return train_epochs(run, state, stop_after)
 
 
+def refresh_after(run: Run, state: TrainState, epoch: int) -> Refreshed:
+    """The refresh after ``epoch`` from the banks it ended with, its
+    statistics (:attr:`Refreshed.stats`) gaining the evaluation where one is
+    due and the Feature Bank's drift since the epoch started."""
+    cfg, banks = run.cfg, state.banks
+    pretrain = epoch < cfg.optim.pretrain_epochs
+    # An online bank was written by this epoch's steps; the one after
+    # pre-training is extracted.
+    new = refresh(run, features=banks.features if writes_bank(cfg, pretrain) else None,
+                  neighbours=None if banks is None else banks.neighbours)
+    main_epoch = epoch - cfg.optim.pretrain_epochs + 1
+    last = cfg.optim.pretrain_epochs + cfg.optim.epochs - 1
+    if epoch == last or (main_epoch >= 0 and main_epoch % cfg.eval.every == 0):
+        new.stats.update(evaluate(run, new.banks.features,
+                                  new.graph if new.banks.neighbours else None))
+    new.stats.update(drift_stats(run, state.epoch_start, new.banks, new.graph))
+    return new
+
+
 def train_epochs(run: Run, state: TrainState, stop_after: int | None) -> dict:
     """The epochs from ``state`` on (see :func:`run`); returns the summary."""
     cfg, dist, log = run.cfg, run.dist, run.log
@@ -241,21 +266,10 @@ def train_epochs(run: Run, state: TrainState, stop_after: int | None) -> dict:
                "time_train": t_train, **res.mids}
         # The last pre-training epoch builds epoch 0's banks.
         if not pretrain or epoch == cfg.optim.pretrain_epochs - 1:
-            main_epoch = epoch - cfg.optim.pretrain_epochs + 1
-            banks = state.banks
-            # An online bank was written by this epoch's steps; the one
-            # after pre-training is extracted.
-            new = refresh(run, features=banks.features
-                          if writes_bank(cfg, pretrain) else None,
-                          neighbours=None if banks is None else banks.neighbours)
+            new = refresh_after(run, state, epoch)
             state.banks, graph = new.banks, new.graph
             path_lengths = new.path_lengths
             rec.update(new.stats)
-            if epoch == total - 1 or (main_epoch >= 0
-                                      and main_epoch % cfg.eval.every == 0):
-                rec.update(evaluate(run, new.banks.features,
-                                    graph if new.banks.neighbours else None))
-            rec.update(drift_stats(run, state.epoch_start, new.banks, graph))
         rec["time_epoch"] = time.perf_counter() - t0
         rss = dist.all_gather_object(_peak_rss_mb())
         rec["mem_rss_mb"] = max(rss)

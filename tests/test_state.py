@@ -1,0 +1,168 @@
+"""What a checkpoint holds (fast tier): :class:`TrainState`'s dict, its
+round trip into a fresh run, the checks that refuse another run's
+checkpoint, and :class:`Banks` by name."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from dag_pyg.config import load_config
+from dag_pyg.distributed import DistContext
+from dag_pyg.train import Banks, refresh
+from dag_pyg.train.checkpoint import CheckpointError
+from dag_pyg.train.epoch import EpochProgress
+from dag_pyg.train.logger import RunLogger
+from dag_pyg.train.optim import build_optim
+from dag_pyg.train.setup import Run, build_model, load_data, seed_everything
+from dag_pyg.train.state import TrainState, resume_epoch
+
+CPU = torch.device("cpu")
+QUIET = RunLogger()
+# The checkpoint's keys, in the order every checkpoint so far was written.
+KEYS = ["epoch", "config", "progress", "epoch_start_features", "backbone", "head",
+        "optimizer", "scheduler", "scaler", "rng", "world_size", "rng_ranks",
+        "banks", "history", "split"]
+
+
+def fresh_run(*extra, seed=0):
+    """A one-process training run of digits as :func:`~dag_pyg.train.run`
+    sets it up (``seed``: the global RNG's)."""
+    cfg = load_config("configs/digits.yaml", ["log.progress=false", *extra])
+    seed_everything(seed)
+    data = load_data(cfg)
+    model = build_model(cfg, data, CPU, DistContext())
+    return Run(cfg=cfg, model=model, data=data, device=CPU, dist=DistContext(),
+               log=QUIET, gen=torch.Generator().manual_seed(cfg.seed),
+               run_dir=None, optim=build_optim(model.trainable_parameters(),
+                                                cfg.optim, CPU))
+
+
+def trained_state(run):
+    """A state some way into a run: a step taken, banks refreshed, history."""
+    x = run.data.train_tf(run.data.train_set.images[:4], generator=run.gen)
+    feats = run.model.backbone.features(x)
+    loss = run.model.head.forward_self(feats).square().mean()
+    loss.backward()
+    run.optim.optimizer.step()
+    run.optim.scheduler.step()
+    torch.rand(3, generator=run.gen)
+    banks = refresh(run).banks
+    return TrainState(run, epoch=12, banks=banks,
+                      history={"best_val": {"epoch": 11, "val_error": 1.0,
+                                            "test_error": 2.0},
+                               "best": None, "last": {"epoch": 12}})
+
+
+def assert_same(a, b, path=""):
+    """Equal dicts, lists and tensors, keys in the same order."""
+    assert type(a) is type(b), path
+    if isinstance(a, dict):
+        assert list(a) == list(b), path
+        for k in a:
+            assert_same(a[k], b[k], f"{path}/{k}")
+    elif isinstance(a, list | tuple):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_same(x, y, f"{path}[{i}]")
+    elif isinstance(a, torch.Tensor):
+        assert a.dtype == b.dtype and torch.equal(a, b), path
+    else:
+        assert a == b, path
+
+
+def test_state_dict_is_the_checkpoint_format():
+    run = fresh_run("pseudo_label.weighting=certainty")
+    state = trained_state(run)
+    sd = state.state_dict()
+    assert list(sd) == KEYS
+    assert sd["epoch"] == 12 and sd["world_size"] == 1
+    assert sd["progress"] is None and sd["epoch_start_features"] is None
+    assert sd["config"] == run.cfg.to_dict()
+    # One process: its RNG state is both the main one and the only rank's.
+    assert sd["rng_ranks"] == [sd["rng"]] and sd["rng_ranks"][0] is sd["rng"]
+    assert list(sd["banks"]) == ["features", "prior", "targets", "weights",
+                                 "neighbours"]
+    assert sd["banks"]["weights"] is state.banks.weights is not None
+    assert list(sd["split"]) == ["labelled", "unlabelled", "val", "check"]
+    assert resume_epoch(sd) == state.next_epoch == 13
+    assert TrainState(run).state_dict()["banks"] is None  # none yet
+
+
+def test_round_trip_into_a_fresh_run():
+    run = fresh_run("pseudo_label.weighting=certainty")
+    state = trained_state(run)
+    sd = state.state_dict()
+    expect = torch.rand(5, generator=run.gen), torch.rand(5)
+    # Another process, seeded otherwise: the checkpoint makes it the same.
+    other = fresh_run("pseudo_label.weighting=certainty", seed=99)
+    loaded = TrainState(other)
+    loaded.load_state_dict(sd)
+    assert_same(loaded.state_dict(), sd)
+    assert loaded.next_epoch == 13 and loaded.notes == []
+    assert_same(dataclasses.asdict(loaded.banks), dataclasses.asdict(state.banks))
+    assert loaded.graph_bank() is loaded.banks.features
+    # The data generator and the global RNG continue where they were saved.
+    assert torch.equal(torch.rand(5, generator=other.gen), expect[0])
+    assert torch.equal(torch.rand(5), expect[1])
+
+
+def test_round_trip_within_an_epoch():
+    run = fresh_run()
+    state = trained_state(run)
+    n = state.banks.features.size(0)
+    state.progress = EpochProgress([torch.arange(3), torch.arange(3, 6)], done=1,
+                                   sums={"loss": 2.5}, built=torch.randn(n, 8))
+    state.epoch_start = torch.randn(n, 8)
+    sd = state.state_dict()
+    assert sd["progress"]["sums_ranks"] == [{"loss": 2.5}]  # every rank's
+    assert state.progress.sums_ranks is None  # the state itself is kept as it was
+    assert sd["epoch_start_features"] is state.epoch_start
+    assert resume_epoch(sd) == 12  # continues within epoch 12
+    loaded = TrainState(fresh_run())
+    loaded.load_state_dict(sd)
+    assert loaded.next_epoch == 12 and loaded.progress.done == 1
+    assert loaded.progress.sums == {"loss": 2.5}
+    assert loaded.progress.sums_ranks is None
+    assert loaded.epoch_start is sd["epoch_start_features"]
+    # The graph in use was built on the bank before the steps wrote into it.
+    assert loaded.graph_bank() is sd["progress"]["built"]
+    assert_same(loaded.state_dict(), sd)
+
+
+def test_another_run_s_checkpoint_is_refused():
+    sd = trained_state(fresh_run()).state_dict()
+    with pytest.raises(CheckpointError, match="another configuration"):
+        TrainState(fresh_run("dna.hops=2")).load_state_dict(sd)
+    sd["split"]["val"] = torch.tensor([0])
+    with pytest.raises(CheckpointError, match=r"split \(val samples\)"):
+        TrainState(fresh_run()).load_state_dict(sd)
+
+
+def test_a_state_needs_a_run_that_trains():
+    run = dataclasses.replace(fresh_run(), optim=None)
+    with pytest.raises(ValueError, match="run.optim"):
+        TrainState(run)
+
+
+def test_banks_by_name():
+    feats = torch.randn(5, 3)
+    banks = Banks(features=feats, prior=torch.arange(5),
+                  targets=torch.tensor([0, 1, -1, 3, -1]),
+                  weights=torch.rand(5), neighbours=False)
+    sd = banks.state_dict()
+    assert_same(dataclasses.asdict(Banks.from_state_dict(sd)),
+                dataclasses.asdict(banks))
+    # Checkpoints from before weights and the neighbour flag: the defaults.
+    old = Banks.from_state_dict({k: sd[k] for k in ("features", "prior", "targets")})
+    assert old.weights is None and old.neighbours is True
+    # A rank that receives rank 0's banks: the shapes, on its own Feature Bank.
+    shell = Banks.to_receive(feats, weighted=True, neighbours=False)
+    assert shell.features is feats and shell.neighbours is False
+    assert shell.prior.shape == shell.targets.shape == shell.weights.shape == (5,)
+    assert shell.prior.dtype == shell.targets.dtype == torch.long
+    assert Banks.to_receive(feats, weighted=False, neighbours=True).weights is None
+    # One process: nothing to receive, the banks stay as they are.
+    assert banks.broadcast_(DistContext()) is banks
+    assert torch.equal(banks.prior, torch.arange(5))
