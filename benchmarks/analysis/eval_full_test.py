@@ -26,6 +26,7 @@ from pathlib import Path
 
 from benchmarks.common import EXPERIMENT_RESULTS, ROOT, RUNS
 from dag_pyg.train import evaluate_run
+from dag_pyg.train.evaluate import model_dir
 from dag_pyg.train.logger import write_json_atomic
 from dag_pyg.train.setup import CHECKPOINT
 
@@ -38,7 +39,7 @@ def evaluate_record(path: Path, runs: Path = RUNS, force: bool = False) -> dict 
     if "full_test" in rec and not force:
         return None
     run_dir = runs / rec["grid"] / rec["row"] / f"seed{rec['seed']}"
-    if not (run_dir / CHECKPOINT).is_file():
+    if not (model_dir(run_dir) / CHECKPOINT).is_file():  # auto: its chosen arm
         raise SystemExit(
             f"{path.name}: the run folder '{run_dir}' has no checkpoint; re-run "
             f"it: python -m benchmarks.experiments.reproduce "

@@ -46,10 +46,8 @@ labels steer training (the admission threshold is read off them), so later
 refreshes' checks are not independent of earlier choices; and the check
 nodes get no training target at all, so that a model's accuracy on them is
 what it would be on unseen images: a model fitted to its own graph-made
-pseudo labels on a node scores on that node the graph's accuracy, not its
-own (measured on CIFAR-10 CPU, where the steered arm's check accuracy ran
-0.3-8.9 points above its accuracy on the test images while the labels
-alone's did not), which biased ``method: auto``'s choice towards DAG.
+pseudo labels on a node would score on that node the graph's accuracy, not
+its own, and ``method: auto``'s choice would lean towards DAG.
 """
 from __future__ import annotations
 
