@@ -122,31 +122,21 @@ def test_auto_trains_both_arms_and_keeps_the_better(tmp_path, monkeypatch, capsy
 
 
 @pytest.mark.slow
-def test_auto_sigterm_in_an_arm_resumes_the_whole_run(tmp_path, monkeypatch, capsys):
-    import os
+def test_auto_sigterm_in_an_arm_resumes_the_whole_run(tmp_path, capsys,
+                                                     sigterm_at_step):
     import signal
-
-    from dag_pyg.train import epoch as epoch_module
 
     args = ["--set", "method=auto", *[a for o in TINY for a in ("--set", o)]]
     full = tmp_path / "full"
     assert main(["train", "configs/digits.yaml", "--out", str(full), *args]) == 0
-    real_loss, calls = epoch_module.dag_loss, []
-
-    def loss_then_signal(*a, **kw):
-        calls.append(1)
-        if len(calls) == 68:  # in the second arm (steered; 48 steps per arm)
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real_loss(*a, **kw)
-
-    monkeypatch.setattr(epoch_module, "dag_loss", loss_then_signal)
+    sigterm_at_step(68)  # in the second arm (steered; 48 steps per arm)
     cut = ["train", "configs/digits.yaml", "--out", str(tmp_path / "cut"), *args]
     assert main(cut) == 128 + signal.SIGTERM
     err = capsys.readouterr().err
     assert f"--out {tmp_path / 'cut'} --resume" in err
     assert (tmp_path / "cut" / "arms" / "labels_only" / "summary.json").is_file()
     assert not (tmp_path / "cut" / "choice.json").exists()
-    monkeypatch.setattr(epoch_module, "dag_loss", real_loss)
+    sigterm_at_step(None)
     assert main([*cut, "--resume"]) == 0
     a, b = (json.loads((d / "summary.json").read_text())
             for d in (full, tmp_path / "cut"))

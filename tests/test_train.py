@@ -444,30 +444,19 @@ ONLINE = ("graph.bank=online", "loss.mixup_at=feature")
     (33, 3, ONLINE), (35, 3, ONLINE), (38, 3, ONLINE),
     # method steered: its held-out labels, its choices and the neighbour flag.
     (38, 3, ("method=steered",))])
-def test_sigterm_mid_epoch_resumes_exactly(tmp_path, monkeypatch, capsys, kill_at,
-                                           refreshes, levers):
+def test_sigterm_mid_epoch_resumes_exactly(tmp_path, capsys, sigterm_at_step,
+                                           kill_at, refreshes, levers):
     """A SIGTERM during step ``kill_at`` (15 steps per epoch here; epochs
     0-1 pre-train; with 3 refreshes, main epochs refresh within after steps 5
     and 10): the step finishes, a checkpoint of the position is written, the
     CLI exits 143; --resume ends identical to an uninterrupted run."""
-    import os
     import signal
-
-    from dag_pyg.train import epoch as epoch_module
 
     extra = [f"graph.refresh_per_epoch={refreshes}", *levers]
     args = [a for o in TINY + extra for a in ("--set", o)]
     assert main(["train", "configs/digits.yaml", "--out", str(tmp_path / "full"),
                  *args]) == 0
-    real_loss, calls = epoch_module.dag_loss, []
-
-    def loss_then_signal(*a, **kw):
-        calls.append(1)
-        if len(calls) == kill_at:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real_loss(*a, **kw)
-
-    monkeypatch.setattr(epoch_module, "dag_loss", loss_then_signal)
+    calls = sigterm_at_step(kill_at)
     cut = ["train", "configs/digits.yaml", "--out", str(tmp_path / "cut"), *args]
     assert main(cut) == 128 + signal.SIGTERM
     err = capsys.readouterr().err
@@ -475,7 +464,7 @@ def test_sigterm_mid_epoch_resumes_exactly(tmp_path, monkeypatch, capsys, kill_a
     assert len(calls) == kill_at  # stopped right after the signalled step
     state = load_checkpoint(tmp_path / "cut" / "checkpoint.pt")
     assert state["progress"]["done"] == (kill_at - 1) % 15 + 1
-    monkeypatch.setattr(epoch_module, "dag_loss", real_loss)
+    sigterm_at_step(None)
     assert main([*cut, "--resume"]) == 0
     for a, b in zip(weights(tmp_path / "full"), weights(tmp_path / "cut"), strict=True):
         same(a, b)
