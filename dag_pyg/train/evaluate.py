@@ -174,13 +174,14 @@ def evaluate_run(run_dir: str | Path, num_test: int | str | None = None) -> dict
     ``method: auto`` folder evaluates the arm it chose (:func:`model_dir`).
     """
     run_dir = Path(run_dir)
-    run = load_run(run_dir, num_test=num_test)
+    model_folder = model_dir(run_dir)
+    run = load_run(model_folder, num_test=num_test)
     if run.state["banks"] is None:
-        raise CheckpointError(f"The checkpoint in '{model_dir(run_dir)}' is from "
+        raise CheckpointError(f"The checkpoint in '{model_folder}' is from "
                               "pre-training and holds no Feature Bank yet; train "
                               "further first.")
     feats, graph = run.bank_and_graph()
-    with RunLogger(model_dir(run_dir), tensorboard=False, progress=run.cfg.log.progress,
+    with RunLogger(model_folder, tensorboard=False, progress=run.cfg.log.progress,
                    resume_epoch=None) as log:
         out = {"run_dir": str(run_dir), "epoch": run.state["epoch"],
                "num_test": len(run.data.test_set),
