@@ -277,3 +277,13 @@ def test_auto_backend_turns_to_ivf_for_large_banks(monkeypatch, caplog):
         g = build_density_graph(x, 5)
     assert g.backend == "faiss_ivf" and g.ivf_recall >= 0.99
     assert "faiss_ivf for 800 nodes" in caplog.text
+
+
+def test_neighbour_recall_by_hand():
+    from dag_pyg.graph import neighbour_recall
+
+    exact = torch.tensor([[1, 2, 3], [0, 2, 3]])
+    found = torch.tensor([[3, 1, 9], [4, 5, 6]])  # 2 of 3, then 0 of 3
+    assert neighbour_recall(found, exact) == pytest.approx(2 / 6)
+    assert neighbour_recall(found, exact, chunk=1) == pytest.approx(2 / 6)
+    assert neighbour_recall(exact, exact) == 1.0

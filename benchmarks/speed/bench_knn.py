@@ -22,7 +22,7 @@ from benchmarks.common import (
     write_json,
 )
 from dag_pyg import build_density_graph
-from dag_pyg.graph import resolve_backend
+from dag_pyg.graph import neighbour_recall, resolve_backend
 from dag_pyg.graph.knn import has_torch_cluster
 
 
@@ -45,13 +45,6 @@ def drop_self(idx: torch.Tensor, k: int) -> torch.Tensor:
     is_self = idx == torch.arange(n).unsqueeze(1)
     is_self[~is_self.any(dim=1), kk - 1] = True
     return idx[~is_self].view(n, kk - 1)[:, :k]
-
-
-def recall(idx: torch.Tensor, ref: torch.Tensor) -> float:
-    """Share of the reference neighbour sets that ``idx`` recovers."""
-    n, k = ref.shape
-    hits = (idx.unsqueeze(2) == ref.unsqueeze(1)).any(dim=2).sum()
-    return float(hits) / (n * k)
 
 
 def main() -> None:
@@ -102,14 +95,14 @@ def main() -> None:
             backends.append("torch_cluster")
         t_faiss = best["peer"]
         rows.append({"N": n, "backend": "faiss IndexFlatIP (peer)", "time_s": t_faiss,
-                     "vs_faiss": 1.0, "recall": recall(raw, ref_tab)})
+                     "vs_faiss": 1.0, "recall": neighbour_recall(raw, ref_tab)})
         for backend in backends:
             tab = graphs[backend].edge_index[0].view(n, args.k)
             name = backend if backend != "auto" else \
                 f"auto (= {resolve_backend('auto', x.device)})"
             rows.append({"N": n, "backend": name, "time_s": best[backend],
                          "vs_faiss": best[backend] / t_faiss,
-                         "recall": recall(tab, ref_tab),
+                         "recall": neighbour_recall(tab, ref_tab),
                          "same_graph_as_exact": bool(torch.equal(
                              graphs[backend].edge_index, ref.edge_index))})
         if not slow and has_torch_cluster():

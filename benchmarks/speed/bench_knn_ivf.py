@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import time
 
-import torch
-
 from benchmarks.common import (
     SPEED_RESULTS,
     clustered_features,
@@ -26,16 +24,8 @@ from benchmarks.common import (
     write_json,
 )
 from dag_pyg import build_density_graph
+from dag_pyg.graph import neighbour_recall
 from dag_pyg.graph.knn import default_nlist
-
-
-def recall(idx: torch.Tensor, ref: torch.Tensor, chunk: int = 4096) -> float:
-    """Share of the reference neighbour sets that ``idx`` recovers."""
-    hits = 0
-    for s in range(0, ref.size(0), chunk):
-        a, b = idx[s:s + chunk], ref[s:s + chunk]
-        hits += int((a.unsqueeze(2) == b.unsqueeze(1)).any(dim=2).sum())
-    return hits / ref.numel()
 
 
 def main() -> None:
@@ -76,7 +66,7 @@ def main() -> None:
                 "N": n, "backend": "faiss_ivf", "nlist": nlist, "nprobe": nprobe,
                 "sample_recall": g.ivf_recall,
                 "time_s": dt, "speedup": t_exact / dt,
-                "recall": recall(g.edge_index[0].view(n, args.k), ref),
+                "recall": neighbour_recall(g.edge_index[0].view(n, args.k), ref),
                 "density_err": float((g.density - exact.density).abs().mean()),
                 "index_mb": (n * args.dim * 4 + nlist * args.dim * 4 + n * 8) / 2**20})
             print(rows[-1], flush=True)

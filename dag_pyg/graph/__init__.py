@@ -1,7 +1,12 @@
 from dag_pyg.graph.build import build_density_graph, neighbour_table
 from dag_pyg.graph.density import compute_density, graph_density
 from dag_pyg.graph.drift import bank_drift
-from dag_pyg.graph.knn import knn_search, normalize_rows, resolve_backend
+from dag_pyg.graph.knn import (
+    knn_search,
+    neighbour_recall,
+    normalize_rows,
+    resolve_backend,
+)
 
 __all__ = [
     "build_density_graph",
@@ -10,6 +15,7 @@ __all__ = [
     "graph_density",
     "bank_drift",
     "knn_search",
+    "neighbour_recall",
     "normalize_rows",
     "resolve_backend",
 ]

@@ -131,7 +131,10 @@ def _default_chunk(num_base: int, device: torch.device) -> int:
 
 
 def _candidates_exact(q: Tensor, b: Tensor, kk: int, exclude_self: bool,
-                      chunk_size: int | None) -> tuple[Tensor, Tensor]:
+                      chunk_size: int | None, own: Tensor | None = None
+                      ) -> tuple[Tensor, Tensor]:
+    # exclude_self: leave out each query's own base row, ``own`` (default:
+    # query i is base row i).
     chunk = chunk_size or _default_chunk(b.size(0), q.device)
     idx = torch.empty(q.size(0), kk, dtype=torch.long, device=q.device)
     sim = torch.empty(q.size(0), kk, dtype=q.dtype, device=q.device)
@@ -140,7 +143,7 @@ def _candidates_exact(q: Tensor, b: Tensor, kk: int, exclude_self: bool,
         s = q[start:end] @ b.t()
         if exclude_self:
             rows = torch.arange(end - start, device=q.device)
-            s[rows, rows + start] = -math.inf
+            s[rows, rows + start if own is None else own[start:end]] = -math.inf
         sim[start:end], idx[start:end] = s.topk(kk, dim=1)
     return idx, sim
 
@@ -164,25 +167,14 @@ def default_nlist(num_base: int) -> int:
     return max(1, min(int(4 * math.sqrt(num_base)), num_base // 39))
 
 
-def _exact_rows(q: Tensor, b: Tensor, rows: Tensor, k: int,
-                self_search: bool) -> Tensor:
-    """The exact ``k`` nearest base rows of the queries ``rows`` ``[R, k]``,
-    in blocks of about 256 MiB of similarities."""
-    out = []
-    step = max(1, 2**26 // max(b.size(0), 1))
-    for s in range(0, rows.numel(), step):
-        r = rows[s:s + step]
-        sim = q[r] @ b.t()
-        if self_search:
-            sim[torch.arange(r.numel()), r] = -math.inf
-        out.append(sim.topk(k, dim=1).indices)
-    return torch.cat(out)
-
-
-def _recall(found: Tensor, exact: Tensor) -> float:
-    """Share of the ``exact`` neighbour sets (rows) that ``found`` holds."""
-    hits = (found.unsqueeze(2) == exact.unsqueeze(1)).any(dim=2).sum()
-    return int(hits) / exact.numel()
+def neighbour_recall(found: Tensor, exact: Tensor, chunk: int = 4096) -> float:
+    """Share of the ``exact`` neighbour lists' entries (rows ``[M, k]``) that
+    the same rows of ``found`` hold, in row blocks of ``chunk``."""
+    hits = 0
+    for s in range(0, exact.size(0), chunk):
+        a, b = found[s:s + chunk], exact[s:s + chunk]
+        hits += int((a.unsqueeze(2) == b.unsqueeze(1)).any(dim=2).sum())
+    return hits / exact.numel()
 
 
 def _tune_nprobe(index, q: Tensor, b: Tensor, k: int, self_search: bool,
@@ -194,17 +186,16 @@ def _tune_nprobe(index, q: Tensor, b: Tensor, k: int, self_search: bool,
 
     m = q.size(0)
     rows = torch.linspace(0, m - 1, min(IVF_SAMPLE, m)).round().long().unique()
-    exact = _exact_rows(q, b, rows, k, self_search)
+    exact, _ = _candidates_exact(q[rows], b, k, self_search, None, own=rows)
     sample = np.ascontiguousarray(q[rows].numpy())
     nprobe = min(start, nlist)
     while True:
         index.nprobe = nprobe
         _, idx = index.search(sample, k + int(self_search))
         found = torch.from_numpy(idx)
-        if self_search:  # drop each query's own row, keep k
-            found = torch.stack([f[f != r][:k] if bool((f == r).any()) else f[:k]
-                                 for f, r in zip(found, rows, strict=True)])
-        rec = _recall(found, exact)
+        if self_search:
+            found, _ = _drop_self(found, found, k, own=rows)
+        rec = neighbour_recall(found, exact)
         if rec >= target or nprobe >= nlist:
             return nprobe, rec
         nprobe = min(2 * nprobe, nlist)
@@ -278,11 +269,14 @@ def _sort_rows(cand: Tensor, sim: Tensor) -> tuple[Tensor, Tensor]:
     return cand.gather(1, perm), sim.gather(1, perm)
 
 
-def _drop_self(cand: Tensor, sim: Tensor, width: int) -> tuple[Tensor, Tensor]:
-    # Drop each row's own index; where the engine did not return it (duplicate
-    # points tie with it), drop the last candidate instead.
+def _drop_self(cand: Tensor, sim: Tensor, width: int,
+               own: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    # Drop each row's own index (``own``; default: row i is index i); where
+    # the engine did not return it (duplicate points tie with it), drop the
+    # last candidate instead.
     n, kk = cand.shape
-    is_self = cand == torch.arange(n, device=cand.device).unsqueeze(1)
+    own = torch.arange(n, device=cand.device) if own is None else own
+    is_self = cand == own.to(cand.device).unsqueeze(1)
     is_self[~is_self.any(dim=1), kk - 1] = True
     keep = ~is_self
     return (cand[keep].view(n, kk - 1)[:, :width],
