@@ -184,6 +184,17 @@ class PseudoLabelConfig:
 
 
 @dataclass
+class SteerConfig:
+    # method: steered without a check replays a steered run's decisions, one
+    # per end-of-epoch refresh from the last pre-training epoch on (method:
+    # auto's refit on all labels, dag_pyg.train.auto): DPLP's labels (true)
+    # or the model's, and the Label Bank confidence admitted (null: none).
+    replay_dplp: list[bool] = field(default_factory=list)
+    replay_threshold: list[float | None] = field(default_factory=list)
+    replay_neighbours: bool = True  # the head reads its neighbours
+
+
+@dataclass
 class DPLPConfig:
     mode: DPLPMode = "LU"
     sigma: float | str = math.inf  # a distance, or "q0.5": a quantile of steps
@@ -229,6 +240,7 @@ class Config:
     dna: DNAConfig = field(default_factory=DNAConfig)
     pseudo_label: PseudoLabelConfig = field(default_factory=PseudoLabelConfig)
     dplp: DPLPConfig = field(default_factory=DPLPConfig)
+    steer: SteerConfig = field(default_factory=SteerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     log: LogConfig = field(default_factory=LogConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
@@ -293,6 +305,34 @@ def upgrade(data: dict[str, Any]) -> dict[str, Any]:
     if not enabled:
         dna["aggregator"] = "none"
     return {**data, "dna": dna}
+
+
+def replays(cfg: Config) -> bool:
+    """Whether ``cfg`` replays a steered run's decisions (``steer.replay_*``)
+    rather than steering by a check."""
+    return bool(cfg.steer.replay_dplp)
+
+
+def _check_replay(cfg: Config) -> None:
+    s = cfg.steer
+    if not (s.replay_dplp or s.replay_threshold):
+        return
+    refreshes = cfg.optim.epochs + 1
+    if cfg.method != "steered":
+        raise ConfigError("Config keys 'steer.replay_*' replay a steered run's "
+                          f"decisions: set method: steered (got {cfg.method}).")
+    if len(s.replay_dplp) != refreshes or len(s.replay_threshold) != refreshes:
+        raise ConfigError(
+            "Config keys 'steer.replay_dplp' and 'steer.replay_threshold' need "
+            f"one entry per end-of-epoch refresh, optim.epochs + 1 = {refreshes} "
+            f"(got {len(s.replay_dplp)} and {len(s.replay_threshold)}).")
+    if cfg.data.num_check:
+        raise ConfigError("A replay has no check: leave data.num_check at 0 "
+                          f"(got {cfg.data.num_check}).")
+    bad = [t for t in s.replay_threshold if t is not None and not 0 <= t <= 1]
+    if bad:
+        raise ConfigError("Config key 'steer.replay_threshold' holds softmax "
+                          f"confidences in [0, 1] or null (got {bad[0]}).")
 
 
 def _fields(cls) -> dict[str, Any]:
@@ -436,6 +476,7 @@ def _check(cfg: Config) -> None:
     if isinstance(cfg.log.progress, str) and cfg.log.progress != "auto":
         raise ConfigError("Config key 'log.progress' must be true, false or auto "
                           f"(got '{cfg.log.progress}').")
+    _check_replay(cfg)
     if cfg.data.num_check < 0:
         raise ConfigError("Config key 'data.num_check' must be >= 0 (labels held "
                           f"out for the premise check; got {cfg.data.num_check}).")

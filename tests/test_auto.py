@@ -9,7 +9,7 @@ import torch
 from dag_pyg.cli import main
 from dag_pyg.config import ConfigError, load_config
 from dag_pyg.train import evaluate_run, load_run, run, train
-from dag_pyg.train.auto import ARMS, arm_configs, choose
+from dag_pyg.train.auto import ARMS, arm_configs, choose, refit_config
 from dag_pyg.train.checkpoint import CheckpointError
 from dag_pyg.train.setup import run_started
 
@@ -55,6 +55,38 @@ def test_arm_configs():
     assert b.optim == cfg.optim and b.graph == cfg.graph
 
 
+def test_refit_config_replays_the_steered_arm(tmp_path):
+    cfg = load_config("configs/digits.yaml", ["method=auto", "optim.epochs=2",
+                                              "optim.pretrain_epochs=2"])
+    # The labels alone: all labels, nothing else changed.
+    b = refit_config(cfg, "labels_only", tmp_path)
+    assert b.data.num_check == 0 and b.name == "digits_refit"
+    assert (b.dna.aggregator, b.pseudo_label.source) == ("none", "none")
+    # steered: its decisions per end-of-epoch refresh, in epoch order; a
+    # record repeated by a resume counts once (the last); NaN thresholds
+    # (JSON null) admit none.
+    recs = [{"epoch": 0, "loss": 1.0},
+            {"epoch": 1, "auto_dplp": 1.0, "auto_threshold": None,
+             "auto_neighbours": 0.0},
+            {"epoch": 2, "auto_dplp": 1.0, "auto_threshold": 0.9,
+             "auto_neighbours": 0.0},
+            {"epoch": 2, "auto_dplp": 0.0, "auto_threshold": 0.8,
+             "auto_neighbours": 0.0},
+            {"epoch": 3, "auto_dplp": 1.0, "auto_threshold": 0.7,
+             "auto_neighbours": 0.0}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n"
+                                                    for r in recs))
+    s = refit_config(cfg, "steered", tmp_path)
+    assert (s.method, s.data.num_check) == ("steered", 0)
+    assert s.steer.replay_dplp == [True, False, True]
+    assert s.steer.replay_threshold == [None, 0.8, 0.7]
+    assert s.steer.replay_neighbours is False
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n"
+                                                    for r in recs[:3]))
+    with pytest.raises(CheckpointError, match="records 2 steered refreshes"):
+        refit_config(cfg, "steered", tmp_path)
+
+
 def test_auto_is_trained_through_train_only(tmp_path):
     cfg = load_config("configs/digits.yaml", ["method=auto", *TINY])
     with pytest.raises(ConfigError, match="train it with"):
@@ -98,19 +130,25 @@ def test_auto_trains_both_arms_and_keeps_the_better(tmp_path, monkeypatch, capsy
         assert choice["arms"][arm]["acc"] == pytest.approx(accs[arm])
     want = "steered" if accs["steered"] >= accs["labels_only"] else "labels_only"
     assert choice["arm"] == want and choice["check_n"] == 10
-    assert choice["model_dir"] == f"arms/{want}"
-    # The run's summary is the chosen arm's, with the choice and both arms.
-    arm_summary = json.loads((out / "arms" / want / "summary.json").read_text())
-    assert summary["test_error_last"] == arm_summary["test_error_last"]
+    assert choice["model_dir"] == "refit"
+    # The run's summary is the refit's, with the choice and both arms.
+    refit = json.loads((out / "refit" / "summary.json").read_text())
+    assert summary["test_error_last"] == refit["test_error_last"]
     assert summary["auto"] == choice and set(summary["arms"]) == set(ARMS)
     assert summary["config"]["method"] == "auto"
-    # Both arms held out the same labels and trained on the rest.
-    splits = [json.loads((out / "arms" / a / "split.json").read_text())
-              for a in ARMS]
+    # Both arms held out the same labels and trained on the rest; the refit
+    # trained on all of them, the chosen arm's way.
+    splits = [json.loads((out / d / "split.json").read_text())
+              for d in ("arms/labels_only", "arms/steered", "refit")]
     assert splits[0]["meta"]["check"] == splits[1]["meta"]["check"]
-    # eval of the run folder evaluates the chosen arm.
+    assert set(splits[0]["meta"]["check"]) <= set(splits[0]["labelled"])
+    assert "check" not in splits[2]["meta"]
+    assert splits[2]["labelled"] == splits[0]["labelled"]
+    assert refit["config"]["data"]["num_check"] == 0
+    assert refit["config"]["method"] == ("steered" if want == "steered" else "dag")
+    # eval of the run folder evaluates the refit.
     assert evaluate_run(out)["test_error"] == pytest.approx(
-        evaluate_run(out / "arms" / want)["test_error"])
+        evaluate_run(out / "refit")["test_error"])
     # A finished run is never overwritten; --resume finds both arms done.
     assert run_started(out)
     assert main(args) == 2

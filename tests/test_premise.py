@@ -4,6 +4,7 @@ numbers against hand-computed ones on a small graph, and the refresh's
 record on digits."""
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -373,3 +374,80 @@ def test_diagnose_holds_out_a_share_of_the_split_labels():
     for extra in ([], ["method=steered"], ["method=auto"]):
         cfg = load_config("configs/digits.yaml", ["log.progress=false", *extra])
         assert default_num_check(cfg) == 10
+
+
+def replay_of(n, dplp, threshold, *extra):
+    return [f"steer.replay_dplp={json.dumps(dplp * n)}",
+            f"steer.replay_threshold={json.dumps(threshold * n)}", *extra]
+
+
+def test_replay_config_errors():
+    cfg = load_config("configs/digits.yaml", ["method=steered"])
+    n = cfg.optim.epochs + 1
+    ok = load_config("configs/digits.yaml",
+                     ["method=steered", *replay_of(n, [True], [0.5])])
+    assert ok.steer.replay_threshold == [0.5] * n
+    for extra, match in (
+            (replay_of(n - 1, [True], [0.5]), f"optim.epochs \\+ 1 = {n}"),
+            (replay_of(n, [True], [0.5], "data.num_check=5"), "no check"),
+            (replay_of(n, [True], [1.5]), "in \\[0, 1\\] or null"),
+            (["steer.replay_threshold=[0.5]"], f"optim.epochs \\+ 1 = {n}")):
+        with pytest.raises(ConfigError, match=match):
+            load_config("configs/digits.yaml", ["method=steered", *extra])
+    with pytest.raises(ConfigError, match="set method: steered"):
+        load_config("configs/digits.yaml", replay_of(n, [True], [0.5]))
+
+
+def test_replayed_decision_per_refresh():
+    from dag_pyg.train.refresh import replayed
+
+    cfg = load_config("configs/digits.yaml", ["method=steered", "optim.epochs=2",
+                                              "optim.pretrain_epochs=3",
+                                              "steer.replay_dplp=[true,false,true]",
+                                              "steer.replay_threshold=[null,0.5,0.7]"])
+    # Refreshes after epochs 2 (the last pre-training one), 3 and 4; a
+    # mid-epoch refresh passes the epoch before it.
+    assert [replayed(cfg, e) for e in (2, 3, 4)] == [(True, None), (False, 0.5),
+                                                     (True, 0.7)]
+    assert replayed(cfg, -1) == (True, None) and replayed(cfg, 9) == (True, 0.7)
+
+
+def test_replay_trains_on_every_label_by_the_decisions_given():
+    from dag_pyg.propagation import pseudo_labels
+    from dag_pyg.train.refresh import label_bank_logits
+
+    base = load_config("configs/digits.yaml", ["method=steered"])
+    n = base.optim.epochs + 1
+    cfg, data, model = steered_setup(*replay_of(n, [False], [None]))
+    # No check: every label trains.
+    assert data.check_mask is None and data.num_labelled == 50
+    ep = cfg.optim.pretrain_epochs - 1
+    # Refresh 0 admits none: the labels alone.
+    out = refresh(run_of(cfg, model, data), epoch=ep)
+    unl = ~data.labelled_mask
+    assert not bool((out.banks.targets[unl] >= 0).any())
+    assert torch.equal(out.banks.targets[~unl], data.true_y[~unl])
+    assert out.stats["auto_dplp"] == 0.0 and math.isnan(out.stats["auto_threshold"])
+    # Model labels at a threshold inside the confidences: exactly those at or
+    # above it, with the model's (Label Bank's) label.
+    logits = label_bank_logits(model.head, out.banks.features, out.graph,
+                               cfg.dna.k, CPU)
+    conf = torch.softmax(logits.double(), 1).amax(1)
+    tau = float(conf[unl].median())
+    cfg.steer.replay_threshold = [None, tau] + [None] * (n - 2)
+    out = refresh(run_of(cfg, model, data), epoch=ep + 1)
+    prior = logits.argmax(1)
+    prior[~unl] = data.true_y[~unl]
+    want = torch.where(unl & (conf < tau), -1, prior)
+    assert torch.equal(out.banks.targets, want)
+    assert out.stats["auto_threshold"] == pytest.approx(tau)
+    # DPLP's labels where replayed so.
+    cfg.steer.replay_dplp = [False, True] + [False] * (n - 2)
+    out = refresh(run_of(cfg, model, data), epoch=ep + 1)
+    lp = pseudo_labels(out.graph, data.true_y, data.labelled_mask, prior,
+                       mode=cfg.dplp.mode, num_classes=data.num_classes)
+    assert torch.equal(out.banks.targets, torch.where(unl & (conf < tau), -1,
+                                                      lp.targets))
+    # The head's neighbour term as replayed.
+    cfg.steer.replay_neighbours = False
+    assert refresh(run_of(cfg, model, data), epoch=ep).banks.neighbours is False

@@ -39,7 +39,7 @@ def evaluate_record(path: Path, runs: Path = RUNS, force: bool = False) -> dict 
     if "full_test" in rec and not force:
         return None
     run_dir = runs / rec["grid"] / rec["row"] / f"seed{rec['seed']}"
-    if not (model_dir(run_dir) / CHECKPOINT).is_file():  # auto: its chosen arm
+    if not (model_dir(run_dir) / CHECKPOINT).is_file():  # auto: its refit
         raise SystemExit(
             f"{path.name}: the run folder '{run_dir}' has no checkpoint; re-run "
             f"it: python -m benchmarks.experiments.reproduce "

@@ -229,7 +229,7 @@ def run_one(grid: dict, row: str, seed: int, extra: list[str], force: bool,
     # The command of an uninterrupted run: resuming gives the same result.
     result = {"grid": grid["name"], "row": row, "seed": seed,
               "command": shlex.join(cmd), "wall_time_s": wall, "summary": summary,
-              # A method: auto run's metrics are its chosen arm's.
+              # A method: auto run's metrics are its refit's.
               "metrics": read_metrics(model_dir(run_dir) / "metrics.jsonl")}
     if resume:  # wall_time_s is then this attempt's only
         result["resumed"] = True

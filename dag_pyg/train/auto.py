@@ -27,12 +27,20 @@ is real but smaller than that, while a point-estimate choice loses, in
 expectation, only where the arms are close (a wrong choice between close
 arms costs little). The interval is recorded beside the choice.
 
-The chosen arm's model is the run's: ``dag-pyg eval`` of the run folder
-evaluates it (:func:`~dag_pyg.train.evaluate.model_dir`), and
-``summary.json`` is its summary with the choice (``auto``) and every arm's
-result (``arms``). Each arm is an ordinary run folder: it checkpoints every
-epoch and ``--resume`` continues it, skipping finished arms. The labels
-``auto`` holds out are never trained on, by either arm.
+Then it refits the chosen arm on every label, as a model selection refits
+its choice on all the data (scikit-learn's ``refit``), into ``<run>/refit``
+(:func:`refit_config`): the labels alone on all labels, or the steered
+arm's decisions, refresh by refresh (DPLP's labels or the model's, the
+admission threshold, the neighbour term), replayed without a check
+(``steer.replay_*``). The held-out labels then cost the choice nothing at
+test time: on CIFAR-10 at CPU scale, 320 of 400 labels alone were 0.9
+points worse than all 400. The refit's model is the run's: ``dag-pyg
+eval`` of the run folder evaluates it
+(:func:`~dag_pyg.train.evaluate.model_dir`), and ``summary.json`` is its
+summary with the choice (``auto``) and every arm's result (``arms``).
+``auto`` costs three trainings: the two arms and the refit. Each is an
+ordinary run folder: it checkpoints every epoch and ``--resume`` continues
+it, skipping finished ones.
 """
 from __future__ import annotations
 
@@ -48,11 +56,12 @@ from dag_pyg.distributed import DistContext
 from dag_pyg.train.checkpoint import CheckpointError
 from dag_pyg.train.evaluate import load_run, predict
 from dag_pyg.train.interrupt import TrainingInterrupted
-from dag_pyg.train.logger import RunLogger, write_json_atomic
+from dag_pyg.train.logger import RunLogger, read_metrics, write_json_atomic
 from dag_pyg.train.premise import paired_gain, wilson
 from dag_pyg.train.setup import CHECKPOINT, CHOICE, default_num_check, run_started
 
 ARMS_DIR = "arms"
+REFIT_DIR = "refit"
 # Trained in this order: the cheaper arm first.
 ARMS = ("labels_only", "steered")
 
@@ -73,6 +82,28 @@ def arm_configs(cfg: Config, num_check: int) -> dict[str, Config]:
             c.pseudo_label.source = "none"
         out[arm] = c
     return out
+
+
+def refit_config(cfg: Config, arm: str, arm_dir: Path) -> Config:
+    """The configuration of ``arm`` (trained in ``arm_dir``) on every label:
+    the labels alone as they are; the steered arm's decisions, one per
+    end-of-epoch refresh (its ``auto_*`` records), as a replay
+    (``steer.replay_*``)."""
+    c = arm_configs(cfg, 0)[arm]
+    c.name = f"{cfg.name}_refit"
+    if arm == "steered":
+        by_epoch = {r["epoch"]: r for r in read_metrics(arm_dir) if "auto_dplp" in r}
+        decided = [by_epoch[e] for e in sorted(by_epoch)]
+        if len(decided) != cfg.optim.epochs + 1:
+            raise CheckpointError(
+                f"'{arm_dir}' records {len(decided)} steered refreshes, not "
+                f"optim.epochs + 1 = {cfg.optim.epochs + 1}: it is not a "
+                "finished arm of this configuration.")
+        c.steer.replay_dplp = [bool(r["auto_dplp"]) for r in decided]
+        # null (NaN in the run): no pseudo label admitted
+        c.steer.replay_threshold = [r["auto_threshold"] for r in decided]
+        c.steer.replay_neighbours = bool(decided[0]["auto_neighbours"])
+    return c
 
 
 def check_right(run_dir: Path) -> tuple[Tensor, Tensor]:
@@ -123,16 +154,30 @@ def _decide(run_dir: Path) -> dict:
                 "labels; they are not comparable. Start the run anew with --out.")
         rows = arm_rows
     choice = choose(right)
-    choice["model_dir"] = f"{ARMS_DIR}/{choice['arm']}"
+    choice["model_dir"] = REFIT_DIR
     return choice
+
+
+def _train_part(run_arm: Callable[..., dict], cfg: Config, run_dir: Path,
+                part: str, dist: DistContext) -> dict:
+    """Trains (or resumes, or reads back, where finished) one part of an
+    ``auto`` run into ``run_dir / part``."""
+    part_dir = run_dir / part
+    try:
+        return run_arm(cfg, part_dir, resume=(part_dir / CHECKPOINT).is_file(),
+                       dist=dist)
+    except TrainingInterrupted as e:
+        raise TrainingInterrupted(
+            f"{e}; for the whole method: auto run: `dag-pyg train CONFIG "
+            f"--out {run_dir} --resume`", e.signum) from None
 
 
 def train_auto(cfg: Config, run_dir: str | Path, run_arm: Callable[..., dict],
                resume: bool = False, dist: DistContext | None = None) -> dict:
     """Trains ``method: auto`` (see the module docstring) into ``run_dir``,
-    each arm with ``run_arm`` (:func:`~dag_pyg.train.loop.run`); returns the
-    chosen arm's summary with the choice (``auto``) and every arm's result
-    (``arms``)."""
+    each arm and the refit with ``run_arm`` (:func:`~dag_pyg.train.loop.run`);
+    returns the refit's summary with the choice (``auto``) and every arm's
+    result (``arms``)."""
     run_dir, dist = Path(run_dir), dist or DistContext()
     if cfg.method != "auto":
         raise ConfigError(f"train_auto trains method: auto (got {cfg.method!r}).")
@@ -149,17 +194,13 @@ def train_auto(cfg: Config, run_dir: str | Path, run_arm: Callable[..., dict],
                           save_config(cfg, run_dir / "config.yaml")), share=False)
     summaries = {}
     for arm, arm_cfg in arm_configs(cfg, num_check).items():
-        arm_dir = run_dir / ARMS_DIR / arm
-        try:
-            summaries[arm] = run_arm(arm_cfg, arm_dir,
-                                     resume=(arm_dir / CHECKPOINT).is_file(),
-                                     dist=dist)
-        except TrainingInterrupted as e:
-            raise TrainingInterrupted(
-                f"{e}; for the whole method: auto run: `dag-pyg train CONFIG "
-                f"--out {run_dir} --resume`", e.signum) from None
+        summaries[arm] = _train_part(run_arm, arm_cfg, run_dir, f"{ARMS_DIR}/{arm}",
+                                     dist)
     choice = dist.on_main(lambda: _decide(run_dir))
-    summary = {**summaries[choice["arm"]], "run_dir": str(run_dir),
+    arm_dir = run_dir / ARMS_DIR / choice["arm"]
+    refit_cfg = dist.on_main(lambda: refit_config(cfg, choice["arm"], arm_dir))
+    refit = _train_part(run_arm, refit_cfg, run_dir, REFIT_DIR, dist)
+    summary = {**refit, "run_dir": str(run_dir),
                "model_dir": str(run_dir / choice["model_dir"]), "auto": choice,
                "arms": {a: {"test_error_last": s["test_error_last"],
                             "check": s.get("check", {})}

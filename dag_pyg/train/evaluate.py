@@ -125,8 +125,9 @@ class LoadedRun:
 
 
 def model_dir(run_dir: str | Path) -> Path:
-    """The folder of the model a run folder holds: the arm ``method: auto``
-    chose (:mod:`~dag_pyg.train.auto`), else the folder itself."""
+    """The folder of the model a run folder holds: ``method: auto``'s refit
+    of the arm it chose (:mod:`~dag_pyg.train.auto`), else the folder
+    itself."""
     run_dir = Path(run_dir)
     choice = run_dir / CHOICE
     if choice.is_file():
@@ -171,7 +172,7 @@ def evaluate_run(run_dir: str | Path, num_test: int | str | None = None) -> dict
     (the whole test set, e.g. all 10,000 CIFAR-10 test images for a run
     trained with ``data.num_test=1000``) or a class-balanced subset of that
     size; the result then goes to ``eval_test-<num_test>.json``. A
-    ``method: auto`` folder evaluates the arm it chose (:func:`model_dir`).
+    ``method: auto`` folder evaluates its refit (:func:`model_dir`).
     """
     run_dir = Path(run_dir)
     model_folder = model_dir(run_dir)

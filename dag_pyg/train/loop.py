@@ -211,7 +211,7 @@ def refresh_after(run: Run, state: TrainState, epoch: int) -> Refreshed:
     # An online bank was written by this epoch's steps; the one after
     # pre-training is extracted.
     new = refresh(run, features=banks.features if writes_bank(cfg, pretrain) else None,
-                  neighbours=None if banks is None else banks.neighbours)
+                  neighbours=None if banks is None else banks.neighbours, epoch=epoch)
     main_epoch = epoch - cfg.optim.pretrain_epochs + 1
     last = cfg.optim.pretrain_epochs + cfg.optim.epochs - 1
     if epoch == last or (main_epoch >= 0 and main_epoch % cfg.eval.every == 0):

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Data
 
-from dag_pyg.config import Config
+from dag_pyg.config import Config, replays
 from dag_pyg.distributed import DistContext, broadcast_data
 from dag_pyg.graph import bank_drift, build_density_graph
 from dag_pyg.nn import DNAHead
@@ -189,13 +189,16 @@ def _checked(run: Run, feats: Tensor, graph: Data, prior: Tensor,
                              data.labelled_mask, data.check_mask, run.device)
 
 
-def graph_and_labels(run: Run, feats: Tensor, neighbours: bool | None = None
-                     ) -> Refreshed:
+def graph_and_labels(run: Run, feats: Tensor, neighbours: bool | None = None,
+                     epoch: int = -1) -> Refreshed:
     """Graph, Label Bank, pseudo labels, their weights and statistics of a
     Feature Bank. With ``method: steered`` the premise check steers them
     (:func:`steer`); ``neighbours`` is its earlier choice for the head's
-    neighbour term (:obj:`None`: not made yet)."""
+    neighbour term (:obj:`None`: not made yet); ``epoch``: the last epoch
+    trained to its end (what a replay reads)."""
     cfg, data = run.cfg, run.data
+    if neighbours is None and replays(cfg):
+        neighbours = cfg.steer.replay_neighbours
     rec: dict[str, float] = {}
     t = time.perf_counter()
     graph = build_graph(feats, cfg, run.device)
@@ -223,7 +226,8 @@ def graph_and_labels(run: Run, feats: Tensor, neighbours: bool | None = None
     unl = ~mask
     if cfg.method == "steered":
         out, targets, logits, prior, neighbours = steer(
-            run, feats, graph, logits, prior, lp, rec, neighbours)
+            run, feats, graph, logits, prior, out if lp is None else lp, rec,
+            neighbours, epoch)
     else:
         targets = out.targets
         if pl.threshold > 0 or pl.admit != "all":
@@ -245,39 +249,56 @@ def graph_and_labels(run: Run, feats: Tensor, neighbours: bool | None = None
 
 
 def steer(run: Run, feats: Tensor, graph: Data, logits: Tensor, prior: Tensor,
-          lp: PseudoLabels, rec: dict[str, float], neighbours: bool | None
-          ) -> tuple[PseudoLabels, Tensor, Tensor, Tensor, bool]:
+          lp: PseudoLabels, rec: dict[str, float], neighbours: bool | None,
+          epoch: int = -1) -> tuple[PseudoLabels, Tensor, Tensor, Tensor, bool]:
     """``method: steered``'s refresh (:func:`~dag_pyg.train.premise.auto_decisions`,
     :func:`~dag_pyg.train.premise.admission_threshold`): the pseudo labels,
     the targets, the Label Bank's logits and labels, and the neighbour
-    choice. ``rec`` holds the check of the Label Bank ``prior``; it gains
-    the decisions (``auto_*``), and where the first refresh drops the
-    neighbour term, the check of the Label Bank without it (the first
-    check's neighbour gain is kept as ``auto_neighbour_gain``)."""
+    choice. ``lp``: DPLP's labels over ``prior``. ``rec`` holds the check
+    of the Label Bank ``prior``; it gains the decisions (``auto_*``), and
+    where the first refresh drops the neighbour term, the check of the
+    Label Bank without it (the first check's neighbour gain is kept as
+    ``auto_neighbour_gain``). A replay (``steer.replay_*``, no check) takes
+    the decisions of the refresh after ``epoch`` from the config instead."""
     cfg, data = run.cfg, run.data
-    mask, truth = data.labelled_mask, data.true_y
-    if neighbours is None:
-        neighbours = auto_decisions(rec)["neighbours"]
-        for key in ("", "_lo", "_hi"):
-            rec[f"auto_neighbour_gain{key}"] = rec.get(f"check_neighbour_gain{key}",
-                                                       math.nan)
-        if not neighbours and run.model.head.hops > 0:
-            logits, prior = _label_bank(run, feats, graph, False)
-            lp, check = _checked(run, feats, graph, prior, None)
-            rec.update(check)
-    use_dplp = auto_decisions(rec)["dplp"]
+    mask, truth, check = data.labelled_mask, data.true_y, data.check_mask
+    conf = torch.softmax(logits.double(), dim=1).amax(1)
+    if replays(cfg):
+        use_dplp, tau = replayed(cfg, epoch)
+    else:
+        if neighbours is None:
+            neighbours = auto_decisions(rec)["neighbours"]
+            for key in ("", "_lo", "_hi"):
+                rec[f"auto_neighbour_gain{key}"] = rec.get(
+                    f"check_neighbour_gain{key}", math.nan)
+            if not neighbours and run.model.head.hops > 0:
+                logits, prior = _label_bank(run, feats, graph, False)
+                conf = torch.softmax(logits.double(), dim=1).amax(1)
+                lp, checked = _checked(run, feats, graph, prior, None)
+                rec.update(checked)
+        use_dplp = auto_decisions(rec)["dplp"]
     out = lp if use_dplp else pseudo_labels(graph, truth, mask, prior,
                                             source="model", sigma=cfg.dplp.sigma)
-    check = data.check_mask
-    conf = torch.softmax(logits.double(), dim=1).amax(1)
-    tau = admission_threshold(conf[check], out.targets[check] == truth[check])
-    # Check nodes never train (see dag_pyg.train.premise): the check then
-    # reads a model that has not fitted them, as test images meet it.
-    drop = (~mask if tau is None else ~mask & (conf < tau)) | check
+    if not replays(cfg):
+        tau = admission_threshold(conf[check], out.targets[check] == truth[check])
+    drop = ~mask if tau is None else ~mask & (conf < tau)
+    if check is not None:
+        # Check nodes never train (see dag_pyg.train.premise): the check then
+        # reads a model that has not fitted them, as test images meet it.
+        drop |= check
     targets = torch.where(drop, torch.full_like(out.targets, -1), out.targets)
     rec.update(auto_neighbours=float(neighbours), auto_dplp=float(use_dplp),
                auto_threshold=math.nan if tau is None else tau)
     return out, targets, logits, prior, neighbours
+
+
+def replayed(cfg: Config, epoch: int) -> tuple[bool, float | None]:
+    """A replay's decisions for the refresh after ``epoch`` (a mid-epoch
+    refresh passes the epoch before it: the decisions in force): DPLP's
+    labels or the model's, and the admission threshold."""
+    s = cfg.steer
+    i = min(max(epoch - cfg.optim.pretrain_epochs + 1, 0), len(s.replay_dplp) - 1)
+    return s.replay_dplp[i], s.replay_threshold[i]
 
 
 def broadcast_refresh(run: Run, out: Refreshed | None, feats: Tensor
@@ -310,13 +331,13 @@ def shared_graph(run: Run, feats: Tensor) -> Data:
 
 
 def refresh(run: Run, features: Tensor | None = None,
-            neighbours: bool | None = None) -> Refreshed:
+            neighbours: bool | None = None, epoch: int = -1) -> Refreshed:
     """Feature Bank, graph, Label Bank and pseudo labels from the run's
     current model; with ``features`` (an online bank, identical on every
     rank; it becomes the new bank, not copied) the bank is not re-extracted.
     A run that reads no bank (:func:`needs_banks`) gets the labels alone, no
-    graph. ``neighbours``: ``method: steered``'s earlier choice (see
-    :func:`graph_and_labels`)."""
+    graph. ``neighbours``: ``method: steered``'s earlier choice; ``epoch``:
+    the last epoch trained to its end (see :func:`graph_and_labels`)."""
     cfg, data, dist = run.cfg, run.data, run.dist
     if not needs_banks(cfg, run.model.uses_graph_head):
         targets = torch.where(data.labelled_mask, data.true_y, -1)
@@ -334,11 +355,11 @@ def refresh(run: Run, features: Tensor | None = None,
     rec["bank_mb"] = feats.numel() * feats.element_size() / 2**20
 
     if dist.enabled and cfg.distributed.graph == "rank0":
-        out = dist.on_main(lambda: graph_and_labels(run, feats, neighbours),
+        out = dist.on_main(lambda: graph_and_labels(run, feats, neighbours, epoch),
                            share=False)
         out = broadcast_refresh(run, out, feats)
     else:
-        out = graph_and_labels(run, feats, neighbours)
+        out = graph_and_labels(run, feats, neighbours, epoch)
     rec.update(out.stats)
     out.stats = rec
     return out

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch_geometric.data import Data
 
-from dag_pyg.config import Config, ConfigError
+from dag_pyg.config import Config, ConfigError, replays
 from dag_pyg.data import (
     ArrayDataset,
     BatchTransform,
@@ -145,7 +145,8 @@ def load_data(cfg: Config) -> TrainData:
     split.meta.update(made_for)
     labelled, check = split.labelled, split.labelled[:0]
     num_check = d.num_check
-    if not num_check and cfg.method in ("steered", "auto"):  # they need a check
+    # They need a check; a replay (auto's refit) trains on every label.
+    if not num_check and cfg.method in ("steered", "auto") and not replays(cfg):
         num_check = default_check_count(train.targets[split.labelled])
     if num_check:
         labelled, check = hold_out(split.labelled, train.targets, num_check,
