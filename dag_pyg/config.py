@@ -88,6 +88,11 @@ class DataConfig:
     split_file: str | None = None  # reuse another run's split.json
     translate: int | None = None   # augmentation shift in px (None: dataset default)
     flip: bool | None = None       # horizontal flips (None: dataset default)
+    # Random affine map per training image (torchvision's RandomAffine
+    # ranges): rotation +-degrees, scale 1 +- scale, x-shear +-degrees.
+    affine_degrees: float = 0.0
+    affine_scale: float = 0.0
+    affine_shear: float = 0.0
     skip_bad_files: bool = False   # imagefolder: skip undecodable files (logged)
 
 
@@ -477,6 +482,13 @@ def _check(cfg: Config) -> None:
         raise ConfigError("Config key 'log.progress' must be true, false or auto "
                           f"(got '{cfg.log.progress}').")
     _check_replay(cfg)
+    d = cfg.data
+    if not (0 <= d.affine_degrees <= 180 and 0 <= d.affine_scale < 1
+            and 0 <= d.affine_shear < 90):
+        raise ConfigError(
+            "Config keys 'data.affine_degrees', 'data.affine_scale' and "
+            "'data.affine_shear' must lie in [0, 180], [0, 1) and [0, 90) (got "
+            f"{d.affine_degrees}, {d.affine_scale}, {d.affine_shear}).")
     if cfg.data.num_check < 0:
         raise ConfigError("Config key 'data.num_check' must be >= 0 (labels held "
                           f"out for the premise check; got {cfg.data.num_check}).")

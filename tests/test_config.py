@@ -166,3 +166,17 @@ def test_dna_enabled_of_earlier_releases_is_translated(tmp_path):
     old = write(tmp_path, "old.yaml", "dna:\n  enabled: true\n  aggregator: gat\n")
     with pytest.warns(FutureWarning):
         assert load_config(old).dna.aggregator == "gat"
+
+
+def test_affine_augmentation_keys():
+    from dag_pyg.train.setup import load_data
+
+    cfg = load_config("configs/digits.yaml", ["data.affine_degrees=15",
+                                              "data.affine_scale=0.1",
+                                              "data.affine_shear=5"])
+    assert load_data(cfg).train_tf.affine == (15.0, 0.1, 5.0)
+    assert load_data(load_config("configs/digits.yaml")).train_tf.affine == (0, 0, 0)
+    for bad in ("data.affine_degrees=200", "data.affine_scale=1.0",
+                "data.affine_shear=-1"):
+        with pytest.raises(ConfigError, match="must lie in \\[0, 180\\], \\[0, 1\\)"):
+            load_config("configs/digits.yaml", [bad])

@@ -13,11 +13,13 @@ from dag_pyg.data import (
     BatchTransform,
     DatasetNotFoundError,
     Split,
+    affine,
     channel_stats,
     load_dataset,
     make_split,
     mixup,
     normalize,
+    random_affine,
     random_flip,
     random_translate,
     to_float,
@@ -372,6 +374,53 @@ def test_translate_determinism_and_errors():
         random_translate(x, 2, padding_mode="edge")
     with pytest.raises(ValueError, match="pad"):
         random_translate(x, 7)
+
+
+def test_affine_matches_torchvision_per_image():
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.v2 import functional as TF
+
+    torch.manual_seed(0)
+    x = torch.rand(4, 2, 28, 20)  # not square: the grid's aspect matters
+    angle = torch.tensor([10.0, -25.0, 90.0, 0.0])
+    scale = torch.tensor([1.0, 1.1, 0.9, 1.0])
+    shear = torch.tensor([0.0, 5.0, -8.0, 0.0])
+    out = affine(x, angle, scale, shear, padding_mode="zero")
+    for i in range(4):
+        ref = TF.affine(x[i], angle=float(angle[i]), translate=[0, 0],
+                        scale=float(scale[i]), shear=[float(shear[i]), 0.0],
+                        interpolation=InterpolationMode.BILINEAR)
+        assert torch.allclose(out[i], ref, atol=1e-5)
+    assert torch.allclose(out[3], x[3], atol=1e-6)  # the identity
+    # 90 degrees on a square image: exactly a quarter turn, clockwise.
+    sq = torch.rand(1, 1, 7, 7)
+    turned = affine(sq, torch.tensor([90.0]), torch.ones(1), torch.zeros(1))
+    assert torch.allclose(turned, torch.rot90(sq, -1, (2, 3)), atol=1e-5)
+    with pytest.raises(TypeError, match="float images"):
+        affine(_batch(), angle, scale, shear)
+
+
+def test_random_affine_ranges_and_seeding():
+    x = torch.rand(64, 1, 9, 9)
+    g = torch.Generator().manual_seed(0)
+    a = random_affine(x, 15, 0.1, 10, g)
+    assert torch.equal(a, random_affine(x, 15, 0.1, 10,
+                                        torch.Generator().manual_seed(0)))
+    assert not torch.allclose(a, x)
+    assert torch.equal(random_affine(x, 0, 0, 0, g), x)
+    # Rotation alone of a centred disc's radial image changes nothing
+    # (bilinear error aside); a scale does.
+    yy, xx = torch.meshgrid(torch.arange(9.0), torch.arange(9.0), indexing="ij")
+    disc = (-((yy - 4) ** 2 + (xx - 4) ** 2) / 8).exp().expand(8, 1, 9, 9)
+    for deg, sc in ((180, 0), (0, 0.3)):
+        out = random_affine(disc, deg, sc, 0, g, padding_mode="zero")
+        assert torch.allclose(out, disc, atol=0.05) == (sc == 0)
+    with pytest.raises(ValueError, match="scale in \\[0, 1\\)"):
+        random_affine(x, 10, 1.5, 0)
+    tf = BatchTransform(affine=(15, 0.1, 10), padding_mode="zero")
+    assert torch.equal(tf(x, torch.Generator().manual_seed(1)),
+                       random_affine(x, 15, 0.1, 10, torch.Generator().manual_seed(1),
+                                     padding_mode="zero"))
 
 
 def test_batch_transform():

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 PADDING_MODES = ("reflect", "zero")
@@ -104,12 +105,67 @@ def random_translate(x: Tensor, pad: int, generator: torch.Generator | None = No
     return out
 
 
+def affine(x: Tensor, angle: Tensor, scale: Tensor, shear: Tensor,
+           padding_mode: str = "reflect") -> Tensor:
+    r"""Rotates, scales and shears each image about its centre, bilinearly.
+
+    The same map as torchvision's ``functional.affine(img, angle, [0, 0],
+    scale, [shear, 0])`` per image (clockwise angles in degrees, a shear
+    parallel to the x-axis), as one ``affine_grid``/``grid_sample`` call for
+    the batch.
+
+    Args:
+        x (Tensor): ``[B, C, H, W]`` float images.
+        angle (Tensor): ``[B]`` rotations in degrees.
+        scale (Tensor): ``[B]`` scale factors (> 0).
+        shear (Tensor): ``[B]`` shears in degrees.
+        padding_mode (str, optional): ``"reflect"`` or ``"zero"``.
+            (default: ``"reflect"``)
+    """
+    if not x.is_floating_point():
+        raise TypeError(f"affine needs float images (got {x.dtype}); call "
+                        "to_float first.")
+    b, _, h, w = x.shape
+    a, t = torch.deg2rad(angle.double()), torch.tan(torch.deg2rad(shear.double()))
+    s, cos, sin = scale.double(), torch.cos(a), torch.sin(a)
+    # The forward map in pixel coordinates (x right, y down) about the
+    # centre: rotation * scale * shear; the grid samples its inverse.
+    fwd = torch.stack([torch.stack([s * cos, s * (-cos * t - sin)], 1),
+                       torch.stack([s * sin, s * (-sin * t + cos)], 1)], 1)
+    half = torch.tensor([w / 2, h / 2], dtype=torch.float64)
+    # In affine_grid's coordinates, [-1, 1] along each axis.
+    inv = torch.linalg.inv(fwd) * half.view(1, 1, 2) / half.view(1, 2, 1)
+    theta = torch.cat([inv, inv.new_zeros(b, 2, 1)], 2).to(x)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    mode = "reflection" if padding_mode == "reflect" else "zeros"
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode=mode,
+                         align_corners=False)
+
+
+def random_affine(x: Tensor, degrees: float, scale: float, shear: float,
+                  generator: torch.Generator | None = None,
+                  padding_mode: str = "reflect") -> Tensor:
+    r"""Random :func:`affine` per image: a rotation in ``[-degrees,
+    degrees]``, a scale in ``[1 - scale, 1 + scale]`` and a shear in
+    ``[-shear, shear]`` degrees, uniform (torchvision's ``RandomAffine``
+    with these ranges, drawn per image rather than per batch)."""
+    if not (0 <= degrees <= 180 and 0 <= scale < 1 and 0 <= shear < 90):
+        raise ValueError("random_affine: degrees in [0, 180], scale in [0, 1) "
+                         f"and shear in [0, 90) (got {degrees}, {scale}, {shear}).")
+    if degrees == scale == shear == 0:
+        return x
+    u = torch.rand(3, x.shape[0], generator=generator, device=_gen_device(generator),
+                   dtype=torch.float64).cpu() * 2 - 1
+    return affine(x, u[0] * degrees, 1 + u[1] * scale, u[2] * shear, padding_mode)
+
+
 class BatchTransform:
     r"""Augments (optionally) and normalises a batch of images.
 
     Order: random translate, random horizontal flip (both on the raw dtype),
-    conversion to float in ``[0, 1]``, per-channel normalisation. With
-    ``pad=0`` and ``flip=False`` it is the evaluation transform.
+    conversion to float in ``[0, 1]``, a random affine map (rotation, scale,
+    shear; :func:`random_affine`), per-channel normalisation. With ``pad=0``,
+    ``flip=False`` and no affine map it is the evaluation transform.
 
     Args:
         mean (Sequence[float], optional): per-channel mean on the ``[0, 1]``
@@ -120,11 +176,14 @@ class BatchTransform:
         flip (bool, optional): random horizontal flips. (default: :obj:`False`)
         padding_mode (str, optional): ``"reflect"`` or ``"zero"``.
             (default: ``"reflect"``)
+        affine (tuple[float, float, float], optional): the ranges of
+            :func:`random_affine`: degrees, scale, shear. (default: no map)
     """
 
     def __init__(self, mean: Sequence[float] | None = None,
                  std: Sequence[float] | None = None, pad: int = 0,
-                 flip: bool = False, padding_mode: str = "reflect"):
+                 flip: bool = False, padding_mode: str = "reflect",
+                 affine: tuple[float, float, float] = (0.0, 0.0, 0.0)):
         if (mean is None) != (std is None):
             raise ValueError("Give both 'mean' and 'std', or neither.")
         if padding_mode not in PADDING_MODES:
@@ -135,6 +194,7 @@ class BatchTransform:
         self.pad = int(pad)
         self.flip = bool(flip)
         self.padding_mode = padding_mode
+        self.affine = tuple(float(v) for v in affine)
 
     @classmethod
     def for_dataset(cls, dataset, train: bool = True) -> BatchTransform:
@@ -163,13 +223,16 @@ class BatchTransform:
         if self.flip:
             x = random_flip(x, generator)
         x = to_float(x)
+        if any(self.affine):
+            x = random_affine(x, *self.affine, generator=generator,
+                              padding_mode=self.padding_mode)
         if self.mean is not None:
             x = normalize(x, self.mean, self.std)
         return x
 
     def __repr__(self) -> str:
         return (f"{self.__class__.__name__}(pad={self.pad}, flip={self.flip}, "
-                f"padding_mode='{self.padding_mode}', "
+                f"padding_mode='{self.padding_mode}', affine={self.affine}, "
                 f"normalize={self.mean is not None})")
 
 

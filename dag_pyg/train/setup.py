@@ -165,6 +165,7 @@ def load_data(cfg: Config) -> TrainData:
         train_tf.pad = d.translate
     if d.flip is not None:
         train_tf.flip = d.flip
+    train_tf.affine = (d.affine_degrees, d.affine_scale, d.affine_shear)
     return TrainData(train, test, split, nodes, labelled_mask,
                      train.targets[nodes], train_tf,
                      BatchTransform.for_dataset(train, train=False), skipped,
