@@ -193,6 +193,8 @@ def test_two_processes_equal_one_under_method_auto(tmp_path):
     assert ca["arm"] == cb["arm"] and ca["check_n"] == cb["check_n"] == 10
     for arm in ("steered", "labels_only"):  # one node is 0.1
         assert abs(ca["arms"][arm]["acc"] - cb["arms"][arm]["acc"]) <= 0.1
+    # The refit on every label, as one process trains it.
+    _assert_same_run(tmp_path / "one" / "refit", tmp_path / "two" / "refit")
     assert sorted(p.name for p in (tmp_path / "two").rglob("*")) == sorted(
         p.name for p in (tmp_path / "one").rglob("*"))
 
