@@ -62,8 +62,9 @@ Source = Literal["dplp", "model", "none"]               # dag_pyg.propagation
 Weighting = Literal["none", "certainty"]                # dag_pyg.propagation
 Admission = Literal["all", "agree"]                     # dag_pyg.propagation
 DPLPMode = Literal["L", "LU"]                           # dag_pyg.propagation
-# Where the graph, Label Bank and DPLP run under torchrun.
-GraphPlacement = Literal["rank0", "replicate"]
+# Where the graph, Label Bank and DPLP run under torchrun (sharded: each rank
+# its nodes' rows, O(N) all-gathers; see dag_pyg.train.sharded).
+GraphPlacement = Literal["rank0", "replicate", "sharded"]
 
 
 class ConfigError(ValueError):

@@ -211,6 +211,36 @@ def test_two_processes_equal_one_with_the_levers(tmp_path):
     assert 0 < _records(tmp_path / "one")[-1]["pl_admitted"] < 1
 
 
+def _assert_identical_run(a: Path, b: Path) -> None:
+    """Two runs that must agree bit for bit: the same records (times and
+    memory aside) and the same checkpoint tensors."""
+    assert _records(a) == _records(b)
+    sa, sb = load_checkpoint(a / "checkpoint.pt"), load_checkpoint(b / "checkpoint.pt")
+    for part in ("backbone", "head", "banks"):
+        assert sa[part].keys() == sb[part].keys()
+        for key, value in sa[part].items():
+            if isinstance(value, torch.Tensor):
+                assert torch.equal(value, sb[part][key]), f"{part}.{key}"
+            else:
+                assert value == sb[part][key], f"{part}.{key}"
+
+
+@pytest.mark.slow  # spawns processes
+def test_sharded_refresh_trains_like_rank0(tmp_path):
+    # The same banks and the same k_sub-graph rows: the same training, bit
+    # for bit (sigma's quantile and the weights cross the shards too).
+    extra = ["--set", "dplp.sigma=q0.5", "--set", "pseudo_label.weighting=certainty"]
+    _train(tmp_path / "rank0", WORLD, *extra)
+    _train(tmp_path / "sharded", WORLD, *extra, "--set", "distributed.graph=sharded")
+    _assert_identical_run(tmp_path / "rank0", tmp_path / "sharded")
+    assert 0 < _records(tmp_path / "sharded")[-1]["pl_coverage"] <= 1
+    # Rank 0 broadcast its graph; the shards broadcast nothing.
+    raw = [[json.loads(line) for line in (tmp_path / d / "metrics.jsonl")
+            .read_text().splitlines()] for d in ("rank0", "sharded")]
+    assert all("time_broadcast" in r for r in raw[0] if "time_graph" in r)
+    assert not any("time_broadcast" in r for r in raw[1])
+
+
 @pytest.mark.slow  # spawns processes
 def test_resume_across_world_sizes(tmp_path):
     _train(tmp_path / "ref", 1, *THREE)

@@ -816,7 +816,8 @@ def collect_bench(name: str, results: Path = SPEED_RESULTS,
         return None
     data = json.loads(path.read_text())
     tables = []
-    for key in ("rows", "training", "collectives", "sampling", "training_step"):
+    for key in ("rows", "training", "collectives", "refresh", "sampling",
+                "training_step"):
         rows = data.get(key)
         if rows:  # its columns: every key of a row but the nested ones
             tables.append((key, Table(list(dict.fromkeys(

@@ -4,6 +4,7 @@ from dag_pyg.distributed.broadcast import broadcast_data
 from dag_pyg.distributed.context import (
     DistContext,
     DistributedError,
+    Traffic,
     init_distributed,
     is_collective_failure,
     launched_by_torchrun,
@@ -12,5 +13,4 @@ from dag_pyg.distributed.context import (
 
 __all__ = ["DistContext", "broadcast_data", "DistributedError", "DistributedBatchNorm",
            "convert_sync_batchnorm", "init_distributed", "is_collective_failure",
-           "launched_by_torchrun",
-           "shutdown"]
+           "launched_by_torchrun", "shutdown", "Traffic"]

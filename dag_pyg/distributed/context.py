@@ -14,10 +14,11 @@ hang.
 from __future__ import annotations
 
 import datetime
+import math
 import os
 import pickle
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -29,6 +30,31 @@ ENV_KEYS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 class DistributedError(RuntimeError):
     """A multi-process run cannot go on (a rank died, timed out or disagreed)."""
+
+
+@dataclass
+class Traffic:
+    """What the collectives of a :class:`DistContext` moved while it counts
+    (its ``traffic``): per collective the payload one rank ends up with (a
+    broadcast's tensor, an all-gather's whole output including the own rows
+    and the padding of unequal shards, an all-reduce's tensor, an object's
+    pickle), in bytes, in total and by kind."""
+    calls: int = 0
+    bytes: int = 0
+    by_kind: dict[str, int] = field(default_factory=dict)
+
+    def add(self, kind: str, nbytes: int) -> None:
+        self.calls += 1
+        self.bytes += nbytes
+        self.by_kind[kind] = self.by_kind.get(kind, 0) + nbytes
+
+
+def _nbytes(x: Tensor) -> int:
+    return x.numel() * x.element_size()
+
+
+def _pickled_size(obj: Any) -> int:
+    return len(pickle.dumps(obj))
 
 
 @dataclass
@@ -49,6 +75,9 @@ class DistContext:
     # never interleave with DDP's gradient all-reduce on the default one.
     grad_group: Any = None
     owns_group: bool = False       # we initialised it, so we tear it down
+    # Set to a Traffic to count the bytes of every collective (benchmarks);
+    # None (the default) counts nothing.
+    traffic: Traffic | None = None
 
     @property
     def enabled(self) -> bool:
@@ -71,13 +100,25 @@ class DistContext:
         return [n // self.world_size + (1 if r < n % self.world_size else 0)
                 for r in range(self.world_size)]
 
+    def shard_range(self, n: int) -> tuple[int, int]:
+        """``(start, end)``: the rows of ``n`` in this rank's :meth:`shard`."""
+        sizes = self.shard_sizes(n)
+        start = sum(sizes[: self.rank])
+        return start, start + sizes[self.rank]
+
     def all_gather_rows(self, x: Tensor, sizes: list[int] | None = None) -> Tensor:
         """Concatenates every rank's ``x`` (same trailing shape, any number of
         rows) in rank order: the inverse of :meth:`shard`. Passing every
         rank's row count as ``sizes`` saves a collective."""
         if not self.enabled:
             return x
-        return _gather_rows(x, self.world_size, None, sizes)[0]
+        out, sizes_ = _gather_rows(x, self.world_size, None, sizes)
+        if self.traffic is not None:
+            if sizes is None:
+                self.traffic.add("all_gather_sizes", 8 * self.world_size)
+            row = math.prod(x.shape[1:]) * x.element_size()
+            self.traffic.add("all_gather", row * max(sizes_) * self.world_size)
+        return out
 
     def all_gather_rows_grad(self, x: Tensor, sizes: list[int] | None = None
                              ) -> Tensor:
@@ -94,6 +135,8 @@ class DistContext:
             return x
         x = x.clone()
         dist.all_reduce(x)
+        if self.traffic is not None:
+            self.traffic.add("all_reduce", _nbytes(x))
         return x
 
     def all_reduce_sum_grad(self, x: Tensor) -> Tensor:
@@ -108,6 +151,8 @@ class DistContext:
         """Overwrites ``x`` on every rank with rank ``src``'s ``x``."""
         if self.enabled:
             dist.broadcast(x, src)
+            if self.traffic is not None:
+                self.traffic.add("broadcast", _nbytes(x))
         return x
 
     def broadcast_object(self, obj: Any, src: int = 0) -> Any:
@@ -116,6 +161,8 @@ class DistContext:
             return obj
         box = [obj if self.rank == src else None]
         dist.broadcast_object_list(box, src)
+        if self.traffic is not None:
+            self.traffic.add("broadcast_object", _pickled_size(box[0]))
         return box[0]
 
     def all_gather_object(self, obj: Any) -> list[Any]:
@@ -123,6 +170,8 @@ class DistContext:
             return [obj]
         out: list[Any] = [None] * self.world_size
         dist.all_gather_object(out, obj)
+        if self.traffic is not None:
+            self.traffic.add("all_gather_object", sum(map(_pickled_size, out)))
         return out
 
     def barrier(self) -> None:

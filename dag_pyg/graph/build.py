@@ -6,7 +6,13 @@ from torch import Tensor
 from torch_geometric.data import Data
 
 from dag_pyg.graph.density import check_density, compute_density
-from dag_pyg.graph.knn import IVF_RECALL, knn_search, normalize_rows, resolve_backend
+from dag_pyg.graph.knn import (
+    IVF_RECALL,
+    check_rows,
+    knn_search,
+    normalize_rows,
+    resolve_backend,
+)
 
 
 def build_density_graph(x: Tensor, k: int = 64, *, backend: str = "auto",
@@ -15,7 +21,8 @@ def build_density_graph(x: Tensor, k: int = 64, *, backend: str = "auto",
                         chunk_size: int | None = None,
                         ivf_nlist: int | None = None, ivf_nprobe: int = 16,
                         ivf_recall: float | None = IVF_RECALL,
-                        allow_zero_rows: bool = False) -> Data:
+                        allow_zero_rows: bool = False,
+                        rows: tuple[int, int] | None = None) -> Data:
     r"""Builds the density-aware kNN graph of Sec. 4.1.
 
     Every node :math:`u` is joined to its :math:`k` most cosine-similar nodes
@@ -43,6 +50,15 @@ def build_density_graph(x: Tensor, k: int = 64, *, backend: str = "auto",
             ``ivf_nprobe`` as given.
         allow_zero_rows (bool): Accept all-zero rows (similarity 0 to every
             node). Off by default: in a Feature Bank they signal a bug.
+        rows ((int, int), optional): Build only the rows of the centres
+            ``rows[0]`` to ``rows[1] - 1`` (one rank's shard of a sharded
+            refresh), searched against all nodes: the same edges,
+            similarities and densities as those rows of the whole graph, bit
+            for bit (see :func:`~dag_pyg.graph.knn_search`). The result then
+            has ``edge_index [2, M*k]`` (global node ids) and ``sim [M*k]``
+            for those ``M`` centres, their ``density [M]``, ``num_nodes``
+            (all ``N``) and ``rows``; it is a part, not a graph to pass to
+            DPLP or a sampler. (default: :obj:`None`: the whole graph)
 
     Returns:
         :class:`torch_geometric.data.Data` with ``edge_index [2, N*k]``
@@ -62,16 +78,19 @@ def build_density_graph(x: Tensor, k: int = 64, *, backend: str = "auto",
         raise ValueError(f"k={k} must be smaller than the number of nodes ({n}): "
                          f"each node needs k other nodes. Use k <= {n - 1}.")
     engine = resolve_backend(backend, xn.device, n)
+    start, end = (0, n) if rows is None else check_rows(rows, n)
     stats: dict = {}
     nbr, sim = knn_search(xn, None, k, backend=engine, chunk_size=chunk_size,
                           normalized=True, ivf_nlist=ivf_nlist,
                           ivf_nprobe=ivf_nprobe, ivf_recall=ivf_recall,
-                          stats=stats)
-    centre = torch.arange(n, device=xn.device).repeat_interleave(k)
+                          stats=stats, rows=rows)
+    centre = torch.arange(start, end, device=xn.device).repeat_interleave(k)
     edge_index = torch.stack([nbr.reshape(-1), centre], dim=0)
+    part = {} if rows is None else {"rows": (start, end)}
     return Data(edge_index=edge_index, sim=sim.reshape(-1),
                 density=compute_density(sim, density, density_threshold),
-                num_nodes=n, k=k, backend=engine, density_kind=density, **stats)
+                num_nodes=n, k=k, backend=engine, density_kind=density,
+                **part, **stats)
 
 
 def neighbour_table(graph: Data) -> Tensor:

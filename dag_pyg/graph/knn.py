@@ -220,11 +220,15 @@ def _candidates_faiss_ivf(q: Tensor, b: Tensor, kk: int, k: int,
     index.add(base)
     nprobe, measured = min(nprobe, nlist), math.nan
     if recall is not None:
-        nprobe, measured = _tune_nprobe(index, q.detach().cpu(), b.detach().cpu(),
-                                        k, self_search, nlist, nprobe, recall)
+        # A self-search samples the whole bank (also when ``q`` is a shard of
+        # it): every shard tunes to the same nprobe.
+        tune = b if self_search else q
+        nprobe, measured = _tune_nprobe(index, tune.detach().cpu(),
+                                        b.detach().cpu(), k, self_search, nlist,
+                                        nprobe, recall)
         log.info("faiss_ivf: nprobe %d of %d cells recalls %.4f of the exact "
                  "neighbours of %d sampled queries (target %.2f)", nprobe, nlist,
-                 measured, min(IVF_SAMPLE, q.size(0)), recall)
+                 measured, min(IVF_SAMPLE, tune.size(0)), recall)
     if stats is not None:
         stats.update(ivf_nlist=nlist, ivf_nprobe=nprobe, ivf_recall=measured)
     index.nprobe = nprobe
@@ -283,14 +287,80 @@ def _drop_self(cand: Tensor, sim: Tensor, width: int,
             sim[keep].view(n, kk - 1)[:, :width])
 
 
+def check_rows(rows: tuple[int, int], n: int) -> tuple[int, int]:
+    """Validates a node range ``(start, end)`` of ``n`` nodes (``0 <= start
+    <= end <= n``, integers)."""
+    ok = (isinstance(rows, tuple | list) and len(rows) == 2
+          and all(isinstance(v, int) and not isinstance(v, bool) for v in rows))
+    if not ok or not 0 <= rows[0] <= rows[1] <= n:
+        raise ValueError(f"rows must be a range (start, end) with 0 <= start <= "
+                         f"end <= {n} nodes (got {rows!r}).")
+    return int(rows[0]), int(rows[1])
+
+
+def query_blocks(backend: str, n: int, d: int, start: int, end: int,
+                 chunk_size: int | None = None,
+                 device: torch.device | str = "cpu") -> tuple[int, int]:
+    r"""The query rows ``[lo, hi)`` to search so that rows ``start .. end - 1``
+    of a self-search over ``n`` nodes of width ``d`` come out as in the whole
+    search, bit for bit.
+
+    An engine's float rounding of a query's scores can depend on the other
+    queries of its block (BLAS kernels are chosen per matrix shape), so the
+    range is widened to whole blocks of the whole search: ``exact`` computes
+    query blocks of ``chunk_size`` rows (:func:`knn_search`'s default: a
+    budget over ``n``), faiss (flat, and IVF's coarse quantizer) blocks of
+    ``distance_compute_blas_query_bs`` rows, by BLAS only where a call has at
+    least ``distance_compute_blas_threshold / d`` rows (a range is widened
+    by whole blocks to as many where the whole search has them);
+    ``torch_cluster``'s candidates are re-scored by one formula. Costs at
+    most two extra blocks per range. The same engine on the same hardware and
+    number of threads is assumed (faiss' IVF splits its queries by thread,
+    and faiss-gpu tiles them its own way: there the rows agree up to ties
+    within float rounding).
+
+    Args:
+        backend (str): The resolved engine (not ``"auto"``).
+        n (int): Nodes of the self-search.
+        d (int): Their width.
+        start (int): First row asked for.
+        end (int): One past the last row asked for.
+        chunk_size (int, optional): ``exact``'s query block, as passed to
+            :func:`knn_search`.
+        device (torch.device or str): Where ``exact`` runs (its default
+            block depends on it).
+    """
+    start, end = check_rows((start, end), n)
+    min_rows = 1
+    if backend == "exact":
+        block = chunk_size or _default_chunk(n, torch.device(device))
+    elif backend in ("faiss", "faiss_ivf"):
+        import faiss
+
+        block = int(faiss.cvar.distance_compute_blas_query_bs)
+        min_rows = -(-int(faiss.cvar.distance_compute_blas_threshold) // max(d, 1))
+        if n < min_rows:  # the whole search is query by query too
+            min_rows = 1
+    else:
+        block = 1
+    if start == end:
+        return start, end
+    lo, hi = start // block * block, min(n, -(-end // block) * block)
+    while hi - lo < min_rows:
+        lo, hi = (lo - block, hi) if lo > 0 else (lo, min(n, hi + block))
+    return lo, hi
+
+
 def _refine_rows(q: Tensor, b: Tensor, rows: Tensor, k: int, exclude_self: bool,
-                 tol: float) -> tuple[Tensor, Tensor]:
+                 tol: float, own: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Exact answer for rows whose k-th place is (nearly) tied: widen the
-    candidate list until it clears the tie, re-score, apply the index rule."""
+    candidate list until it clears the tie, re-score, apply the index rule
+    (``own``: each query's base row, default query i is row i)."""
     s = q[rows].float() @ b.float().t()
     ar = torch.arange(rows.numel(), device=q.device)
     if exclude_self:
-        s[ar, rows] = -math.inf
+        rows_b = rows if own is None else own[rows]
+        s[ar, rows_b] = -math.inf
     m = k + 2 * EXTRA
     while True:
         m = min(m, s.size(1))
@@ -300,7 +370,7 @@ def _refine_rows(q: Tensor, b: Tensor, rows: Tensor, k: int, exclude_self: bool,
         m *= 2
     sim = _rescore(q[rows], b, idx)
     if exclude_self:
-        sim = sim.masked_fill(idx == rows.unsqueeze(1), -math.inf)
+        sim = sim.masked_fill(idx == rows_b.unsqueeze(1), -math.inf)
     cand, sim = _sort_rows(idx, sim)
     return cand[:, :k], sim[:, :k]
 
@@ -309,11 +379,13 @@ def knn_search(query: Tensor, base: Tensor | None = None, k: int = 64, *,
                backend: str = "auto", chunk_size: int | None = None,
                normalized: bool = False, ivf_nlist: int | None = None,
                ivf_nprobe: int = 16, ivf_recall: float | None = IVF_RECALL,
-               stats: dict | None = None) -> tuple[Tensor, Tensor]:
+               stats: dict | None = None,
+               rows: tuple[int, int] | None = None) -> tuple[Tensor, Tensor]:
     r"""Finds the ``k`` most cosine-similar rows of ``base`` for every query row.
 
     With ``base=None`` the query set is searched against itself and each row's
-    own index is excluded (the graph case).
+    own index is excluded (the graph case); ``rows`` then restricts the
+    queries to a contiguous range of it (a shard of a multi-process graph).
 
     Args:
         query (torch.Tensor): Query features :math:`[M, d]`.
@@ -337,12 +409,23 @@ def knn_search(query: Tensor, base: Tensor | None = None, k: int = 64, *,
         stats (dict, optional): Filled with ``ivf_nlist``, ``ivf_nprobe``
             and the measured ``ivf_recall`` (NaN where not tuned) by
             ``faiss_ivf``.
+        rows ((int, int), optional): With ``base=None``, search only the
+            queries ``rows[0]`` to ``rows[1] - 1`` (against all rows). They
+            get the very lists and similarities of the whole self-search,
+            bit for bit: the engine's query blocks that the range touches
+            (:func:`query_blocks`) are searched whole, as the whole search
+            searches them, and ``faiss_ivf`` tunes ``nprobe`` on the whole
+            bank's sample. (default: :obj:`None`: all rows)
 
     Returns:
         ``(index [M, k], sim [M, k])``, each row ordered by descending
-        similarity with ties broken by the smaller index.
+        similarity with ties broken by the smaller index (``M`` the rows of
+        ``rows`` where given).
     """
     self_search = base is None
+    if rows is not None and not self_search:
+        raise ValueError("rows selects queries of a self-search (base=None): "
+                         "pass the query rows themselves with a base instead.")
     if not normalized:
         query = normalize_rows(query, "x" if self_search else "query")
         base = query if self_search else normalize_rows(base, "base")
@@ -362,12 +445,24 @@ def knn_search(query: Tensor, base: Tensor | None = None, k: int = 64, *,
     if ivf_recall is not None and not 0 < ivf_recall <= 1:
         raise ValueError(f"ivf_recall must be in (0, 1] or None (got {ivf_recall}).")
     name = resolve_backend(backend, query.device, base.size(0))
+    own = keep = None  # each query's base row; the rows of the range asked for
+    if rows is not None:
+        start, end = check_rows(rows, base.size(0))
+        if start == end:
+            return (torch.empty(0, k, dtype=torch.long, device=base.device),
+                    base.new_empty(0, k))
+        lo, hi = query_blocks(name, base.size(0), base.size(1), start, end,
+                              chunk_size, base.device)
+        query = base[lo:hi]
+        own = torch.arange(lo, hi, device=base.device)
+        keep = slice(start - lo, end - lo)
     # A few candidates past k show whether a (near) tie at the k-th place is
     # settled inside the list; one more covers the self match.
     kk = min(k + EXTRA, n_avail)
     q32, b32 = query.float(), base.float()
     if name == "exact":
-        cand, sim = _candidates_exact(q32, b32, kk, self_search, chunk_size)
+        cand, sim = _candidates_exact(q32, b32, kk, self_search, chunk_size,
+                                      own=own)
     else:
         if name == "faiss_ivf":
             if ivf_nprobe < 1 or (ivf_nlist is not None and ivf_nlist < 1):
@@ -381,8 +476,11 @@ def knn_search(query: Tensor, base: Tensor | None = None, k: int = 64, *,
                       else _candidates_torch_cluster)
             cand, sim = engine(q32, b32, kk + int(self_search))
         if self_search:
-            cand, sim = _drop_self(cand, sim, kk)
+            cand, sim = _drop_self(cand, sim, kk, own=own)
     sim = sim.to(query.dtype)
+    if keep is not None:  # everything below is row by row
+        assert own is not None
+        cand, sim, query, own = cand[keep], sim[keep], query[keep], own[keep]
 
     # Engines rank by their own float32 scores, whose rounding differs by
     # engine. Candidates closer to a neighbour in the list than that rounding
@@ -396,8 +494,8 @@ def knn_search(query: Tensor, base: Tensor | None = None, k: int = 64, *,
     r, c = touched.nonzero(as_tuple=True)
     if r.numel():
         sim[r, c] = (query[r] * base[cand[r, c].clamp(min=0)]).sum(-1)
-        rows = touched.any(dim=1).nonzero().view(-1)
-        cand[rows], sim[rows] = _sort_rows(cand[rows], sim[rows])
+        redo = touched.any(dim=1).nonzero().view(-1)
+        cand[redo], sim[redo] = _sort_rows(cand[redo], sim[redo])
     # Where the run of near-equal scores at the k-th place reaches the end of
     # the list, the list may miss tied points: solve those rows exactly.
     unsettled = (sim[:, k - 1] - sim[:, -1] <= 2 * tol) if kk > k else \
@@ -406,6 +504,7 @@ def knn_search(query: Tensor, base: Tensor | None = None, k: int = 64, *,
     unsettled |= (cand[:, :k] < 0).any(dim=1)
     cand, sim = cand[:, :k].contiguous(), sim[:, :k].contiguous()
     if bool(unsettled.any()):
-        rows = unsettled.nonzero().view(-1)
-        cand[rows], sim[rows] = _refine_rows(query, base, rows, k, self_search, tol)
+        redo = unsettled.nonzero().view(-1)
+        cand[redo], sim[redo] = _refine_rows(query, base, redo, k, self_search,
+                                             tol, own=own)
     return cand, sim

@@ -4,8 +4,10 @@ from dag_pyg.propagation.dplp import (
     density_ascending_parents,
     density_order,
     dplp,
+    nearest_denser_rows,
     parent_step_distances,
     path_lengths,
+    step_distances,
 )
 from dag_pyg.propagation.pseudo_labels import (
     ADMISSIONS,
@@ -17,6 +19,7 @@ from dag_pyg.propagation.pseudo_labels import (
     has_target_weights,
     pseudo_labels,
     resolve_sigma,
+    sigma_of_steps,
     target_weights,
 )
 
@@ -26,8 +29,10 @@ __all__ = [
     "density_ascending_parents",
     "density_order",
     "dplp",
+    "nearest_denser_rows",
     "parent_step_distances",
     "path_lengths",
+    "step_distances",
     "ADMISSIONS",
     "SOURCES",
     "WEIGHTINGS",
@@ -37,5 +42,6 @@ __all__ = [
     "has_target_weights",
     "pseudo_labels",
     "resolve_sigma",
+    "sigma_of_steps",
     "target_weights",
 ]

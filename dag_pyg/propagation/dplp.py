@@ -136,12 +136,14 @@ def _table_nearest_denser(nbr: Tensor, sim: Tensor, dens_nbr: Tensor,
     return parent, best
 
 
-def _first_denser_sorted(nbr: Tensor, sim: Tensor, density: Tensor
-                         ) -> tuple[Tensor, Tensor]:
+def _first_denser_sorted(nbr: Tensor, sim: Tensor, density: Tensor,
+                         own: Tensor | None = None) -> tuple[Tensor, Tensor]:
     # In rows sorted by descending similarity the parent is the first denser
     # entry (up to equal similarities, fixed below). Most nodes find it within
     # the first few columns, so scan column blocks of growing width and keep
-    # searching only the rows that have not found one yet.
+    # searching only the rows that have not found one yet. ``own``: the
+    # density of each row's centre (default: row u is node u).
+    own = density if own is None else own
     n, k = nbr.shape
     device = nbr.device
     nbr_flat, sim_flat = nbr.reshape(-1), sim.reshape(-1)
@@ -155,13 +157,13 @@ def _first_denser_sorted(nbr: Tensor, sim: Tensor, density: Tensor
         w = stop - start
         if rows is None:
             cand = nbr[:, start:stop].reshape(-1)
-            dens_u = density.view(-1, 1)
+            dens_u = own.view(-1, 1)
         else:
             # Flat positions of the block (index_select is much cheaper than
             # 2-D advanced indexing).
             pos = (rows * k + start).view(-1, 1) + torch.arange(w, device=device)
             cand = nbr_flat.index_select(0, pos.view(-1))
-            dens_u = density.index_select(0, rows).view(-1, 1)
+            dens_u = own.index_select(0, rows).view(-1, 1)
         denser = density.index_select(0, cand).view(-1, w) > dens_u
         hit = denser.any(dim=1)
         # argmax returns the first maximal entry: the first denser column.
@@ -186,7 +188,7 @@ def _first_denser_sorted(nbr: Tensor, sim: Tensor, density: Tensor
     if redo.numel() > 0:
         sub = nbr.index_select(0, redo)
         parent[redo], best[redo] = _table_nearest_denser(
-            sub, sim.index_select(0, redo), density[sub], density[redo])
+            sub, sim.index_select(0, redo), density[sub], own[redo])
     return parent, best
 
 
@@ -223,6 +225,53 @@ def _nearest_denser(graph: Data) -> tuple[Tensor, Tensor]:
     parent = torch.where(has, parent, -1)
     best = best.masked_fill(~has, -math.inf)
     return parent, best
+
+
+def nearest_denser_rows(nbr: Tensor, sim: Tensor, density: Tensor,
+                        start: int = 0) -> tuple[Tensor, Tensor]:
+    r"""The nearest strictly denser neighbour of the centres ``start`` to
+    ``start + M - 1`` from their own rows of a kNN graph: one rank's part of
+    :func:`density_ascending_parents` (before ``sigma``) in a sharded
+    refresh, equal to those rows of the whole graph's, since a node's parent
+    reads only its row and the densities.
+
+    Args:
+        nbr (torch.Tensor): The centres' neighbour table ``[M, k]`` (global
+            ids, each row by descending similarity as
+            :func:`~dag_pyg.graph.build_density_graph` orders it; other
+            orders take a slower path to the same answer).
+        sim (torch.Tensor): Their similarities ``[M, k]``.
+        density (torch.Tensor): Densities of all ``N`` nodes ``[N]``.
+        start (int): Global id of the first centre.
+
+    Returns:
+        ``(parent [M], sim [M])``: the parent (``-1`` for none; ties to the
+        smaller index) and its similarity (``-inf`` for none), from which
+        :func:`step_distances` gives the distance ``sigma`` is compared with.
+    """
+    if nbr.dim() != 2 or sim.shape != nbr.shape:
+        raise ValueError(f"nbr and sim must be [M, k] tables of one shape (got "
+                         f"{tuple(nbr.shape)} and {tuple(sim.shape)}).")
+    n, m = density.numel(), nbr.size(0)
+    if density.dim() != 1 or not 0 <= start <= n - m:
+        raise ValueError(f"density must hold all N nodes ([N]) and the centres "
+                         f"start..start+M-1 ({start}..{start + m - 1}) lie in "
+                         f"[0, N={n}).")
+    _check_range(nbr, n)
+    if m == 0:
+        return nbr.new_empty(0), sim.new_empty(0)
+    own = density.narrow(0, start, m)
+    if _rows_descending(sim):
+        return _first_denser_sorted(nbr, sim, density, own)
+    return _table_nearest_denser(nbr, sim, density.index_select(
+        0, nbr.reshape(-1)).view_as(nbr), own)
+
+
+def step_distances(sim: Tensor) -> Tensor:
+    r"""Distances :math:`\sqrt{2 - 2 s}` of unit vectors of cosine similarity
+    ``sim`` in float64 (``inf`` for ``-inf``: no parent), as
+    :func:`parent_step_distances` gives them."""
+    return _sim_to_dist(sim)
 
 
 def _sim_to_dist(sim: Tensor) -> Tensor:

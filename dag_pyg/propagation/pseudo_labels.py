@@ -69,7 +69,16 @@ def resolve_sigma(sigma: float | str, graph: Data) -> float:
     sigma = check_sigma(sigma)
     if not isinstance(sigma, str):
         return sigma
-    steps = parent_step_distances(graph)
+    return sigma_of_steps(sigma, parent_step_distances(graph))
+
+
+def sigma_of_steps(sigma: float | str, steps: Tensor) -> float:
+    r"""The distance :math:`\sigma` stands for given every node's
+    parent-step distance ``steps [N]`` (``inf`` for none; e.g. all-gathered
+    from the shards of a sharded refresh): as :func:`resolve_sigma`."""
+    sigma = check_sigma(sigma)
+    if not isinstance(sigma, str):
+        return sigma
     steps = steps[torch.isfinite(steps)]
     if steps.numel() == 0:
         return math.inf
@@ -78,8 +87,8 @@ def resolve_sigma(sigma: float | str, graph: Data) -> float:
 
 def pseudo_labels(graph: Data, y: Tensor, labelled_mask: Tensor, prior: Tensor,
                   source: str = "dplp", sigma: float | str = math.inf,
-                  mode: str = "LU", num_classes: int | None = None
-                  ) -> PseudoLabels:
+                  mode: str = "LU", num_classes: int | None = None,
+                  parents: Tensor | None = None) -> PseudoLabels:
     r"""Training targets of every graph node.
 
     Args:
@@ -93,19 +102,31 @@ def pseudo_labels(graph: Data, y: Tensor, labelled_mask: Tensor, prior: Tensor,
         sigma (float or str): Path threshold, see :func:`check_sigma`.
         mode (str): DPLP's ``"L"`` or ``"LU"``.
         num_classes (int, optional): Number of classes.
+        parents (torch.Tensor, optional): The graph's density-ascending
+            parents under ``sigma`` ``[N]``, computed elsewhere (a sharded
+            refresh gathers them); ``sigma`` must then be the distance they
+            were cut at, and ``graph`` needs only ``density``.
     """
     if source not in SOURCES:
         raise ValueError(f"Unknown pseudo-label source '{source}'. Choose one of "
                          f"{list(SOURCES)}.")
+    if parents is not None and isinstance(sigma, str):
+        raise ValueError(f"pseudo_labels: with parents given, sigma must be the "
+                         f"distance they were cut at, not '{sigma}' (resolve it "
+                         "with sigma_of_steps).")
+    if parents is not None and parents.shape != labelled_mask.shape:
+        raise ValueError(f"parents must have shape {tuple(labelled_mask.shape)} "
+                         f"(one per node; got {tuple(parents.shape)}).")
     sigma = resolve_sigma(sigma, graph)
     unl = ~labelled_mask
     if source == "dplp":
         y_known = torch.where(labelled_mask, y, torch.zeros_like(y))
         res = dplp(graph, y_known, labelled_mask, prior, sigma=sigma, mode=mode,
-                   num_classes=num_classes)
+                   num_classes=num_classes, parents=parents)
         return PseudoLabels(res.labels.clone(), (res.phase > 0) & unl,
                             res.parents, sigma)
-    parents = density_ascending_parents(graph, sigma)
+    if parents is None:
+        parents = density_ascending_parents(graph, sigma)
     targets = prior.clone() if source == "model" else \
         torch.where(labelled_mask, y, -1)
     return PseudoLabels(targets, torch.zeros_like(unl), parents, sigma)

@@ -18,7 +18,8 @@ Under ``torchrun`` (see :mod:`dag_pyg.distributed`) every rank draws the same
 global batches from the shared, seeded data generator and trains on its slice
 of each with DistributedDataParallel; the Feature Bank is extracted in shards
 and all-gathered; the graph, Label Bank and DPLP run once (on rank 0, then
-broadcast, or on every rank with ``distributed.graph: replicate``); test and
+broadcast, or on every rank with ``distributed.graph: replicate``, or in node
+shards with ``sharded``: :mod:`~dag_pyg.train.sharded`); test and
 validation queries are split across ranks and retrieve from the global bank.
 Rank 0 alone writes files. N processes thus train on the same data, in the
 same order and with the same augmentation as one.

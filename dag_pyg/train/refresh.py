@@ -29,6 +29,7 @@ from dag_pyg.sampler import knn_subgraph
 from dag_pyg.train.features import extract_bank
 from dag_pyg.train.premise import admission_threshold, auto_decisions, premise_check
 from dag_pyg.train.setup import Run
+from dag_pyg.train.sharded import sharded_graph, sharded_labels
 
 
 @dataclass
@@ -321,12 +322,40 @@ def broadcast_refresh(run: Run, out: Refreshed | None, feats: Tensor
     return Refreshed(banks, graph, stats, lengths)
 
 
+def sharded_graph_and_labels(run: Run, feats: Tensor,
+                             neighbours: bool | None = None) -> Refreshed:
+    """:func:`graph_and_labels` in node shards, one per rank
+    (``distributed.graph: sharded``, :mod:`~dag_pyg.train.sharded`): the same
+    banks, statistics (times aside) and path lengths on every rank, and the
+    ``dna.k``-graph (:func:`~dag_pyg.sampler.knn_subgraph` of the whole
+    graph), all training reads of it, in place of the whole graph."""
+    out = sharded_labels(run, feats, neighbours)
+    mask, truth = run.data.labelled_mask, run.data.true_y
+    targets, weights, lp, rec = out.targets, out.weights, out.labels, out.stats
+    unl = ~mask
+    lengths = path_lengths(lp.parents).float()
+    rec.update(label_stats(targets, out.prior, lp.covered & (targets >= 0), truth,
+                           unl, lengths, lp.sigma))
+    rec["pl_admitted"] = float((targets[unl] >= 0).float().mean()) \
+        if bool(unl.any()) else math.nan
+    if weights is not None:
+        has = unl & (targets >= 0)
+        rec["pl_weight_mean"] = float(weights[has].mean()) if has.any() else 0.0
+    banks = Banks(features=feats, prior=out.prior, targets=targets, weights=weights,
+                  neighbours=neighbours if neighbours is not None else True)
+    return Refreshed(banks, out.graph, rec, lengths)
+
+
 def shared_graph(run: Run, feats: Tensor) -> Data:
-    """The graph of a Feature Bank, identical on every rank."""
+    """The graph of a Feature Bank, identical on every rank (with
+    ``distributed.graph: sharded`` the part of it training reads, see
+    :mod:`~dag_pyg.train.sharded`)."""
     cfg, dist = run.cfg, run.dist
     if dist.enabled and cfg.distributed.graph == "rank0":
         return broadcast_data(dist, dist.on_main(
             lambda: build_graph(feats, cfg, run.device), share=False))
+    if dist.enabled and cfg.distributed.graph == "sharded":
+        return sharded_graph(dist, feats, cfg, run.device)
     return build_graph(feats, cfg, run.device)
 
 
@@ -358,6 +387,8 @@ def refresh(run: Run, features: Tensor | None = None,
         out = dist.on_main(lambda: graph_and_labels(run, feats, neighbours, epoch),
                            share=False)
         out = broadcast_refresh(run, out, feats)
+    elif dist.enabled and cfg.distributed.graph == "sharded":
+        out = sharded_graph_and_labels(run, feats, neighbours)
     else:
         out = graph_and_labels(run, feats, neighbours, epoch)
     rec.update(out.stats)
