@@ -71,9 +71,11 @@ def test_sizes_already_measured_are_skipped(tmp_path, monkeypatch):
 
     monkeypatch.setattr(bench, "spawn", fake_spawn)
     common = ["--out", str(tmp_path), "--graphs", "faiss_ivf", "faiss_hnsw"]
+    one = bench.main(["--sizes", "100000", *common])
+    assert one["growth"] == [] and one["targets"] == []  # one size: no fit
     bench.main(["--sizes", "100000", "200000", *common])
     assert calls == [(100_000, ("faiss_ivf", "faiss_hnsw")),
-                     (200_000, ("faiss_ivf", "faiss_hnsw"))]
+                     (200_000, ("faiss_ivf", "faiss_hnsw"))]  # 100k skipped
     path = tmp_path / "bench_refresh_scale.json"
     saved = json.loads(path.read_text())
     assert len(saved["rows"]) == 4 and saved["settings"]["k"] == 64

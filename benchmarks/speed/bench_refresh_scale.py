@@ -10,15 +10,20 @@ same bank (the peer, run right after each graph, in the same process).
 Banks: ``benchmarks.common.clustered_features`` (d=128, 100 Gaussian classes
 on the unit sphere, seed N: the banks of ``bench_knn_ivf``), k=64, 1 %
 labelled (random), ``k_sub`` 8, a seeded untrained ``DNAHead`` (one hop),
-DPLP with the default config. Each stage is the trainer's own call
-(``dag_pyg.train.refresh``): ``build_graph`` (the kNN search and the
-density), ``label_bank_logits`` (the head over ``knn_subgraph``), and
-``pseudo_labels`` (DPLP). Per stage: wall seconds, CPU seconds of the
-process (``process_time``: with one thread it is the wall time of an idle
-machine, and it is what the exponents are fitted on, since the wall time of
-a shared machine depends on its load) and the rise of the peak resident
-memory (VmHWM, reset at the stage's start: what the stage needs beyond what
-is already held). ``density_s`` is part of ``graph_s``, timed again alone.
+DPLP with the default config. With 100 classes each class grows with N, and
+the neighbours of a node lie in an isotropic 128-d cloud that grows with it:
+the hardest case for an approximate index. ``--per-class 1281`` keeps the
+classes at ImageNet's size instead (with ``--name`` for its own file).
+
+Each stage is the trainer's own call (``dag_pyg.train.refresh``):
+``build_graph`` (the kNN search and the density), ``label_bank_logits`` (the
+head over ``knn_subgraph``), and ``pseudo_labels`` (DPLP). Per stage: wall
+seconds, CPU seconds of the process (``process_time``: with one thread it is
+the wall time of an idle machine, and it is what the exponents are fitted
+on, since the wall time of a shared machine depends on its load) and the
+rise of the peak resident memory (VmHWM, reset at the stage's start: what
+the stage needs beyond what is already held). ``density_s`` is part of
+``graph_s``, timed again alone.
 
 Recall: the share of the exact 64 neighbours found, on ``--recall-sample``
 random rows (their exact lists found by a full scan; not the evenly spaced
@@ -27,10 +32,13 @@ graph was built in the same run (N <= ``--exact-max``). Above
 ``--exact-max`` the exact graph is not built: faiss' flat search is timed on
 the sample and scaled by N / sample (``estimated``).
 
-The peers: ``IndexFlatIP`` (add, search all rows), ``IndexIVFFlat`` with the
-same ``nlist`` and the tuned ``nprobe`` (train, add, search) and
-``IndexHNSWFlat`` with the same ``M``, ``efConstruction`` and the tuned
-``efSearch`` (add, search), k + 1 neighbours (the row itself among them).
+The peers: ``IndexFlatIP`` (add, search), ``IndexIVFFlat`` with the same
+``nlist`` and the tuned ``nprobe`` (train, add, search) and ``IndexHNSWFlat``
+with the same ``M``, ``efConstruction`` and the tuned ``efSearch`` (add,
+search), k + 1 neighbours (the row itself among them). Each is built whole
+and searches every row, or with ``--peer-queries Q`` Q random rows, its
+search time scaled by N / Q (``peer_estimated``; the ``peer_build_*`` and
+``peer_search_*`` columns hold both parts).
 
 Growth: the exponent b of t = a N^b by least squares on log-log over the
 measured sizes from ``--fit-min`` up, the exponents between consecutive
@@ -89,7 +97,8 @@ from dag_pyg.train.refresh import build_graph, label_bank_logits
 GRAPHS = ("exact", "faiss_ivf", "faiss_hnsw")
 # Settings that define the banks and the stages: rows measured with others
 # cannot be fitted together.
-BANK_KEYS = ("dim", "k", "k_sub", "classes", "noise", "labelled", "threads")
+BANK_KEYS = ("dim", "k", "k_sub", "classes", "per_class", "noise", "labelled",
+             "threads")
 EXTRAPOLATE_TO = (1_281_167, 10_000_000)
 TARGET_EXPONENT = 1.3
 TARGET_RECALL = 0.99
@@ -236,6 +245,7 @@ class Bank:
     x: Tensor                 # the bank [N, d], as the refresh gets it
     xn: Tensor                # its unit rows (what faiss' own indexes get)
     y: Tensor                 # classes [N]
+    classes: int
     mask: Tensor              # labelled nodes [N]
     order: Tensor             # a random order of the rows
     rows: Tensor              # the recall sample's rows (first of order)
@@ -247,8 +257,9 @@ class Bank:
 
 def make_bank(n: int, args: argparse.Namespace) -> tuple[Bank, float]:
     """The bank of size ``n`` and the seconds its exact sample took."""
-    x, y = clustered_features(n, args.dim, num_classes=args.classes,
-                              noise=args.noise, seed=n)
+    classes = max(1, n // args.per_class) if args.per_class else args.classes
+    x, y = clustered_features(n, args.dim, num_classes=classes, noise=args.noise,
+                              seed=n)
     gen = torch.Generator().manual_seed(n + 1)
     mask = torch.zeros(n, dtype=torch.bool)
     mask[torch.randperm(n, generator=gen)[:max(1, round(args.labelled * n))]] = True
@@ -256,7 +267,7 @@ def make_bank(n: int, args: argparse.Namespace) -> tuple[Bank, float]:
     cfg.graph.k, cfg.dna.k = args.k, args.k_sub
     torch.manual_seed(0)
     d = cfg.dna
-    head = DNAHead(args.dim, args.classes, hops=d.hops, aggregator=d.aggregator,
+    head = DNAHead(args.dim, classes, hops=d.hops, aggregator=d.aggregator,
                    temperature=d.temperature)
     # The recall sample: random rows (not the tuning's evenly spaced ones),
     # their exact neighbours by a full scan.
@@ -264,14 +275,15 @@ def make_bank(n: int, args: argparse.Namespace) -> tuple[Bank, float]:
     rows = order[:min(args.recall_sample, n)].sort().values
     xn = normalize_rows(x).contiguous()
     exact, st = measure(exact_neighbours, xn, rows, args.k)
-    return Bank(x, xn, y, mask, order, rows, exact, cfg, head), st["s"]
+    return Bank(x, xn, y, classes, mask, order, rows, exact, cfg, head), st["s"]
 
 
 def run_graph(name: str, bank: Bank, args: argparse.Namespace) -> dict:
     """One graph's row: its build, recall, the peer, and the stages after."""
     n, m, cfg = bank.x.size(0), bank.rows.numel(), bank.cfg
     cpu = torch.device("cpu")
-    row: dict[str, Any] = {"N": n, "graph": name, "recall_sample": m}
+    row: dict[str, Any] = {"N": n, "graph": name, "classes": bank.classes,
+                           "recall_sample": m}
     built = name != "exact" or n <= args.exact_max
     g = None
     if built:
@@ -328,7 +340,7 @@ def run_graph(name: str, bank: Bank, args: argparse.Namespace) -> dict:
     prior[bank.mask] = bank.y[bank.mask]
     _, st = measure(pseudo_labels, g, bank.y, bank.mask, prior, source="dplp",
                     sigma=cfg.dplp.sigma, mode=cfg.dplp.mode,
-                    num_classes=args.classes)
+                    num_classes=bank.classes)
     put(row, "dplp", st)
     stages = ("graph", "label_bank", "dplp")
     for unit in ("s", "cpu_s"):
@@ -397,7 +409,8 @@ def spawn(n: int, graphs: list[str], args: argparse.Namespace) -> list[dict]:
         cmd = [sys.executable, "-m", "benchmarks.speed.bench_refresh_scale",
                "--worker", str(n), str(out), "--graphs", *graphs,
                *[f"--{k.replace('_', '-')}={getattr(args, k)}" for k in
-                 (*BANK_KEYS, "exact_max", "recall_sample", "peer_queries")]]
+                 (*BANK_KEYS, "exact_max", "recall_sample", "peer_queries")
+                 if getattr(args, k) is not None]]
         # A fixed mmap threshold returns freed blocks to the OS, so the
         # high-water mark follows the live tensors (as bench_conv).
         env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536",
@@ -416,6 +429,9 @@ def main(argv: list[str] | None = None) -> dict | None:
     p.add_argument("--k", type=int, default=64)
     p.add_argument("--k-sub", type=int, default=8)
     p.add_argument("--classes", type=int, default=100)
+    p.add_argument("--per-class", type=int, default=None,
+                   help="nodes per class instead (classes = N // per-class; "
+                        "ImageNet: 1281): clusters that do not grow with N")
     p.add_argument("--noise", type=float, default=0.6)
     p.add_argument("--labelled", type=float, default=0.01)
     p.add_argument("--threads", type=int, default=1,
@@ -467,7 +483,10 @@ def main(argv: list[str] | None = None) -> dict | None:
     print_table(payload["rows"], COLUMNS)
     print(f"\nGrowth (t = a N^b, least squares from N >= {args.fit_min}; "
           "seconds, MiB):")
-    print_table(payload["growth"], GROWTH_COLUMNS)
+    if payload["growth"]:
+        print_table(payload["growth"], GROWTH_COLUMNS)
+    else:
+        print("  (needs two or more sizes from --fit-min up)")
     print(f"\nTarget: graph + Label Bank + DPLP CPU time grows <= N^"
           f"{TARGET_EXPONENT} from 100k to 2M nodes at recall >= {TARGET_RECALL}:")
     if not payload["targets"]:
