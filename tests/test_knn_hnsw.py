@@ -112,6 +112,20 @@ def test_hnsw_small_bank_is_exact_with_the_tie_rule():
                                                          backend="exact").edge_index)
 
 
+def test_hnsw_shard_rows_equal_the_whole_graphs():
+    # A sharded refresh's part (rows of the centres, searched against all
+    # nodes) equals those rows of the whole graph: the same index (one
+    # thread) and the same efSearch, tuned on the whole bank's sample.
+    x, k = _clustered(3000, 16, 15, 2), 12
+    whole = build_density_graph(x, k, backend="faiss_hnsw")
+    part = build_density_graph(x, k, backend="faiss_hnsw", rows=(1000, 1700))
+    assert part.hnsw_ef_search == whole.hnsw_ef_search
+    assert part.hnsw_recall == whole.hnsw_recall
+    assert torch.equal(part.edge_index, whole.edge_index[:, 1000 * k:1700 * k])
+    assert torch.equal(part.sim, whole.sim[1000 * k:1700 * k])
+    assert torch.equal(part.density, whole.density[1000:1700])
+
+
 def test_hnsw_queries_against_a_bank():
     gen = torch.Generator().manual_seed(5)
     bank, query = torch.randn(300, 8, generator=gen), torch.randn(40, 8, generator=gen)

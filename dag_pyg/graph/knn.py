@@ -31,8 +31,9 @@ Gaussian classes, k=64), it is 1.6x to 2.1x slower than ``faiss_ivf`` from
 threads faiss adds the nodes to the HNSW graph in an unspecified order (faiss
 wiki, "Threads and asynchronous calls"; its search is deterministic): the
 graph, and so a few neighbours of a few nodes, may differ between runs, or
-between ranks that each build their own (``distributed.graph: replicate``),
-unless faiss runs one thread.
+between ranks that each build their own (``distributed.graph: replicate``
+or ``sharded``, whose shards then come from different graphs), unless faiss
+runs one thread.
 """
 from __future__ import annotations
 
