@@ -2,10 +2,12 @@ from dag_pyg.graph.build import build_density_graph, neighbour_table
 from dag_pyg.graph.density import compute_density, graph_density
 from dag_pyg.graph.drift import bank_drift
 from dag_pyg.graph.knn import (
+    exact_neighbours,
     knn_search,
     neighbour_recall,
     normalize_rows,
     resolve_backend,
+    sample_rows,
 )
 
 __all__ = [
@@ -14,8 +16,10 @@ __all__ = [
     "compute_density",
     "graph_density",
     "bank_drift",
+    "exact_neighbours",
     "knn_search",
     "neighbour_recall",
     "normalize_rows",
     "resolve_backend",
+    "sample_rows",
 ]

@@ -7,6 +7,9 @@ from torch_geometric.data import Data
 
 from dag_pyg.graph.density import check_density, compute_density
 from dag_pyg.graph.knn import (
+    HNSW_EF_CONSTRUCTION,
+    HNSW_EF_SEARCH,
+    HNSW_M,
     IVF_RECALL,
     check_rows,
     knn_search,
@@ -21,6 +24,9 @@ def build_density_graph(x: Tensor, k: int = 64, *, backend: str = "auto",
                         chunk_size: int | None = None,
                         ivf_nlist: int | None = None, ivf_nprobe: int = 16,
                         ivf_recall: float | None = IVF_RECALL,
+                        hnsw_m: int = HNSW_M,
+                        hnsw_ef_construction: int = HNSW_EF_CONSTRUCTION,
+                        hnsw_ef_search: int = HNSW_EF_SEARCH,
                         allow_zero_rows: bool = False,
                         rows: tuple[int, int] | None = None) -> Data:
     r"""Builds the density-aware kNN graph of Sec. 4.1.
@@ -35,8 +41,8 @@ def build_density_graph(x: Tensor, k: int = 64, *, backend: str = "auto",
         k (int): Neighbours per node (the paper uses 64).
         backend (str): kNN engine: ``"auto"`` (fastest for ``x.device``),
             ``"exact"`` (blocked matmul + top-k), ``"faiss"`` (``IndexFlatIP``),
-            ``"faiss_ivf"`` (approximate, for large ``N``) or
-            ``"torch_cluster"``.
+            ``"faiss_ivf"`` or ``"faiss_hnsw"`` (approximate, for large
+            ``N``) or ``"torch_cluster"``.
         density (str): ``"mean_sim"`` (Eq. 3) or ``"count"``.
         density_threshold (float): Similarity threshold of the ``count``
             density.
@@ -45,9 +51,14 @@ def build_density_graph(x: Tensor, k: int = 64, *, backend: str = "auto",
             :math:`4\sqrt{N}`).
         ivf_nprobe (int): ``faiss_ivf`` cells scanned per query (where
             the tuning to ``ivf_recall`` starts).
-        ivf_recall (float, optional): ``faiss_ivf``'s recall target of exact
-            neighbours (:func:`~dag_pyg.graph.knn_search`); :obj:`None`:
-            ``ivf_nprobe`` as given.
+        ivf_recall (float, optional): ``faiss_ivf``'s and ``faiss_hnsw``'s
+            recall target of exact neighbours
+            (:func:`~dag_pyg.graph.knn_search`); :obj:`None`: ``ivf_nprobe``
+            or ``hnsw_ef_search`` as given.
+        hnsw_m (int): ``faiss_hnsw`` links per node.
+        hnsw_ef_construction (int): ``faiss_hnsw`` build beam.
+        hnsw_ef_search (int): ``faiss_hnsw`` search beam (where the tuning to
+            ``ivf_recall`` starts).
         allow_zero_rows (bool): Accept all-zero rows (similarity 0 to every
             node). Off by default: in a Feature Bank they signal a bug.
         rows ((int, int), optional): Build only the rows of the centres
@@ -67,7 +78,9 @@ def build_density_graph(x: Tensor, k: int = 64, *, backend: str = "auto",
         index; no self loops), ``sim [N*k]``, ``density [N]``, ``num_nodes``,
         ``k``, ``backend`` (the engine that ran) and ``density_kind``;
         with ``faiss_ivf`` also ``ivf_nlist``, ``ivf_nprobe`` and the
-        measured ``ivf_recall``.
+        measured ``ivf_recall``; with ``faiss_hnsw`` ``hnsw_m``,
+        ``hnsw_ef_construction``, ``hnsw_ef_search`` and the measured
+        ``hnsw_recall``.
     """
     check_density(density)
     xn = normalize_rows(x, allow_zero=allow_zero_rows)
@@ -83,7 +96,8 @@ def build_density_graph(x: Tensor, k: int = 64, *, backend: str = "auto",
     nbr, sim = knn_search(xn, None, k, backend=engine, chunk_size=chunk_size,
                           normalized=True, ivf_nlist=ivf_nlist,
                           ivf_nprobe=ivf_nprobe, ivf_recall=ivf_recall,
-                          stats=stats, rows=rows)
+                          hnsw_m=hnsw_m, hnsw_ef_construction=hnsw_ef_construction,
+                          hnsw_ef_search=hnsw_ef_search, stats=stats, rows=rows)
     centre = torch.arange(start, end, device=xn.device).repeat_interleave(k)
     edge_index = torch.stack([nbr.reshape(-1), centre], dim=0)
     part = {} if rows is None else {"rows": (start, end)}

@@ -17,6 +17,23 @@ queries, found exactly, are recalled at ``ivf_recall`` (0.99), and the
 measured recall is logged and returned. ``benchmarks/speed/bench_knn_ivf.py``
 measures the recall of whole graphs against exact search. Its candidates get
 the same re-scoring and ordering.
+
+``faiss_hnsw`` is approximate too: faiss' flat HNSW graph
+(``IndexHNSWFlat``: no k-means, no cells). Its ``efSearch`` is tuned as
+``nprobe`` is (to ``ivf_recall`` on the same sample of exact queries, steps
+of 1.5x from ``hnsw_ef_search``), and the tuned value and the measured recall
+are logged and returned. Measured by
+``benchmarks/speed/bench_refresh_scale.py`` (one thread, 128-d banks of 100
+Gaussian classes, k=64), it is 1.6x to 2.1x slower than ``faiss_ivf`` from
+50k to 300k nodes at the same recall target, while growing a little slower
+(about :math:`N^{1.45}` against :math:`N^{1.57}` from 100k to 300k), so
+``auto`` does not pick it. With several OpenMP
+threads faiss adds the nodes to the HNSW graph in an unspecified order (faiss
+wiki, "Threads and asynchronous calls"; its search is deterministic): the
+graph, and so a few neighbours of a few nodes, may differ between runs, or
+between ranks that each build their own (``distributed.graph: replicate``
+or ``sharded``, whose shards then come from different graphs), unless faiss
+runs one thread.
 """
 from __future__ import annotations
 
@@ -27,7 +44,8 @@ import math
 import torch
 from torch import Tensor
 
-BACKENDS = ("auto", "exact", "faiss", "faiss_ivf", "torch_cluster")
+BACKENDS = ("auto", "exact", "faiss", "faiss_ivf", "faiss_hnsw", "torch_cluster")
+APPROXIMATE = ("faiss_ivf", "faiss_hnsw")
 # Candidates fetched past k to settle near-ties at the k-th place.
 EXTRA = 2
 # faiss_ivf's default: the recall of exact neighbours its nprobe is tuned to,
@@ -38,6 +56,18 @@ IVF_SAMPLE = 1000
 # minutes per graph (about 100 s at 200k, 128-d, 2 threads) and faiss_ivf
 # with a tuned nprobe is used.
 IVF_AUTO_NODES = 200_000
+# faiss_hnsw's defaults: links per node and build-time beam. A wider build
+# beam makes a better graph that reaches the recall target at a smaller
+# efSearch (measured at 100k nodes, 128-d, k=64: efConstruction 80 recalls
+# 0.996 at efSearch 96, faiss' default 40 only 0.976).
+HNSW_M = 32
+HNSW_EF_CONSTRUCTION = 80
+# efSearch: where the tuning starts (faiss searches at least k), the factor
+# of each step (finer than doubling: the search cost grows with efSearch,
+# the tuning's sample costs little), and where it gives up.
+HNSW_EF_SEARCH = 64
+HNSW_EF_STEP = 1.5
+HNSW_EF_MAX = 4096
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +99,7 @@ def resolve_backend(backend: str, device: torch.device,
         raise ValueError(
             f"Unknown kNN backend '{backend}'. Choose one of {list(BACKENDS)}.")
     if backend != "auto":
-        if backend in ("faiss", "faiss_ivf") and not has_faiss():
+        if backend in ("faiss", *APPROXIMATE) and not has_faiss():
             raise ValueError(f"kNN backend '{backend}' needs the faiss package: "
                              "`pip install faiss-cpu` (or faiss-gpu), or pick "
                              "backend='exact'.")
@@ -177,6 +207,40 @@ def neighbour_recall(found: Tensor, exact: Tensor, chunk: int = 4096) -> float:
     return hits / exact.numel()
 
 
+def sample_rows(num_rows: int, size: int = IVF_SAMPLE) -> Tensor:
+    """At most ``size`` evenly spaced row indices of ``num_rows`` (sorted,
+    deterministic): the queries the recall tuning measures."""
+    return torch.linspace(0, num_rows - 1, min(size, num_rows)).round().long().unique()
+
+
+def exact_neighbours(query: Tensor, rows: Tensor, k: int,
+                     base: Tensor | None = None) -> Tensor:
+    """The exact ``k`` most similar rows ``[len(rows), k]`` of ``base`` for
+    the query rows ``rows``; with ``base=None`` the queries' own set without
+    each query's own row (the graph case). Rows must be unit vectors; the
+    order within a list is the engine's (enough for
+    :func:`neighbour_recall`)."""
+    self_search = base is None
+    b = query if base is None else base
+    idx, _ = _candidates_exact(query[rows], b, k, self_search, None, own=rows)
+    return idx
+
+
+def _tune(search, values: list[int], exact: Tensor, rows: Tensor, k: int,
+          self_search: bool, target: float) -> tuple[int, float]:
+    """The first of ``values`` at which ``search(value)`` (the sampled
+    queries' ``k + self_search`` candidates, an int64 array) recalls
+    ``target`` of ``exact``, or the last; ``(value, recall)``."""
+    for value in values:
+        found = torch.from_numpy(search(value))
+        if self_search:
+            found, _ = _drop_self(found, found, k, own=rows)
+        rec = neighbour_recall(found, exact)
+        if rec >= target:
+            break
+    return value, rec
+
+
 def _tune_nprobe(index, q: Tensor, b: Tensor, k: int, self_search: bool,
                  nlist: int, start: int, target: float) -> tuple[int, float]:
     """The smallest ``nprobe`` in ``start, 2 start, ...`` (at most ``nlist``:
@@ -184,21 +248,18 @@ def _tune_nprobe(index, q: Tensor, b: Tensor, k: int, self_search: bool,
     ``target`` of their exact ``k`` neighbours; ``(nprobe, recall)``."""
     import numpy as np
 
-    m = q.size(0)
-    rows = torch.linspace(0, m - 1, min(IVF_SAMPLE, m)).round().long().unique()
-    exact, _ = _candidates_exact(q[rows], b, k, self_search, None, own=rows)
+    rows = sample_rows(q.size(0))
+    exact = exact_neighbours(q, rows, k, None if self_search else b)
     sample = np.ascontiguousarray(q[rows].numpy())
-    nprobe = min(start, nlist)
-    while True:
+    ladder = [min(start, nlist)]
+    while ladder[-1] < nlist:
+        ladder.append(min(2 * ladder[-1], nlist))
+
+    def search(nprobe: int):
         index.nprobe = nprobe
-        _, idx = index.search(sample, k + int(self_search))
-        found = torch.from_numpy(idx)
-        if self_search:
-            found, _ = _drop_self(found, found, k, own=rows)
-        rec = neighbour_recall(found, exact)
-        if rec >= target or nprobe >= nlist:
-            return nprobe, rec
-        nprobe = min(2 * nprobe, nlist)
+        return index.search(sample, k + int(self_search))[1]
+
+    return _tune(search, ladder, exact, rows, k, self_search, target)
 
 
 def _candidates_faiss_ivf(q: Tensor, b: Tensor, kk: int, k: int,
@@ -235,6 +296,54 @@ def _candidates_faiss_ivf(q: Tensor, b: Tensor, kk: int, k: int,
     sim, idx = index.search(np.ascontiguousarray(q.detach().cpu().numpy()), kk)
     idx, sim = torch.from_numpy(idx).to(q.device), torch.from_numpy(sim).to(q.device)
     return idx, sim.masked_fill(idx < 0, -math.inf)  # -1: cells ran out
+
+
+def _candidates_faiss_hnsw(q: Tensor, b: Tensor, kk: int, k: int, m: int,
+                           ef_construction: int, ef_search: int,
+                           recall: float | None, self_search: bool,
+                           stats: dict | None) -> tuple[Tensor, Tensor]:
+    import faiss
+    import numpy as np
+
+    # faiss has no GPU HNSW: built and searched on the CPU.
+    qc, bc = q.detach().cpu(), b.detach().cpu()
+    index = faiss.IndexHNSWFlat(bc.size(1), m, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = ef_construction
+    index.add(np.ascontiguousarray(bc.numpy()))
+    # faiss searches with max(efSearch, k): start where that makes a
+    # difference; the tuning stops at HNSW_EF_MAX (or N: every node reached).
+    ef, measured = max(ef_search, kk), math.nan
+    top = max(ef, min(HNSW_EF_MAX, bc.size(0)))
+    if recall is not None:
+        # As faiss_ivf: a self-search samples the whole bank (also when ``q``
+        # is a shard of it), so every shard tunes to the same efSearch.
+        tune = bc if self_search else qc
+        rows = sample_rows(tune.size(0))
+        exact = exact_neighbours(tune, rows, k, None if self_search else bc)
+        sample = np.ascontiguousarray(tune[rows].numpy())
+        ladder = [ef]
+        while ladder[-1] < top:
+            ladder.append(min(math.ceil(HNSW_EF_STEP * ladder[-1]), top))
+
+        def search(value: int):
+            index.hnsw.efSearch = value
+            return index.search(sample, k + int(self_search))[1]
+
+        ef, measured = _tune(search, ladder, exact, rows, k, self_search, recall)
+        log.info("faiss_hnsw: efSearch %d (M %d, efConstruction %d) recalls %.4f "
+                 "of the exact neighbours of %d sampled queries (target %.2f)", ef,
+                 m, ef_construction, measured, rows.numel(), recall)
+        if measured < recall:
+            log.warning("faiss_hnsw: efSearch %d, the most tried, recalls only %.4f "
+                        "(target %.2f): raise hnsw_m or hnsw_ef_construction, or "
+                        "use an exact backend", ef, measured, recall)
+    if stats is not None:
+        stats.update(hnsw_m=m, hnsw_ef_construction=ef_construction,
+                     hnsw_ef_search=ef, hnsw_recall=measured)
+    index.hnsw.efSearch = ef
+    sim, idx = index.search(np.ascontiguousarray(qc.numpy()), kk)
+    idx, sim = torch.from_numpy(idx).to(q.device), torch.from_numpy(sim).to(q.device)
+    return idx, sim.masked_fill(idx < 0, -math.inf)  # -1: too few reached
 
 
 def _candidates_torch_cluster(q: Tensor, b: Tensor,
@@ -379,6 +488,9 @@ def knn_search(query: Tensor, base: Tensor | None = None, k: int = 64, *,
                backend: str = "auto", chunk_size: int | None = None,
                normalized: bool = False, ivf_nlist: int | None = None,
                ivf_nprobe: int = 16, ivf_recall: float | None = IVF_RECALL,
+               hnsw_m: int = HNSW_M,
+               hnsw_ef_construction: int = HNSW_EF_CONSTRUCTION,
+               hnsw_ef_search: int = HNSW_EF_SEARCH,
                stats: dict | None = None,
                rows: tuple[int, int] | None = None) -> tuple[Tensor, Tensor]:
     r"""Finds the ``k`` most cosine-similar rows of ``base`` for every query row.
@@ -392,7 +504,8 @@ def knn_search(query: Tensor, base: Tensor | None = None, k: int = 64, *,
         base (torch.Tensor, optional): Base features :math:`[N, d]`.
         k (int): Number of neighbours.
         backend (str): ``"auto"``, ``"exact"``, ``"faiss"``,
-            ``"faiss_ivf"`` (approximate) or ``"torch_cluster"``.
+            ``"faiss_ivf"``, ``"faiss_hnsw"`` (both approximate) or
+            ``"torch_cluster"``.
         chunk_size (int, optional): Query rows per similarity block of the
             ``exact`` backend (bounds its memory at ``chunk_size * N`` floats).
         normalized (bool): Skip the validation and normalisation (features are
@@ -402,13 +515,22 @@ def knn_search(query: Tensor, base: Tensor | None = None, k: int = 64, *,
         ivf_nprobe (int): ``faiss_ivf`` cells scanned per query: more is
             slower and closer to exact; with ``ivf_recall`` where the tuning
             starts. (default: :obj:`16`)
-        ivf_recall (float, optional): ``faiss_ivf`` tunes ``nprobe`` (see the
-            module docstring) until a sample of queries recalls this share of
-            its exact neighbours; :obj:`None` scans ``ivf_nprobe`` cells as
-            given. (default: :data:`IVF_RECALL`)
+        ivf_recall (float, optional): ``faiss_ivf`` tunes ``nprobe`` and
+            ``faiss_hnsw`` tunes ``efSearch`` (see the module docstring) until
+            a sample of queries recalls this share of its exact neighbours;
+            :obj:`None` uses ``ivf_nprobe`` or ``hnsw_ef_search`` as given.
+            (default: :data:`IVF_RECALL`)
+        hnsw_m (int): ``faiss_hnsw`` links per node (memory grows as
+            ``2 * hnsw_m`` ids per node). (default: :data:`HNSW_M`)
+        hnsw_ef_construction (int): ``faiss_hnsw`` build beam.
+            (default: :data:`HNSW_EF_CONSTRUCTION`)
+        hnsw_ef_search (int): ``faiss_hnsw`` search beam (at least ``k``);
+            with ``ivf_recall`` where the tuning starts.
+            (default: :data:`HNSW_EF_SEARCH`)
         stats (dict, optional): Filled with ``ivf_nlist``, ``ivf_nprobe``
             and the measured ``ivf_recall`` (NaN where not tuned) by
-            ``faiss_ivf``.
+            ``faiss_ivf``; with ``hnsw_m``, ``hnsw_ef_construction``,
+            ``hnsw_ef_search`` and ``hnsw_recall`` by ``faiss_hnsw``.
         rows ((int, int), optional): With ``base=None``, search only the
             queries ``rows[0]`` to ``rows[1] - 1`` (against all rows). They
             get the very lists and similarities of the whole self-search,
@@ -471,6 +593,16 @@ def knn_search(query: Tensor, base: Tensor | None = None, k: int = 64, *,
             cand, sim = _candidates_faiss_ivf(q32, b32, kk + int(self_search), k,
                                               ivf_nlist, ivf_nprobe, ivf_recall,
                                               self_search, stats)
+        elif name == "faiss_hnsw":
+            if hnsw_m < 2 or hnsw_ef_construction < 1 or hnsw_ef_search < 1:
+                raise ValueError(f"faiss_hnsw needs hnsw_m >= 2, "
+                                 f"hnsw_ef_construction >= 1 and hnsw_ef_search "
+                                 f">= 1 (got {hnsw_m}, {hnsw_ef_construction}, "
+                                 f"{hnsw_ef_search}).")
+            cand, sim = _candidates_faiss_hnsw(q32, b32, kk + int(self_search), k,
+                                               hnsw_m, hnsw_ef_construction,
+                                               hnsw_ef_search, ivf_recall,
+                                               self_search, stats)
         else:
             engine = (_candidates_faiss if name == "faiss"
                       else _candidates_torch_cluster)
