@@ -333,6 +333,10 @@ def _check_replay(cfg: Config) -> None:
             "Config keys 'steer.replay_dplp' and 'steer.replay_threshold' need "
             f"one entry per end-of-epoch refresh, optim.epochs + 1 = {refreshes} "
             f"(got {len(s.replay_dplp)} and {len(s.replay_threshold)}).")
+    if cfg.graph.refresh_per_epoch > 1:
+        raise ConfigError("A replay holds one decision per epoch (a steered "
+                          "run records its end-of-epoch refresh's): use "
+                          "graph.refresh_per_epoch: 1.")
     if cfg.data.num_check:
         raise ConfigError("A replay has no check: leave data.num_check at 0 "
                           f"(got {cfg.data.num_check}).")
@@ -473,6 +477,11 @@ def _check(cfg: Config) -> None:
         raise ConfigError(f"method: {cfg.method} decides on the neighbour term "
                           "at the refresh after pre-training: set "
                           "optim.pretrain_epochs >= 1.")
+    if cfg.method == "auto" and cfg.graph.refresh_per_epoch > 1:
+        raise ConfigError("method: auto refits the steered arm by replaying its "
+                          "end-of-epoch decisions, and the decisions of mid-epoch "
+                          "refreshes are not recorded: use "
+                          "graph.refresh_per_epoch: 1.")
     if steers and cfg.distributed.graph != "rank0":
         raise ConfigError(f"method: {cfg.method} decides on rank 0 and "
                           "broadcasts: use distributed.graph: rank0.")

@@ -180,3 +180,16 @@ def test_auto_sigterm_in_an_arm_resumes_the_whole_run(tmp_path, capsys,
             for d in (full, tmp_path / "cut"))
     assert a["auto"] == b["auto"]
     assert a["test_error_last"] == b["test_error_last"]
+    # Cut in the refit (after both arms' 96 steps): the choice is on disk
+    # already, and the resumed refit ends where the uncut one did.
+    sigterm_at_step(110).clear()  # steps counted from here
+    refit_cut = ["train", "configs/digits.yaml", "--out", str(tmp_path / "cut2"),
+                 *args]
+    assert main(refit_cut) == 128 + signal.SIGTERM
+    capsys.readouterr()
+    saved = json.loads((tmp_path / "cut2" / "choice.json").read_text())
+    assert saved == a["auto"] and not (tmp_path / "cut2" / "summary.json").exists()
+    sigterm_at_step(None)
+    assert main([*refit_cut, "--resume"]) == 0
+    c = json.loads((tmp_path / "cut2" / "summary.json").read_text())
+    assert c["auto"] == a["auto"] and c["test_error_last"] == a["test_error_last"]

@@ -398,6 +398,8 @@ def test_affine_matches_torchvision_per_image():
     assert torch.allclose(turned, torch.rot90(sq, -1, (2, 3)), atol=1e-5)
     with pytest.raises(TypeError, match="float images"):
         affine(_batch(), angle, scale, shear)
+    with pytest.raises(ValueError, match="Unknown padding_mode 'edge'"):
+        affine(x, angle, scale, shear, padding_mode="edge")
 
 
 def test_random_affine_ranges_and_seeding():

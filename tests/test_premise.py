@@ -391,7 +391,9 @@ def test_replay_config_errors():
             (replay_of(n - 1, [True], [0.5]), f"optim.epochs \\+ 1 = {n}"),
             (replay_of(n, [True], [0.5], "data.num_check=5"), "no check"),
             (replay_of(n, [True], [1.5]), "in \\[0, 1\\] or null"),
-            (["steer.replay_threshold=[0.5]"], f"optim.epochs \\+ 1 = {n}")):
+            (["steer.replay_threshold=[0.5]"], f"optim.epochs \\+ 1 = {n}"),
+            (replay_of(n, [True], [0.5], "graph.refresh_per_epoch=2"),
+             "one decision per epoch")):
         with pytest.raises(ConfigError, match=match):
             load_config("configs/digits.yaml", ["method=steered", *extra])
     with pytest.raises(ConfigError, match="set method: steered"):
@@ -405,11 +407,16 @@ def test_replayed_decision_per_refresh():
                                               "optim.pretrain_epochs=3",
                                               "steer.replay_dplp=[true,false,true]",
                                               "steer.replay_threshold=[null,0.5,0.7]"])
-    # Refreshes after epochs 2 (the last pre-training one), 3 and 4; a
-    # mid-epoch refresh passes the epoch before it.
+    # Refreshes after epochs 2 (the last pre-training one), 3 and 4.
     assert [replayed(cfg, e) for e in (2, 3, 4)] == [(True, None), (False, 0.5),
                                                      (True, 0.7)]
-    assert replayed(cfg, -1) == (True, None) and replayed(cfg, 9) == (True, 0.7)
+    for epoch in (-1, 1, 5):
+        with pytest.raises(ValueError, match="after epochs 2..4 \\(got epoch"):
+            replayed(cfg, epoch)
+    # Mid-epoch refreshes record no decision: a replay (and auto) refuses them.
+    with pytest.raises(ConfigError, match="refresh_per_epoch: 1"):
+        load_config("configs/digits.yaml", ["method=auto",
+                                            "graph.refresh_per_epoch=2"])
 
 
 def test_replay_trains_on_every_label_by_the_decisions_given():

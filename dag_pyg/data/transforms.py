@@ -112,7 +112,10 @@ def affine(x: Tensor, angle: Tensor, scale: Tensor, shear: Tensor,
     The same map as torchvision's ``functional.affine(img, angle, [0, 0],
     scale, [shear, 0])`` per image (clockwise angles in degrees, a shear
     parallel to the x-axis), as one ``affine_grid``/``grid_sample`` call for
-    the batch.
+    the batch. Outside the image it samples zeros (``"zero"``, torchvision's
+    fill) or the border mirrored (``"reflect"``: ``grid_sample``'s
+    ``"reflection"``, which repeats the edge pixel, unlike
+    :func:`random_translate`'s).
 
     Args:
         x (Tensor): ``[B, C, H, W]`` float images.
@@ -125,6 +128,9 @@ def affine(x: Tensor, angle: Tensor, scale: Tensor, shear: Tensor,
     if not x.is_floating_point():
         raise TypeError(f"affine needs float images (got {x.dtype}); call "
                         "to_float first.")
+    if padding_mode not in PADDING_MODES:
+        raise ValueError(f"Unknown padding_mode '{padding_mode}'. Choose one "
+                         f"of {list(PADDING_MODES)}.")
     b, _, h, w = x.shape
     a, t = torch.deg2rad(angle.double()), torch.tan(torch.deg2rad(shear.double()))
     s, cos, sin = scale.double(), torch.cos(a), torch.sin(a)
@@ -132,7 +138,7 @@ def affine(x: Tensor, angle: Tensor, scale: Tensor, shear: Tensor,
     # centre: rotation * scale * shear; the grid samples its inverse.
     fwd = torch.stack([torch.stack([s * cos, s * (-cos * t - sin)], 1),
                        torch.stack([s * sin, s * (-sin * t + cos)], 1)], 1)
-    half = torch.tensor([w / 2, h / 2], dtype=torch.float64)
+    half = torch.tensor([w / 2, h / 2], dtype=torch.float64, device=fwd.device)
     # In affine_grid's coordinates, [-1, 1] along each axis.
     inv = torch.linalg.inv(fwd) * half.view(1, 1, 2) / half.view(1, 2, 1)
     theta = torch.cat([inv, inv.new_zeros(b, 2, 1)], 2).to(x)

@@ -25,9 +25,10 @@ of 1.5x from ``hnsw_ef_search``), and the tuned value and the measured recall
 are logged and returned. Measured by
 ``benchmarks/speed/bench_refresh_scale.py`` (one thread, 128-d banks of 100
 Gaussian classes, k=64), it is 1.6x to 2.1x slower than ``faiss_ivf`` from
-50k to 300k nodes at the same recall target, while growing a little slower
-(about :math:`N^{1.45}` against :math:`N^{1.57}` from 100k to 300k), so
-``auto`` does not pick it. With several OpenMP
+50k to 300k nodes at the same recall target, so ``auto`` does not pick it
+(fitted from 100k to 300k it grows as about :math:`N^{1.45}` against
+:math:`N^{1.57}`, three sizes and a tuned setting that jumps between them:
+no evidence yet that it overtakes at larger N). With several OpenMP
 threads faiss adds the nodes to the HNSW graph in an unspecified order (faiss
 wiki, "Threads and asynchronous calls"; its search is deterministic): the
 graph, and so a few neighbours of a few nodes, may differ between runs, or

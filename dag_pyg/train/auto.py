@@ -45,6 +45,7 @@ it, skipping finished ones.
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -158,6 +159,16 @@ def _decide(run_dir: Path) -> dict:
     return choice
 
 
+def _saved_choice(run_dir: Path) -> dict | None:
+    """The choice an earlier attempt wrote before its refit (:obj:`None`
+    where there is none, or one of a release that did not refit)."""
+    path = run_dir / CHOICE
+    if not path.is_file():
+        return None
+    choice = json.loads(path.read_text())
+    return choice if choice.get("model_dir") == REFIT_DIR else None
+
+
 def _train_part(run_arm: Callable[..., dict], cfg: Config, run_dir: Path,
                 part: str, dist: DistContext) -> dict:
     """Trains (or resumes, or reads back, where finished) one part of an
@@ -196,7 +207,10 @@ def train_auto(cfg: Config, run_dir: str | Path, run_arm: Callable[..., dict],
     for arm, arm_cfg in arm_configs(cfg, num_check).items():
         summaries[arm] = _train_part(run_arm, arm_cfg, run_dir, f"{ARMS_DIR}/{arm}",
                                      dist)
-    choice = dist.on_main(lambda: _decide(run_dir))
+    # The choice is written before the refit and read back on a resume, so
+    # that an interrupted refit continues the arm it started with.
+    choice = dist.on_main(lambda: _saved_choice(run_dir) or _decide(run_dir))
+    dist.on_main(lambda: write_json_atomic(run_dir / CHOICE, choice), share=False)
     arm_dir = run_dir / ARMS_DIR / choice["arm"]
     refit_cfg = dist.on_main(lambda: refit_config(cfg, choice["arm"], arm_dir))
     refit = _train_part(run_arm, refit_cfg, run_dir, REFIT_DIR, dist)
@@ -207,9 +221,6 @@ def train_auto(cfg: Config, run_dir: str | Path, run_arm: Callable[..., dict],
                         for a, s in summaries.items()},
                "config": cfg.to_dict()}
 
-    def write() -> None:
-        write_json_atomic(run_dir / CHOICE, choice)
-        write_json_atomic(run_dir / "summary.json", summary)
-
-    dist.on_main(write, share=False)
+    dist.on_main(lambda: write_json_atomic(run_dir / "summary.json", summary),
+                 share=False)
     return summary

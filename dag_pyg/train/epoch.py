@@ -250,9 +250,8 @@ def train_epoch(run: Run, epoch: int, banks: Banks | None, graph: Data | None,
             continue  # finished before the interruption
         if i and start >= progress.done:  # not refreshed before it
             t = time.perf_counter()
-            # A mid-epoch refresh: the epoch before is the last finished.
             new = refresh(run, features=banks.features if online else None,
-                          neighbours=banks.neighbours, epoch=epoch - 1)
+                          neighbours=banks.neighbours)
             progress.mid_s += time.perf_counter() - t
             if step_drift := drift_stats(run, built, new.banks, new.graph):
                 progress.drift.append(step_drift)

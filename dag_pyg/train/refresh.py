@@ -294,11 +294,16 @@ def steer(run: Run, feats: Tensor, graph: Data, logits: Tensor, prior: Tensor,
 
 
 def replayed(cfg: Config, epoch: int) -> tuple[bool, float | None]:
-    """A replay's decisions for the refresh after ``epoch`` (a mid-epoch
-    refresh passes the epoch before it: the decisions in force): DPLP's
-    labels or the model's, and the admission threshold."""
+    """A replay's decisions for the refresh after ``epoch``: DPLP's labels or
+    the model's, and the admission threshold (an absolute Label Bank
+    confidence, applied to the replaying run's own Label Bank)."""
     s = cfg.steer
-    i = min(max(epoch - cfg.optim.pretrain_epochs + 1, 0), len(s.replay_dplp) - 1)
+    i = epoch - cfg.optim.pretrain_epochs + 1
+    if not 0 <= i < len(s.replay_dplp):
+        raise ValueError(f"A replay decides the refreshes after epochs "
+                         f"{cfg.optim.pretrain_epochs - 1}.."
+                         f"{cfg.optim.pretrain_epochs + len(s.replay_dplp) - 2} "
+                         f"(got epoch {epoch}).")
     return s.replay_dplp[i], s.replay_threshold[i]
 
 
