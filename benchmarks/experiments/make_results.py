@@ -78,8 +78,9 @@ PRESETS = {
     "dagplus": ("DAG+", "DAG+ is `configs/*_dagplus.yaml`"),
     "auto": ("auto", "auto is `method: auto` (experimental): the check-steered "
              "DAG and the labels alone, both with 20 % of each class's labels "
-             "held out of training, and the one of the two right on more of "
-             "those labels kept (its choice per seed in the last column)"),
+             "held out of training, the one of the two right on more of "
+             "those labels chosen (per seed in the last column), then refit "
+             "on every label (the steered arm's decisions replayed)"),
 }
 assert set(PRESETS) == set(GRID_PRESETS), "a declared preset without its text"
 
