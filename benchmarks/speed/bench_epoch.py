@@ -31,14 +31,21 @@ PARTS = ["time_epoch", "time_train", "time_bank", "time_graph", "time_label_bank
          "time_dplp", "time_eval"]
 
 
+def train_command(config: str, overrides: list[str], epochs: int,
+                  out: Path) -> list[str]:
+    """The ``dag-pyg train`` command of one row: 1 pre-training and
+    ``epochs`` main epochs, whatever the row's own ``optim.epochs``."""
+    cmd = [sys.executable, "-m", "dag_pyg", "train", config, "--out", str(out)]
+    # The bench's own settings last: the last --set of a key wins.
+    for o in [*overrides, "optim.pretrain_epochs=1", f"optim.epochs={epochs}",
+              "log.progress=false", "log.tensorboard=false", "log.plots=false"]:
+        cmd += ["--set", o]
+    return cmd
+
+
 def run(config: str, overrides: list[str], epochs: int, out: Path,
         threads: int) -> dict:
-    cmd = [sys.executable, "-m", "dag_pyg", "train", config, "--out", str(out),
-           "--set", "optim.pretrain_epochs=1", "--set", f"optim.epochs={epochs}",
-           "--set", "log.progress=false", "--set", "log.tensorboard=false",
-           "--set", "log.plots=false"]
-    for o in overrides:
-        cmd += ["--set", o]
+    cmd = train_command(config, overrides, epochs, out)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     if res.returncode:
