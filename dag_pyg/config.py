@@ -105,6 +105,9 @@ class ModelConfig:
     weight_norm: bool = False      # cnn13 weight norm
     dropout: float = 0.5           # cnn13 dropout
     channels_last: bool = False    # NHWC memory format for the CNN backbones
+    # torch.compile the backbone's features (inductor; needs a C++ compiler
+    # on the CPU). Minutes of compiling at the run's start, then faster steps.
+    compile: bool = False
 
 
 @dataclass

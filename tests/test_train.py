@@ -485,3 +485,29 @@ def test_mixed_precision_trains_and_resumes(tmp_path, amp):
     state = load_checkpoint(tmp_path / "full" / "checkpoint.pt")
     # fp16 keeps the grad scaler's state for an exact resume.
     assert bool(state["scaler"]) == (amp == "fp16")
+
+
+def test_compiled_backbone_trains_and_matches_eager(tmp_path):
+    """model.compile: a run trains with the compiled features; they equal
+    an eager backbone's with the checkpoint's weights (to float32
+    rounding, in eval and in train mode, gradients too), whose state_dict
+    keys the checkpoint keeps."""
+    from dag_pyg.models import build_backbone
+    train(tiny("model.backbone=cnn", "model.compile=true"), tmp_path / "c")
+    run = load_run(tmp_path / "c")
+    compiled = run.model.backbone
+    assert not inspect.ismethod(compiled.features)  # the compiled wrapper
+    width = max(1, round(32 * run.cfg.model.width))
+    eager = build_backbone("cnn", 10, in_channels=1, input_size=8, width=width)
+    eager.load_state_dict(run.state["backbone"])
+    x = torch.randn(16, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    for mode in (False, True):
+        compiled.train(mode), eager.train(mode)
+        a, b = compiled.features(x), eager.features(x)
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    a.square().sum().backward(), b.square().sum().backward()
+    for (name, p), q in zip(compiled.named_parameters(), eager.parameters(),
+                            strict=True):
+        if p.grad is not None or q.grad is not None:
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-3, atol=1e-5,
+                                       msg=name)

@@ -282,6 +282,10 @@ def build_model(cfg: Config, data: TrainData, device: torch.device,
                    learn_beta=d.learn_beta).to(device)
     if cfg.distributed.sync_batchnorm:
         backbone = convert_sync_batchnorm(backbone, dist, device)
+    if cfg.model.compile:
+        # The bound method, not the module: the state_dict keeps its keys
+        # (checkpoints load either way). One graph per batch shape.
+        backbone.features = torch.compile(backbone.features, dynamic=False)
     net: nn.Module = TrainNet(backbone, head, dist)
     if dist.enabled:
         # Unused parameters exist (the backbone's classifier; GAT attention
