@@ -264,7 +264,8 @@ def steer(run: Run, feats: Tensor, graph: Data, logits: Tensor, prior: Tensor,
     cfg, data = run.cfg, run.data
     mask, truth, check = data.labelled_mask, data.true_y, data.check_mask
     conf = torch.softmax(logits.double(), dim=1).amax(1)
-    if replays(cfg):
+    replay = replays(cfg)
+    if replay:
         use_dplp, tau = replayed(cfg, epoch)
     else:
         if neighbours is None:
@@ -280,7 +281,7 @@ def steer(run: Run, feats: Tensor, graph: Data, logits: Tensor, prior: Tensor,
         use_dplp = auto_decisions(rec)["dplp"]
     out = lp if use_dplp else pseudo_labels(graph, truth, mask, prior,
                                             source="model", sigma=cfg.dplp.sigma)
-    if not replays(cfg):
+    if not replay:
         tau = admission_threshold(conf[check], out.targets[check] == truth[check])
     drop = ~mask if tau is None else ~mask & (conf < tau)
     if check is not None:
