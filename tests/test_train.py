@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from dag_pyg.cli import main
 from dag_pyg.config import load_config
 from dag_pyg.graph import build_density_graph
+from dag_pyg.models import build_backbone
 from dag_pyg.sampler import knn_subgraph
 from dag_pyg.train import evaluate_run, load_run, train
 from dag_pyg.train import loop as loop_module
@@ -492,7 +493,6 @@ def test_compiled_backbone_trains_and_matches_eager(tmp_path):
     an eager backbone's with the checkpoint's weights (to float32
     rounding, in eval and in train mode, gradients too), whose state_dict
     keys the checkpoint keeps."""
-    from dag_pyg.models import build_backbone
     train(tiny("model.backbone=cnn", "model.compile=true"), tmp_path / "c")
     run = load_run(tmp_path / "c")
     compiled = run.model.backbone
