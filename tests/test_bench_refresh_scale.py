@@ -110,3 +110,15 @@ def test_quick_run(tmp_path):
             r["graph_cpu_s"] + r["label_bank_cpu_s"] + r["dplp_cpu_s"])
         assert not r["peer_estimated"]
     assert all(math.isfinite(g["exponent"]) for g in out["growth"])
+
+
+@pytest.mark.slow  # two worker processes, each importing torch and faiss
+def test_peer_max_leaves_the_peer_out_above_it(tmp_path):
+    out = bench.main(["--quick", "--graphs", "faiss_ivf", "--peer-max", "3000",
+                      "--out", str(tmp_path)])
+    small, large = sorted(out["rows"], key=lambda r: r["N"])
+    assert "peer_cpu_s" in small and not small.get("peer_skipped")
+    assert large["peer_skipped"] and "peer_cpu_s" not in large
+    assert large["total_cpu_s"] > 0  # the stages after the peer still ran
+    quantities = {g["quantity"] for g in out["growth"]}
+    assert "total_cpu_s" in quantities and "peer_cpu_s" not in quantities

@@ -38,7 +38,9 @@ with the same ``M``, ``efConstruction`` and the tuned ``efSearch`` (add,
 search), k + 1 neighbours (the row itself among them). Each is built whole
 and searches every row, or with ``--peer-queries Q`` Q random rows, its
 search time scaled by N / Q (``peer_estimated``; the ``peer_build_*`` and
-``peer_search_*`` columns hold both parts).
+``peer_search_*`` columns hold both parts). ``--peer-max N`` leaves the
+peers out above N nodes (``peer_skipped``): an HNSW build costs as much as
+ours, and doubles the time of the largest sizes.
 
 Growth: the exponent b of t = a N^b by least squares on log-log over the
 measured sizes from ``--fit-min`` up, the exponents between consecutive
@@ -309,24 +311,12 @@ def run_graph(name: str, bank: Bank, args: argparse.Namespace) -> dict:
                         }.get(name, "")
     # The peer at the same operating point, right after: built in full,
     # searched for every row or (beyond --exact-max, or --peer-queries) for
-    # a random subset, its time scaled by N / subset.
-    count = n if built and not args.peer_queries else \
-        min(n, max(args.peer_queries, m)) if built else m
-    q = bank.order[:count].sort().values
-    base = bank.xn.numpy()
-    found, st_build, st_search = peer_search(name, base, base[q.numpy()], args.k,
-                                             row)
-    row["peer_build_s"], row["peer_build_cpu_s"] = st_build["s"], st_build["cpu_s"]
-    row["peer_search_s"] = st_search["s"] * n / q.numel()
-    row["peer_search_cpu_s"] = st_search["cpu_s"] * n / q.numel()
-    row["peer_queries"] = q.numel()
-    row["peer_s"] = row["peer_build_s"] + row["peer_search_s"]
-    row["peer_cpu_s"] = row["peer_build_cpu_s"] + row["peer_search_cpu_s"]
-    row["peer_mb"] = max(st_build["mb"] or 0.0, st_search["mb"] or 0.0)
-    row["peer_estimated"] = q.numel() < n
-    at = torch.searchsorted(q, bank.rows)  # the recall sample among q
-    found = drop_own(found[at.numpy()], bank.rows, args.k)
-    row["peer_recall"] = neighbour_recall(found, bank.exact)
+    # a random subset, its time scaled by N / subset. Above --peer-max it is
+    # left out (its build costs as much as our graph's).
+    if args.peer_max is not None and n > args.peer_max:
+        row["peer_skipped"] = True
+    else:
+        peer_row(name, bank, args, row, built)
     if g is None:
         return row
     _, st = measure(compute_density, g.sim.view(n, -1), cfg.graph.density,
@@ -347,6 +337,29 @@ def run_graph(name: str, bank: Bank, args: argparse.Namespace) -> dict:
         row[f"total_{unit}"] = sum(row[f"{s}_{unit}"] for s in stages)
     row["peak_mb"] = max(row[f"{s}_mb"] or 0.0 for s in stages)
     return row
+
+
+def peer_row(name: str, bank: Bank, args: argparse.Namespace, row: dict,
+             built: bool) -> None:
+    """faiss' own index at ``row``'s operating point: its columns."""
+    n, m = bank.x.size(0), bank.rows.numel()
+    count = n if built and not args.peer_queries else \
+        min(n, max(args.peer_queries, m)) if built else m
+    q = bank.order[:count].sort().values
+    base = bank.xn.numpy()
+    found, st_build, st_search = peer_search(name, base, base[q.numpy()], args.k,
+                                             row)
+    row["peer_build_s"], row["peer_build_cpu_s"] = st_build["s"], st_build["cpu_s"]
+    row["peer_search_s"] = st_search["s"] * n / q.numel()
+    row["peer_search_cpu_s"] = st_search["cpu_s"] * n / q.numel()
+    row["peer_queries"] = q.numel()
+    row["peer_s"] = row["peer_build_s"] + row["peer_search_s"]
+    row["peer_cpu_s"] = row["peer_build_cpu_s"] + row["peer_search_cpu_s"]
+    row["peer_mb"] = max(st_build["mb"] or 0.0, st_search["mb"] or 0.0)
+    row["peer_estimated"] = q.numel() < n
+    at = torch.searchsorted(q, bank.rows)  # the recall sample among q
+    found = drop_own(found[at.numpy()], bank.rows, args.k)
+    row["peer_recall"] = neighbour_recall(found, bank.exact)
 
 
 def run_size(n: int, graphs: list[str], args: argparse.Namespace) -> list[dict]:
@@ -409,7 +422,8 @@ def spawn(n: int, graphs: list[str], args: argparse.Namespace) -> list[dict]:
         cmd = [sys.executable, "-m", "benchmarks.speed.bench_refresh_scale",
                "--worker", str(n), str(out), "--graphs", *graphs,
                *[f"--{k.replace('_', '-')}={getattr(args, k)}" for k in
-                 (*BANK_KEYS, "exact_max", "recall_sample", "peer_queries")
+                 (*BANK_KEYS, "exact_max", "recall_sample", "peer_queries",
+                  "peer_max")
                  if getattr(args, k) is not None]]
         # A fixed mmap threshold returns freed blocks to the OS, so the
         # high-water mark follows the live tensors (as bench_conv).
@@ -443,6 +457,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     p.add_argument("--peer-queries", type=int, default=0,
                    help="rows faiss' own index searches (its time scaled to "
                         "N); 0: all")
+    p.add_argument("--peer-max", type=int, default=None,
+                   help="leave faiss' own index out above this many nodes")
     p.add_argument("--fit-min", type=int, default=100_000,
                    help="smallest N of the exponent fits")
     p.add_argument("--force", action="store_true",
