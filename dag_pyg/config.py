@@ -124,6 +124,10 @@ class OptimConfig:
     milestones: list[int] = field(default_factory=lambda: [250, 350])
     gamma: float = 0.1
     amp: AmpMode = "none"          # autocast (fp16 with a grad scaler)
+    # Decay of an exponential moving average of the weights (0: off). The
+    # averaged model extracts the banks and is evaluated; steps train the
+    # live one (Mean Teacher's averaged weights, Tarvainen & Valpola 2017).
+    ema_decay: float = 0.0
 
 
 @dataclass
@@ -506,6 +510,10 @@ def _check(cfg: Config) -> None:
     if cfg.data.num_check < 0:
         raise ConfigError("Config key 'data.num_check' must be >= 0 (labels held "
                           f"out for the premise check; got {cfg.data.num_check}).")
+    if not 0.0 <= cfg.optim.ema_decay < 1.0:
+        raise ConfigError("Config key 'optim.ema_decay' must be in [0, 1) (0 "
+                          "turns the averaged weights off; 0.999 averages over "
+                          f"about 1,000 steps; got {cfg.optim.ema_decay}).")
     if cfg.optim.pretrain_epochs < 0:
         raise ConfigError("Config key 'optim.pretrain_epochs' must be >= 0.")
     if not 0.0 <= cfg.pseudo_label.threshold < 1.0:

@@ -80,6 +80,8 @@ def test_unknown_key_names_closest_and_valid_keys(tmp_path):
     ("pseudo_label.weighting=certain", "Did you mean 'certainty'"),
     ("pseudo_label.weight=-0.5", "'pseudo_label.weight' must be a finite number >= 0"),
     ("pseudo_label.weight=.inf", "'pseudo_label.weight' must be a finite number >= 0"),
+    ("optim.ema_decay=1.0", r"'optim.ema_decay' must be in \[0, 1\)"),
+    ("optim.ema_decay=-0.1", r"'optim.ema_decay' must be in \[0, 1\)"),
 ])
 def test_bad_values_name_the_key(override, match):
     with pytest.raises(ConfigError, match=match):

@@ -30,7 +30,7 @@ def tiny(*extra):
 
 def weights(run_dir):
     s = load_checkpoint(run_dir / "checkpoint.pt")
-    return s["backbone"], s["head"], s["banks"]
+    return s["backbone"], s["head"], s["banks"], s["averaged"] or {}
 
 
 def bound(fn, args, kwargs):
@@ -62,11 +62,16 @@ def dna_logits(head, x, src, rho, nbr, tau=1.0, beta=1.0):
 
 def errors_by_hand(run_dir):
     """Test and validation error of a run's last checkpoint, recomputed
-    without evaluate(): the backbone on the clean images, each query's dna.k
+    without evaluate(): the backbone (the averaged one where the run
+    averaged its weights) on the clean images, each query's dna.k
     most cosine-similar Feature Bank rows, the head of :func:`dna_logits`."""
     run = load_run(run_dir)
     cfg, data, head = run.cfg, run.data, run.state["head"]
-    backbone, bank = run.model.backbone.cpu().eval(), run.state["banks"]["features"]
+    if run.state["averaged"] is not None:  # optim.ema_decay: the average's
+        head = {k.removeprefix("module.head."): v for k, v in
+                run.state["averaged"].items() if k.startswith("module.head.")}
+    backbone = run.model.eval_backbone.cpu().eval()
+    bank = run.state["banks"]["features"]
     rho = build_density_graph(bank, cfg.graph.k, backend="exact").density \
         if bank.numel() else None
     val = data.split.val
@@ -444,7 +449,9 @@ ONLINE = ("graph.bank=online", "loss.mixup_at=feature")
     # written bank), in a later run.
     (33, 3, ONLINE), (35, 3, ONLINE), (38, 3, ONLINE),
     # method steered: its held-out labels, its choices and the neighbour flag.
-    (38, 3, ("method=steered",))])
+    (38, 3, ("method=steered",)),
+    # Averaged weights: their state and its update count continue exactly.
+    (20, 3, ("optim.ema_decay=0.9",))])
 def test_sigterm_mid_epoch_resumes_exactly(tmp_path, capsys, sigterm_at_step,
                                            kill_at, refreshes, levers):
     """A SIGTERM during step ``kill_at`` (15 steps per epoch here; epochs
@@ -511,3 +518,21 @@ def test_compiled_backbone_trains_and_matches_eager(tmp_path):
         if p.grad is not None or q.grad is not None:
             torch.testing.assert_close(p.grad, q.grad, rtol=1e-3, atol=1e-5,
                                        msg=name)
+
+
+def test_averaged_weights_extract_the_banks_and_are_evaluated(tmp_path):
+    """optim.ema_decay: the last epoch's errors are the averaged model's
+    (recomputed by hand from its weights), its Feature Bank the averaged
+    backbone's, and neither is the live model's."""
+    train(tiny("optim.ema_decay=0.9"), tmp_path / "ema")
+    last = [json.loads(x) for x in (tmp_path / "ema" / "metrics.jsonl").open()][-1]
+    hand = errors_by_hand(tmp_path / "ema")
+    assert last["test_error"] == pytest.approx(hand["test_error"])
+    assert last["val_error"] == pytest.approx(hand["val_error"])
+    run = load_run(tmp_path / "ema")
+    bank = run.state["banks"]["features"]
+    torch.testing.assert_close(bank, bank_by_hand(run.model.eval_backbone, run.data))
+    assert not torch.allclose(bank, bank_by_hand(run.model.backbone, run.data),
+                              atol=1e-3)
+    assert evaluate_run(tmp_path / "ema")["test_error"] == pytest.approx(
+        last["test_error"])

@@ -41,10 +41,11 @@ RESULTS = EXPERIMENT_RESULTS
 
 
 def load(run_dir: Path) -> LoadedRun:
-    """A finished run with its backbone and head in eval mode."""
+    """A finished run with the backbone and head it evaluates with (the
+    averaged ones where it averaged its weights) in eval mode."""
     run = load_run(run_dir, progress=False)
-    run.model.backbone.eval()
-    run.model.head.eval()
+    run.model.eval_backbone.eval()
+    run.model.eval_head.eval()
     return run
 
 
@@ -53,7 +54,7 @@ def aggregated(run: LoadedRun, queries: torch.Tensor, bank: torch.Tensor,
                graph) -> torch.Tensor:
     """The classifier's input for test queries: the head's aggregation layers
     over the queries' retrieved sub-graph (:meth:`DNAHead.embed`)."""
-    head = run.model.head
+    head = run.model.eval_head
     batch = query_subgraph(queries, bank, graph, run.cfg.dna.k, head.hops)
     return head.forward_batch(queries, bank, batch, graph.density, embed=True)
 
@@ -70,7 +71,7 @@ def tsne(run_dir: Path, max_points: int) -> Path:
     test = run.data.test_set
     rows = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))
     rows = rows[:max_points]
-    q = extract_features(run.model.backbone, run.data.eval_tf, test, rows,
+    q = extract_features(run.model.eval_backbone, run.data.eval_tf, test, rows,
                          run.device, run.cfg.eval.batch_size, desc="test")
     after = aggregated(run, q, bank, graph)
     q, after = q.cpu(), after.cpu()

@@ -96,7 +96,7 @@ def diagnose(run_dir: Path, ks: list[int] | None = None) -> list[dict]:
     for k in ks:
         sub = knn_subgraph(graph, k)
         stats = neighbour_purity(sub, truth, run.data.num_classes,
-                                 first_layer_attention(run.model.head, feats, sub))
+                                 first_layer_attention(run.model.eval_head, feats, sub))
         rows.append({"run": "/".join(run_dir.parts[-3:]), "epoch": state["epoch"],
                      "attention": cfg.dna.aggregator, "k": k,
                      "model_acc": float((prior[unl] == truth[unl]).double().mean()),

@@ -139,6 +139,7 @@ def train_steps(run: Run, batches: list[Tensor], banks: Banks | None,
         optim.scaler.scale(terms["loss"]).backward()
         optim.scaler.step(optim.optimizer)
         optim.scaler.update()
+        model.update_average()
         for key, value in terms.items():
             sums[key] = sums.get(key, 0.0) + float(value.detach())
         if live is not None:

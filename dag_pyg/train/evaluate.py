@@ -41,13 +41,14 @@ def predict(run: Run, feats: Tensor | None, graph: Data | None,
     classifies them on their own)."""
     cfg, model, dist, device = run.cfg, run.model, run.dist, run.device
     q = features_of(run, dataset, dist.shard(rows), desc, cfg.optim.amp)
-    model.head.eval()
+    head = model.eval_head
+    head.eval()
     if model.uses_graph_head and graph is not None:
-        logits = predict_queries(model.head, q, feats.to(device), graph.to(device),
+        logits = predict_queries(head, q, feats.to(device), graph.to(device),
                                  cfg.dna.k, batch_size=cfg.eval.batch_size)
     else:
         with torch.no_grad():
-            logits = model.head.forward_self(q)
+            logits = head.forward_self(q)
     return dist.all_gather_rows(logits.argmax(1),
                                 dist.shard_sizes(rows.numel())).cpu()
 
@@ -160,6 +161,8 @@ def load_run(run_dir: str | Path, progress: bool | None = None,
             "together. Resume the run (--resume) to finish the epoch first.")
     model.backbone.load_state_dict(state["backbone"])
     model.head.load_state_dict(state["head"])
+    if model.averaged is not None:
+        model.averaged.load_state_dict(state["averaged"])
     return LoadedRun(cfg, data, model, state, device)
 
 

@@ -165,7 +165,7 @@ def self_label_bank_logits(head: DNAHead, feats: Tensor,
 def _label_bank(run: Run, feats: Tensor, graph: Data, neighbours: bool
                 ) -> tuple[Tensor, Tensor]:
     """The Label Bank's logits and labels (labelled nodes keep theirs)."""
-    head, data = run.model.head, run.data
+    head, data = run.model.eval_head, run.data
     logits = (label_bank_logits(head, feats, graph, run.cfg.dna.k, run.device)
               if neighbours or head.hops == 0
               else self_label_bank_logits(head, feats, run.device))
@@ -185,7 +185,7 @@ def _checked(run: Run, feats: Tensor, graph: Data, prior: Tensor,
         lp = pseudo_labels(graph, data.true_y, data.labelled_mask, prior,
                            source="dplp", sigma=cfg.dplp.sigma,
                            mode=cfg.dplp.mode, num_classes=data.num_classes)
-    return lp, premise_check(run.model.head, feats, knn_subgraph(graph, cfg.dna.k),
+    return lp, premise_check(run.model.eval_head, feats, knn_subgraph(graph, cfg.dna.k),
                              prior, lp.targets, lp.covered, data.true_y,
                              data.labelled_mask, data.check_mask, run.device)
 

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch_geometric.data import Data
 
 from dag_pyg.config import Config, ConfigError, replays
@@ -238,10 +239,34 @@ class Model:
     backbone: nn.Module
     head: DNAHead
     net: nn.Module
+    # optim.ema_decay > 0: the moving average of backbone and head
+    # (``module["backbone"]``, ``module["head"]``), which extracts the banks
+    # and is evaluated.
+    averaged: AveragedModel | None = None
 
     @property
     def uses_graph_head(self) -> bool:
         return self.head.hops > 0
+
+    @property
+    def eval_backbone(self) -> nn.Module:
+        """The backbone the banks and evaluation read: the averaged one
+        where there is one."""
+        return self.backbone if self.averaged is None \
+            else self.averaged.module["backbone"]
+
+    @property
+    def eval_head(self) -> DNAHead:
+        """The head the Label Bank and evaluation read (see
+        :attr:`eval_backbone`)."""
+        return self.head if self.averaged is None else self.averaged.module["head"]
+
+    def update_average(self) -> None:
+        """Moves the averaged weights (and batch-norm statistics) towards the
+        live ones: after every optimiser step."""
+        if self.averaged is not None:
+            self.averaged.update_parameters(
+                nn.ModuleDict({"backbone": self.backbone, "head": self.head}))
 
     def trainable_parameters(self) -> list[dict]:
         """The optimiser's parameter groups. The attention's learned scalars
@@ -282,6 +307,16 @@ def build_model(cfg: Config, data: TrainData, device: torch.device,
                    learn_beta=d.learn_beta).to(device)
     if cfg.distributed.sync_batchnorm:
         backbone = convert_sync_batchnorm(backbone, dist, device)
+    averaged = None
+    if cfg.optim.ema_decay > 0:
+        # Copied before compiling: the copy must not call the live
+        # backbone's compiled bound method. It is never trained, only read
+        # in eval mode (so sync batch norm in it never synchronises).
+        averaged = AveragedModel(
+            nn.ModuleDict({"backbone": backbone, "head": head}),
+            multi_avg_fn=get_ema_multi_avg_fn(cfg.optim.ema_decay),
+            use_buffers=True)
+        averaged.requires_grad_(False)
     if cfg.model.compile:
         # The bound method, not the module: the state_dict keeps its keys
         # (checkpoints load either way). One graph per batch shape.
@@ -295,7 +330,7 @@ def build_model(cfg: Config, data: TrainData, device: torch.device,
             net, find_unused_parameters=True,
             forward_sync_buffers=not cfg.distributed.sync_batchnorm,
             device_ids=[device.index] if device.type == "cuda" else None)
-    return Model(backbone, head, net)
+    return Model(backbone, head, net, averaged)
 
 
 @dataclass(frozen=True)

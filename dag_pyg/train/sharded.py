@@ -341,7 +341,7 @@ def sharded_labels(run: Run, feats: Tensor, neighbours: bool | None = None
     t = time.perf_counter()
     mask, truth = data.labelled_mask, data.true_y
     own = slice(start, end)
-    logits = shard_label_bank_logits(run.model.head, feats, graph, (start, end),
+    logits = shard_label_bank_logits(run.model.eval_head, feats, graph, (start, end),
                                      run.device, neighbours is not False)
     prior_own = logits.argmax(1)
     prior_own[mask[own]] = truth[own][mask[own]]
@@ -360,7 +360,7 @@ def sharded_labels(run: Run, feats: Tensor, neighbours: bool | None = None
         lp = out if pl.source == "dplp" else pseudo_labels(
             graph, truth, mask, prior, source="dplp", sigma=sigma,
             mode=cfg.dplp.mode, num_classes=data.num_classes, parents=parents)
-        rec.update(premise_check(run.model.head, feats, graph, prior, lp.targets,
+        rec.update(premise_check(run.model.eval_head, feats, graph, prior, lp.targets,
                                  lp.covered, truth, mask, data.check_mask,
                                  run.device))
         rec["time_check"] = time.perf_counter() - t

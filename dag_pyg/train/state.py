@@ -71,11 +71,11 @@ def _fresh_history() -> dict:
 
 @dataclasses.dataclass
 class TrainState:
-    """Everything a checkpoint resumes: the states of the run's model,
-    optimiser, schedule, scaler and random streams (the objects are the
-    run's, ``run``), the banks, the last epoch and where within the next one
-    training stopped, and the history. :meth:`state_dict` is the
-    checkpoint; :meth:`load_state_dict` continues from one."""
+    """Everything a checkpoint resumes: the states of the run's model (and
+    its averaged weights), optimiser, schedule, scaler and random streams
+    (the objects are the run's, ``run``), the banks, the last epoch and
+    where within the next one training stopped, and the history.
+    :meth:`state_dict` is the checkpoint; :meth:`load_state_dict` continues from one."""
     run: Run
     # The epoch of the last checkpoint: finished, or stopped within where
     # ``progress`` is set (-1: none yet).
@@ -133,7 +133,9 @@ class TrainState:
                 "rng": rng[0], "world_size": dist.world_size,
                 "rng_ranks": rng,
                 "banks": None if self.banks is None else self.banks.state_dict(),
-                "history": self.history, "split": split_record(run.data)}
+                "history": self.history, "split": split_record(run.data),
+                "averaged": None if run.model.averaged is None
+                else run.model.averaged.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continues from the checkpoint ``state``: loads the weights,
@@ -144,6 +146,8 @@ class TrainState:
         check_checkpoint(state, run.cfg, run.data, run.run_dir)
         run.model.backbone.load_state_dict(state["backbone"])
         run.model.head.load_state_dict(state["head"])
+        if run.model.averaged is not None:
+            run.model.averaged.load_state_dict(state["averaged"])
         optim.optimizer.load_state_dict(state["optimizer"])
         optim.scheduler.load_state_dict(state["scheduler"])
         if state.get("scaler"):  # fp16's loss scale (empty when disabled)
