@@ -4,11 +4,12 @@ checkpoint, and :class:`Banks` by name."""
 from __future__ import annotations
 
 import dataclasses
+import shutil
 
 import pytest
 import torch
 
-from dag_pyg.config import load_config
+from dag_pyg.config import ConfigError, load_config
 from dag_pyg.distributed import DistContext
 from dag_pyg.train import Banks, refresh
 from dag_pyg.train.checkpoint import CheckpointError
@@ -215,3 +216,16 @@ def test_averaged_weights_by_hand():
         assert torch.equal(g, e)
     assert fresh_run().model.averaged is None
     assert TrainState(fresh_run()).state_dict()["averaged"] is None
+
+
+def test_compile_without_a_compiler_is_refused_in_one_line(monkeypatch):
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(ConfigError, match=r"needs a C\+\+ compiler.*"
+                       "model.compile: false"):
+        fresh_run("model.backbone=cnn", "model.compile=true")
+    # One found (here through CXX) passes the check.
+    monkeypatch.setenv("CXX", "my-cxx")
+    monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/my-cxx"
+                        if name == "my-cxx" else None)
+    assert fresh_run("model.backbone=cnn", "model.compile=true").model is not None

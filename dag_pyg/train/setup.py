@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -286,8 +287,24 @@ class Model:
         return groups
 
 
+def check_compiler(device: torch.device) -> None:
+    """``model.compile`` on the CPU: inductor builds its kernels with a C++
+    compiler, whose absence would surface at the first step as a long
+    inductor error; refused here in one line instead."""
+    if device.type != "cpu":
+        return
+    names = [os.environ.get("CXX", ""), "g++", "clang++", "c++"]
+    if not any(name and shutil.which(name) for name in names):
+        raise ConfigError("model.compile: true needs a C++ compiler on the CPU "
+                          "(torch.compile's inductor builds its kernels with "
+                          "one): install g++ (or point CXX at one), or set "
+                          "model.compile: false.")
+
+
 def build_model(cfg: Config, data: TrainData, device: torch.device,
                 dist: DistContext) -> Model:
+    if cfg.model.compile:
+        check_compiler(device)
     c, h, w = data.train_set.image_shape
     opts = {}
     if cfg.model.backbone == "cnn13":
