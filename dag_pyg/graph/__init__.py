@@ -6,7 +6,9 @@ from dag_pyg.graph.knn import (
     knn_search,
     neighbour_recall,
     normalize_rows,
+    recall_lower_bound,
     resolve_backend,
+    row_recalls,
     sample_rows,
 )
 
@@ -20,6 +22,8 @@ __all__ = [
     "knn_search",
     "neighbour_recall",
     "normalize_rows",
+    "recall_lower_bound",
     "resolve_backend",
+    "row_recalls",
     "sample_rows",
 ]

@@ -14,9 +14,13 @@ silently (measured: recall 0.91 at 300k nodes, 0.65 at 1M with
 ``nprobe=16``), so by default ``nprobe`` is tuned at build time: starting
 from ``ivf_nprobe`` it doubles until the neighbours of a fixed sample of
 queries, found exactly, are recalled at ``ivf_recall`` (0.99), and the
-measured recall is logged and returned. ``benchmarks/speed/bench_knn_ivf.py``
-measures the recall of whole graphs against exact search. Its candidates get
-the same re-scoring and ordering.
+measured recall is logged and returned. The sample's recall must reach the
+target less :data:`RECALL_Z` standard errors of its mean (the spread of the
+queries' own recalls over the square root of their number): a sample just at
+the target leaves the whole graph below it about half the time (measured:
+``faiss_hnsw`` at 1M nodes, sample 0.991, 2,000 other random rows 0.986).
+``benchmarks/speed/bench_knn_ivf.py`` measures the recall of whole graphs
+against exact search. Its candidates get the same re-scoring and ordering.
 
 ``faiss_hnsw`` is approximate too: faiss' flat HNSW graph
 (``IndexHNSWFlat``: no k-means, no cells). Its ``efSearch`` is tuned as
@@ -53,6 +57,10 @@ EXTRA = 2
 # measured on this many queries (evenly spaced rows: deterministic).
 IVF_RECALL = 0.99
 IVF_SAMPLE = 1000
+# The tuning's margin, in standard errors of the sample's mean recall: two
+# put the whole graph's recall at the target with about 97.7 % confidence
+# (one-sided, normal approximation) rather than 50 %.
+RECALL_Z = 2.0
 # backend "auto" on the CPU: above this many nodes exact search (N^2 d) takes
 # minutes per graph (about 100 s at 200k, 128-d, 2 threads) and faiss_ivf
 # with a tuned nprobe is used.
@@ -208,6 +216,23 @@ def neighbour_recall(found: Tensor, exact: Tensor, chunk: int = 4096) -> float:
     return hits / exact.numel()
 
 
+def row_recalls(found: Tensor, exact: Tensor, chunk: int = 4096) -> Tensor:
+    """Per row, the share of its ``exact`` neighbour list (rows ``[M, k]``)
+    that the same row of ``found`` holds: ``[M]``."""
+    out = [(found[s:s + chunk].unsqueeze(2) == exact[s:s + chunk].unsqueeze(1)
+            ).any(dim=2).sum(dim=1) for s in range(0, exact.size(0), chunk)]
+    return torch.cat(out).double() / exact.size(1) if out \
+        else torch.empty(0, dtype=torch.float64)
+
+
+def recall_lower_bound(recalls: Tensor, z: float = RECALL_Z) -> float:
+    """The mean of the queries' ``recalls`` less ``z`` standard errors (their
+    standard deviation over the square root of their number)."""
+    m = recalls.numel()
+    spread = float(recalls.std()) / math.sqrt(m) if m > 1 else 0.0
+    return float(recalls.mean()) - z * spread
+
+
 def sample_rows(num_rows: int, size: int = IVF_SAMPLE) -> Tensor:
     """At most ``size`` evenly spaced row indices of ``num_rows`` (sorted,
     deterministic): the queries the recall tuning measures."""
@@ -228,25 +253,29 @@ def exact_neighbours(query: Tensor, rows: Tensor, k: int,
 
 
 def _tune(search, values: list[int], exact: Tensor, rows: Tensor, k: int,
-          self_search: bool, target: float) -> tuple[int, float]:
+          self_search: bool, target: float) -> tuple[int, float, float]:
     """The first of ``values`` at which ``search(value)`` (the sampled
     queries' ``k + self_search`` candidates, an int64 array) recalls
-    ``target`` of ``exact``, or the last; ``(value, recall)``."""
+    ``target`` of ``exact`` less :data:`RECALL_Z` standard errors, or the
+    last; ``(value, recall, its lower bound)``."""
     for value in values:
         found = torch.from_numpy(search(value))
         if self_search:
             found, _ = _drop_self(found, found, k, own=rows)
-        rec = neighbour_recall(found, exact)
-        if rec >= target:
+        per_row = row_recalls(found, exact)
+        rec, lower = float(per_row.mean()), recall_lower_bound(per_row)
+        if lower >= target:
             break
-    return value, rec
+    return value, rec, lower
 
 
 def _tune_nprobe(index, q: Tensor, b: Tensor, k: int, self_search: bool,
-                 nlist: int, start: int, target: float) -> tuple[int, float]:
+                 nlist: int, start: int, target: float
+                 ) -> tuple[int, float, float]:
     """The smallest ``nprobe`` in ``start, 2 start, ...`` (at most ``nlist``:
     exact) at which :data:`IVF_SAMPLE` evenly spaced queries recall
-    ``target`` of their exact ``k`` neighbours; ``(nprobe, recall)``."""
+    ``target`` of their exact ``k`` neighbours (see :func:`_tune`);
+    ``(nprobe, recall, its lower bound)``."""
     import numpy as np
 
     rows = sample_rows(q.size(0))
@@ -285,12 +314,13 @@ def _candidates_faiss_ivf(q: Tensor, b: Tensor, kk: int, k: int,
         # A self-search samples the whole bank (also when ``q`` is a shard of
         # it): every shard tunes to the same nprobe.
         tune = b if self_search else q
-        nprobe, measured = _tune_nprobe(index, tune.detach().cpu(),
-                                        b.detach().cpu(), k, self_search, nlist,
-                                        nprobe, recall)
-        log.info("faiss_ivf: nprobe %d of %d cells recalls %.4f of the exact "
-                 "neighbours of %d sampled queries (target %.2f)", nprobe, nlist,
-                 measured, min(IVF_SAMPLE, tune.size(0)), recall)
+        nprobe, measured, lower = _tune_nprobe(
+            index, tune.detach().cpu(), b.detach().cpu(), k, self_search, nlist,
+            nprobe, recall)
+        log.info("faiss_ivf: nprobe %d of %d cells recalls %.4f (less %g "
+                 "standard errors: %.4f) of the exact neighbours of %d sampled "
+                 "queries (target %.2f)", nprobe, nlist, measured, RECALL_Z,
+                 lower, min(IVF_SAMPLE, tune.size(0)), recall)
     if stats is not None:
         stats.update(ivf_nlist=nlist, ivf_nprobe=nprobe, ivf_recall=measured)
     index.nprobe = nprobe
@@ -330,14 +360,17 @@ def _candidates_faiss_hnsw(q: Tensor, b: Tensor, kk: int, k: int, m: int,
             index.hnsw.efSearch = value
             return index.search(sample, k + int(self_search))[1]
 
-        ef, measured = _tune(search, ladder, exact, rows, k, self_search, recall)
+        ef, measured, lower = _tune(search, ladder, exact, rows, k, self_search,
+                                    recall)
         log.info("faiss_hnsw: efSearch %d (M %d, efConstruction %d) recalls %.4f "
-                 "of the exact neighbours of %d sampled queries (target %.2f)", ef,
-                 m, ef_construction, measured, rows.numel(), recall)
-        if measured < recall:
+                 "(less %g standard errors: %.4f) of the exact neighbours of %d "
+                 "sampled queries (target %.2f)", ef, m, ef_construction, measured,
+                 RECALL_Z, lower, rows.numel(), recall)
+        if lower < recall:
             log.warning("faiss_hnsw: efSearch %d, the most tried, recalls only %.4f "
-                        "(target %.2f): raise hnsw_m or hnsw_ef_construction, or "
-                        "use an exact backend", ef, measured, recall)
+                        "(less %g standard errors: %.4f; target %.2f): raise "
+                        "hnsw_m or hnsw_ef_construction, or use an exact backend",
+                        ef, measured, RECALL_Z, lower, recall)
     if stats is not None:
         stats.update(hnsw_m=m, hnsw_ef_construction=ef_construction,
                      hnsw_ef_search=ef, hnsw_recall=measured)
@@ -518,7 +551,8 @@ def knn_search(query: Tensor, base: Tensor | None = None, k: int = 64, *,
             starts. (default: :obj:`16`)
         ivf_recall (float, optional): ``faiss_ivf`` tunes ``nprobe`` and
             ``faiss_hnsw`` tunes ``efSearch`` (see the module docstring) until
-            a sample of queries recalls this share of its exact neighbours;
+            a sample of queries recalls this share of its exact neighbours
+            (less :data:`RECALL_Z` standard errors);
             :obj:`None` uses ``ivf_nprobe`` or ``hnsw_ef_search`` as given.
             (default: :data:`IVF_RECALL`)
         hnsw_m (int): ``faiss_hnsw`` links per node (memory grows as
