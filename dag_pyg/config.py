@@ -529,6 +529,12 @@ def _check(cfg: Config) -> None:
                           "dna.learn_beta shape DensityAwareConv: they need "
                           "dna.aggregator 'dna' or 'dna_no_density' (got "
                           f"'{d.aggregator}').")
+    if cfg.graph.bank == "online" and cfg.optim.ema_decay > 0:
+        raise ConfigError("graph.bank=online writes the live model's features "
+                          "into the Feature Bank, while optim.ema_decay has the "
+                          "averaged model read it (Label Bank, evaluation): "
+                          "use one of the two (graph.bank=refresh or "
+                          "optim.ema_decay=0).")
     if cfg.graph.bank == "online" and cfg.loss.mixup_at == "input" and \
             cfg.loss.mixup_alpha > 0:
         raise ConfigError("graph.bank=online writes each batch's live features "

@@ -82,10 +82,12 @@ def test_unknown_key_names_closest_and_valid_keys(tmp_path):
     ("pseudo_label.weight=.inf", "'pseudo_label.weight' must be a finite number >= 0"),
     ("optim.ema_decay=1.0", r"'optim.ema_decay' must be in \[0, 1\)"),
     ("optim.ema_decay=-0.1", r"'optim.ema_decay' must be in \[0, 1\)"),
+    ("graph.bank=online loss.mixup_at=feature optim.ema_decay=0.99",
+     "graph.bank=online writes the live model's features"),
 ])
 def test_bad_values_name_the_key(override, match):
     with pytest.raises(ConfigError, match=match):
-        load_config(CONFIGS / "digits.yaml", [override])
+        load_config(CONFIGS / "digits.yaml", override.split())
 
 
 def test_section_given_a_value(tmp_path):

@@ -149,7 +149,8 @@ def _assert_same_run(a: Path, b: Path) -> None:
             else:
                 assert x[key] == y[key], key
     sa, sb = load_checkpoint(a / "checkpoint.pt"), load_checkpoint(b / "checkpoint.pt")
-    for part in ("backbone", "head"):
+    parts = ("backbone", "head") + (("averaged",) if sa.get("averaged") else ())
+    for part in parts:
         for key, value in sa[part].items():
             if value.is_floating_point():
                 torch.testing.assert_close(sb[part][key], value, rtol=1e-3,
@@ -164,7 +165,9 @@ def _assert_same_run(a: Path, b: Path) -> None:
 @pytest.mark.slow  # spawns processes
 def test_two_processes_equal_one(tmp_path):
     # Certainty-weighted pseudo labels: the weights travel with the labels.
-    cert = ["--set", "pseudo_label.weighting=certainty"]
+    # Averaged weights: the copy of a model whose batch norm is synchronised.
+    cert = ["--set", "pseudo_label.weighting=certainty",
+            "--set", "optim.ema_decay=0.9"]
     _train(tmp_path / "one", 1, *cert)
     res = _train(tmp_path / "two", WORLD, *cert)
     assert "2 processes (gloo)" in (tmp_path / "two" / "train.log").read_text()

@@ -87,15 +87,16 @@ def test_hnsw_ef_search_is_tuned_to_the_recall_target(caplog):
     exact = exact_neighbours(xn, rows, k)
     tuned = row_recalls(neighbour_table(g)[rows], exact)
     assert float(tuned.mean()) == pytest.approx(g.hnsw_recall)
-    assert recall_lower_bound(tuned) >= 0.99
-    assert f"standard errors: {recall_lower_bound(tuned):.4f})" in caplog.text
+    bound = recall_lower_bound(tuned, population=2000)
+    assert rows.numel() == 1000 and bound >= 0.99
+    assert f"standard errors: {bound:.4f})" in caplog.text
     # The step before misses it on the same sample (as given: ivf_recall
     # None searches at hnsw_ef_search, nothing measured).
     below = build_density_graph(x, k, backend="faiss_hnsw", ivf_recall=None,
                                 **{**weak, "hnsw_ef_search": ladder[-2]})
     assert below.hnsw_ef_search == ladder[-2] and math.isnan(below.hnsw_recall)
-    assert recall_lower_bound(row_recalls(neighbour_table(below)[rows], exact)) \
-        < 0.99
+    assert recall_lower_bound(row_recalls(neighbour_table(below)[rows], exact),
+                              population=2000) < 0.99
 
 
 def test_row_recalls_and_their_lower_bound_by_hand():
@@ -107,6 +108,13 @@ def test_row_recalls_and_their_lower_bound_by_hand():
     # mean 0.875, sample standard deviation 0.25, standard error 0.25 / 2.
     assert recall_lower_bound(per_row) == pytest.approx(0.875 - 2 * 0.125)
     assert recall_lower_bound(per_row, z=0) == pytest.approx(0.875)
+    # Drawn from 7 queries: the standard error shrinks by sqrt((7-4)/(7-1));
+    # the sample that is every query has no margin.
+    assert recall_lower_bound(per_row, population=7) == pytest.approx(
+        0.875 - 2 * 0.125 * math.sqrt(3 / 6))
+    assert recall_lower_bound(per_row, population=4) == pytest.approx(0.875)
+    with pytest.raises(ValueError, match="population"):
+        recall_lower_bound(per_row, population=3)
     assert recall_lower_bound(torch.tensor([0.5], dtype=torch.float64)) == 0.5
     assert recall_lower_bound(row_recalls(exact, exact)) == 1.0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+import sys
 
 import pytest
 import torch
@@ -219,13 +220,30 @@ def test_averaged_weights_by_hand():
 
 
 def test_compile_without_a_compiler_is_refused_in_one_line(monkeypatch):
+    # Inductor's compiler: CXX, else g++ (clang++ on macOS).
+    found = {"/opt/bin/my-cxx"}
+    monkeypatch.setattr(shutil, "which",
+                        lambda name: name if name in found else None)
+    monkeypatch.setattr(sys, "platform", "linux")
     monkeypatch.delenv("CXX", raising=False)
-    monkeypatch.setattr(shutil, "which", lambda name: None)
-    with pytest.raises(ConfigError, match=r"needs a C\+\+ compiler.*"
+    with pytest.raises(ConfigError, match=r"needs a C\+\+ compiler.*'g\+\+'.*"
                        "model.compile: false"):
         fresh_run("model.backbone=cnn", "model.compile=true")
-    # One found (here through CXX) passes the check.
-    monkeypatch.setenv("CXX", "my-cxx")
-    monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/my-cxx"
-                        if name == "my-cxx" else None)
+    monkeypatch.setenv("CXX", "/opt/bin/other-cxx")  # named, but not there
+    with pytest.raises(ConfigError, match="other-cxx"):
+        fresh_run("model.backbone=cnn", "model.compile=true")
+    monkeypatch.setenv("CXX", "/opt/bin/my-cxx")
     assert fresh_run("model.backbone=cnn", "model.compile=true").model is not None
+    # Only the compiled runs need one.
+    monkeypatch.delenv("CXX")
+    assert fresh_run("model.backbone=cnn").model is not None
+
+
+def test_averaged_weights_with_several_processes_need_synchronised_batch_norm():
+    class TwoRanks(DistContext):
+        enabled = True
+
+    cfg = load_config("configs/digits.yaml", ["optim.ema_decay=0.9",
+                                              "distributed.sync_batchnorm=false"])
+    with pytest.raises(ConfigError, match="distributed.sync_batchnorm: true"):
+        build_model(cfg, load_data(cfg), CPU, TwoRanks())

@@ -227,12 +227,22 @@ def row_recalls(found: Tensor, exact: Tensor, chunk: int = 4096) -> Tensor:
         else torch.empty(0, dtype=torch.float64)
 
 
-def recall_lower_bound(recalls: Tensor, z: float = RECALL_Z) -> float:
+def recall_lower_bound(recalls: Tensor, z: float = RECALL_Z,
+                       population: int | None = None) -> float:
     """The mean of the queries' ``recalls`` less ``z`` standard errors (their
-    standard deviation over the square root of their number)."""
+    standard deviation over the square root of their number), for a sample
+    drawn without replacement from ``population`` queries (the finite
+    population correction: no margin when the sample is every query)."""
     m = recalls.numel()
-    spread = float(recalls.std()) / math.sqrt(m) if m > 1 else 0.0
-    return float(recalls.mean()) - z * spread
+    if m <= 1:
+        return float(recalls.mean()) if m else math.nan
+    se = float(recalls.std()) / math.sqrt(m)
+    if population is not None:
+        if population < m:
+            raise ValueError(f"population ({population}) must be at least the "
+                             f"sample's size ({m}).")
+        se *= math.sqrt((population - m) / (population - 1))
+    return float(recalls.mean()) - z * se
 
 
 def sample_rows(num_rows: int, size: int = IVF_SAMPLE) -> Tensor:
@@ -255,17 +265,21 @@ def exact_neighbours(query: Tensor, rows: Tensor, k: int,
 
 
 def _tune(search, values: list[int], exact: Tensor, rows: Tensor, k: int,
-          self_search: bool, target: float) -> tuple[int, float, float]:
+          self_search: bool, target: float, population: int
+          ) -> tuple[int, float, float]:
     """The first of ``values`` at which ``search(value)`` (the sampled
-    queries' ``k + self_search`` candidates, an int64 array) recalls
-    ``target`` of ``exact`` less :data:`RECALL_Z` standard errors, or the
-    last; ``(value, recall, its lower bound)``."""
+    queries' ``k + self_search`` candidates, an int64 array) recalls the
+    neighbours ``exact`` so that the sample's recall less :data:`RECALL_Z`
+    standard errors (:func:`recall_lower_bound`, the sample drawn from
+    ``population`` queries) reaches ``target``, or the last; ``(value,
+    recall, its lower bound)``."""
     for value in values:
         found = torch.from_numpy(search(value))
         if self_search:
             found, _ = _drop_self(found, found, k, own=rows)
         per_row = row_recalls(found, exact)
-        rec, lower = float(per_row.mean()), recall_lower_bound(per_row)
+        rec = float(per_row.mean())
+        lower = recall_lower_bound(per_row, population=population)
         if lower >= target:
             break
     return value, rec, lower
@@ -291,7 +305,7 @@ def _tune_nprobe(index, q: Tensor, b: Tensor, k: int, self_search: bool,
         index.nprobe = nprobe
         return index.search(sample, k + int(self_search))[1]
 
-    return _tune(search, ladder, exact, rows, k, self_search, target)
+    return _tune(search, ladder, exact, rows, k, self_search, target, q.size(0))
 
 
 def _candidates_faiss_ivf(q: Tensor, b: Tensor, kk: int, k: int,
@@ -363,7 +377,7 @@ def _candidates_faiss_hnsw(q: Tensor, b: Tensor, kk: int, k: int, m: int,
             return index.search(sample, k + int(self_search))[1]
 
         ef, measured, lower = _tune(search, ladder, exact, rows, k, self_search,
-                                    recall)
+                                    recall, tune.size(0))
         log.info("faiss_hnsw: efSearch %d (M %d, efConstruction %d) recalls %.4f "
                  "(less %g standard errors: %.4f) of the exact neighbours of %d "
                  "sampled queries (target %.2f)", ef, m, ef_construction, measured,

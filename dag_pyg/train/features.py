@@ -41,9 +41,9 @@ def extract_features(backbone: nn.Module, transform: BatchTransform,
 def features_of(run: Run, dataset: ArrayDataset, rows: Tensor, desc: str,
                 amp: str) -> Tensor:
     """:func:`extract_features` of ``dataset[rows]`` with the run's backbone
-    (the averaged one where ``optim.ema_decay`` > 0),
-    eval transform, device, ``eval.batch_size``, progress bars and memory
-    format, under ``amp``."""
+    (the averaged one where ``optim.ema_decay`` > 0), eval transform,
+    device, ``eval.batch_size``, progress bars and memory format, under
+    ``amp``."""
     cfg = run.cfg
     return extract_features(run.model.eval_backbone, run.data.eval_tf, dataset, rows,
                             run.device, cfg.eval.batch_size, run.log, desc, amp,

@@ -7,6 +7,7 @@ import hashlib
 import os
 import random
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -264,7 +265,9 @@ class Model:
 
     def update_average(self) -> None:
         """Moves the averaged weights (and batch-norm statistics) towards the
-        live ones: after every optimiser step."""
+        live ones: after every optimiser step. (Batch norm's integer
+        ``num_batches_tracked`` is averaged and truncated too: unused, every
+        backbone's batch norm has a fixed momentum.)"""
         if self.averaged is not None:
             self.averaged.update_parameters(
                 nn.ModuleDict({"backbone": self.backbone, "head": self.head}))
@@ -288,17 +291,19 @@ class Model:
 
 
 def check_compiler(device: torch.device) -> None:
-    """``model.compile`` on the CPU: inductor builds its kernels with a C++
-    compiler, whose absence would surface at the first step as a long
-    inductor error; refused here in one line instead."""
+    """``model.compile`` on the CPU: inductor builds its kernels with the C++
+    compiler ``CXX`` names, else ``g++`` (``clang++`` on macOS), whose
+    absence would surface at the first step as a long inductor error;
+    refused here in one line instead."""
     if device.type != "cpu":
         return
-    names = [os.environ.get("CXX", ""), "g++", "clang++", "c++"]
-    if not any(name and shutil.which(name) for name in names):
-        raise ConfigError("model.compile: true needs a C++ compiler on the CPU "
-                          "(torch.compile's inductor builds its kernels with "
-                          "one): install g++ (or point CXX at one), or set "
-                          "model.compile: false.")
+    name = os.environ.get("CXX") or ("clang++" if sys.platform == "darwin"
+                                     else "g++")
+    if shutil.which(name) is None:
+        raise ConfigError(f"model.compile: true needs a C++ compiler on the CPU "
+                          f"(torch.compile's inductor builds its kernels with "
+                          f"'{name}', which is not on PATH): install it (or "
+                          "point CXX at one), or set model.compile: false.")
 
 
 def build_model(cfg: Config, data: TrainData, device: torch.device,
@@ -322,22 +327,34 @@ def build_model(cfg: Config, data: TrainData, device: torch.device,
                    aggregator=d.aggregator, temperature=d.temperature,
                    learn_temperature=d.learn_temperature,
                    learn_beta=d.learn_beta).to(device)
-    if cfg.distributed.sync_batchnorm:
-        backbone = convert_sync_batchnorm(backbone, dist, device)
     averaged = None
     if cfg.optim.ema_decay > 0:
-        # Copied before compiling: the copy must not call the live
-        # backbone's compiled bound method. It is never trained, only read
-        # in eval mode (so sync batch norm in it never synchronises).
+        if dist.enabled and not cfg.distributed.sync_batchnorm:
+            raise ConfigError(
+                "optim.ema_decay with several processes needs "
+                "distributed.sync_batchnorm: true: without it each rank's "
+                "batch-norm statistics enter its own average, and the ranks' "
+                "averaged models drift apart.")
+        # Copied before batch norm is synchronised (the copy is only read in
+        # eval mode, where plain batch norm computes the same; the CPU's
+        # synchronised kind holds the process group, which cannot be
+        # copied) and before compiling (the copy must not call the live
+        # backbone's compiled bound method). Parameters and buffers keep
+        # their order, which the updates pair them by.
         averaged = AveragedModel(
             nn.ModuleDict({"backbone": backbone, "head": head}),
             multi_avg_fn=get_ema_multi_avg_fn(cfg.optim.ema_decay),
             use_buffers=True)
         averaged.requires_grad_(False)
+    if cfg.distributed.sync_batchnorm:
+        backbone = convert_sync_batchnorm(backbone, dist, device)
     if cfg.model.compile:
         # The bound method, not the module: the state_dict keeps its keys
         # (checkpoints load either way). One graph per batch shape.
         backbone.features = torch.compile(backbone.features, dynamic=False)
+        if averaged is not None:  # the copy extracts the banks: its own
+            copy = averaged.module["backbone"]
+            copy.features = torch.compile(copy.features, dynamic=False)
     net: nn.Module = TrainNet(backbone, head, dist)
     if dist.enabled:
         # Unused parameters exist (the backbone's classifier; GAT attention

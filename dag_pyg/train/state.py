@@ -75,7 +75,8 @@ class TrainState:
     its averaged weights), optimiser, schedule, scaler and random streams
     (the objects are the run's, ``run``), the banks, the last epoch and
     where within the next one training stopped, and the history.
-    :meth:`state_dict` is the checkpoint; :meth:`load_state_dict` continues from one."""
+    :meth:`state_dict` is the checkpoint; :meth:`load_state_dict`
+    continues from one."""
     run: Run
     # The epoch of the last checkpoint: finished, or stopped within where
     # ``progress`` is set (-1: none yet).
