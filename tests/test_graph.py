@@ -83,16 +83,16 @@ def test_ties_broken_by_smaller_index(backend, device):
                        .edge_index.cpu(), g.edge_index)
 
 
-def test_rescoring_in_blocks_of_pairs_does_not_change_result(monkeypatch):
-    # Many near-ties (twelve copies of four points, plus noise far below the
-    # rescoring tolerance): the pairs are re-scored in blocks of 5.
+def test_rescoring_in_blocks_of_rows_does_not_change_result(monkeypatch):
+    # Many near-ties in every row (twelve copies of four points, plus noise
+    # far below the rescoring tolerance): re-scored in blocks of 5 rows.
     from dag_pyg.graph import knn as knn_module
 
     gen = torch.Generator().manual_seed(4)
     x = torch.tensor([[1., 0.], [0., 1.], [3., 4.], [-1., 2.]]).repeat(12, 1)
     x = x + 1e-9 * torch.randn(x.shape, generator=gen)
     whole = build_density_graph(x, 15, backend="faiss" if has_faiss() else "exact")
-    monkeypatch.setattr(knn_module, "RESCORE_PAIRS", 5)
+    monkeypatch.setattr(knn_module, "RESCORE_ROWS", 5)
     blocks = build_density_graph(x, 15, backend="faiss" if has_faiss() else "exact")
     assert torch.equal(whole.edge_index, blocks.edge_index)
     assert torch.equal(whole.sim, blocks.sim)

@@ -53,8 +53,9 @@ BACKENDS = ("auto", "exact", "faiss", "faiss_ivf", "faiss_hnsw", "torch_cluster"
 APPROXIMATE = ("faiss_ivf", "faiss_hnsw")
 # Candidates fetched past k to settle near-ties at the k-th place.
 EXTRA = 2
-# Near-tied (query, candidate) pairs re-scored per block.
-RESCORE_PAIRS = 1 << 16
+# Rows of candidate lists whose near-ties are settled per block (bounds the
+# memory of the re-scoring at about RESCORE_ROWS * k * d floats).
+RESCORE_ROWS = 2048
 # faiss_ivf's default: the recall of exact neighbours its nprobe is tuned to,
 # measured on this many queries (evenly spaced rows: deterministic).
 IVF_RECALL = 0.99
@@ -423,6 +424,22 @@ def _rescore(q: Tensor, b: Tensor, cand: Tensor, chunk: int = 4096) -> Tensor:
     return sim
 
 
+def _settle_near_ties(query: Tensor, base: Tensor, cand: Tensor, sim: Tensor,
+                      tol: float) -> None:
+    """Re-scores the candidates within ``tol`` of a neighbour in their list
+    by :func:`_rescore`'s formula and re-orders those rows, in place
+    (``cand``, ``sim``: rows of the lists, ``query``: their queries)."""
+    near = (sim[:, :-1] - sim[:, 1:]) <= tol
+    touched = torch.zeros_like(cand, dtype=torch.bool)
+    touched[:, :-1] |= near
+    touched[:, 1:] |= near
+    r, c = touched.nonzero(as_tuple=True)
+    if r.numel():
+        sim[r, c] = (query[r] * base[cand[r, c].clamp(min=0)]).sum(-1)
+        redo = touched.any(dim=1).nonzero().view(-1)
+        cand[redo], sim[redo] = _sort_rows(cand[redo], sim[redo])
+
+
 def _sort_rows(cand: Tensor, sim: Tensor) -> tuple[Tensor, Tensor]:
     """Orders each row by (similarity desc, index asc): two stable sorts."""
     perm = cand.masked_fill(cand < 0, torch.iinfo(cand.dtype).max).argsort(
@@ -670,19 +687,12 @@ def knn_search(query: Tensor, base: Tensor | None = None, k: int = 64, *,
     # error are re-scored by one formula and ordered (similarity, then smaller
     # index), so that every backend returns the same, deterministic lists.
     tol = 4 * query.size(1) ** 0.5 * torch.finfo(torch.float32).eps
-    near = (sim[:, :-1] - sim[:, 1:]) <= tol
-    touched = torch.zeros_like(cand, dtype=torch.bool)
-    touched[:, :-1] |= near
-    touched[:, 1:] |= near
-    r, c = touched.nonzero(as_tuple=True)
-    if r.numel():
-        # In blocks of pairs: a dense bank has near-ties in most rows (at 1M
-        # nodes one gather of every pair's two rows peaked at 14 GB).
-        for s in range(0, r.numel(), RESCORE_PAIRS):
-            rs, cs = r[s:s + RESCORE_PAIRS], c[s:s + RESCORE_PAIRS]
-            sim[rs, cs] = (query[rs] * base[cand[rs, cs].clamp(min=0)]).sum(-1)
-        redo = touched.any(dim=1).nonzero().view(-1)
-        cand[redo], sim[redo] = _sort_rows(cand[redo], sim[redo])
+    # In blocks of rows (all of it is row by row): a dense bank has near-ties
+    # in most rows, and doing every row at once peaked at 14 GB at 1M nodes
+    # (faiss_ivf) and ran out of 24 GB at 2M (faiss_hnsw).
+    for lo in range(0, cand.size(0), RESCORE_ROWS):
+        hi = lo + RESCORE_ROWS
+        _settle_near_ties(query[lo:hi], base, cand[lo:hi], sim[lo:hi], tol)
     # Where the run of near-equal scores at the k-th place reaches the end of
     # the list, the list may miss tied points: solve those rows exactly.
     unsettled = (sim[:, k - 1] - sim[:, -1] <= 2 * tol) if kk > k else \
