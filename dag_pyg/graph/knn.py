@@ -211,12 +211,9 @@ def default_nlist(num_base: int) -> int:
 
 def neighbour_recall(found: Tensor, exact: Tensor, chunk: int = 4096) -> float:
     """Share of the ``exact`` neighbour lists' entries (rows ``[M, k]``) that
-    the same rows of ``found`` hold, in row blocks of ``chunk``."""
-    hits = 0
-    for s in range(0, exact.size(0), chunk):
-        a, b = found[s:s + chunk], exact[s:s + chunk]
-        hits += int((a.unsqueeze(2) == b.unsqueeze(1)).any(dim=2).sum())
-    return hits / exact.numel()
+    the same rows of ``found`` hold (the mean of :func:`row_recalls`: every
+    row has ``k`` entries)."""
+    return float(row_recalls(found, exact, chunk).mean())
 
 
 def row_recalls(found: Tensor, exact: Tensor, chunk: int = 4096) -> Tensor:
