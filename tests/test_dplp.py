@@ -16,6 +16,7 @@ from dag_pyg.propagation import (
     density_ascending_parents,
     density_order,
     dplp,
+    nearest_denser_rows,
     parent_step_distances,
     path_lengths,
 )
@@ -301,6 +302,34 @@ def test_fast_and_generic_layouts_agree():
                                    density_ascending_parents(shuffled, sigma))
             assert torch.equal(parent_step_distances(graph),
                                parent_step_distances(shuffled))
+
+
+def test_one_unsorted_row_past_the_first_block_of_rows_is_seen():
+    # The row-order check runs in blocks of 4,096 rows: a row out of order in
+    # a later block must still send the graph down the exact path, where the
+    # first denser entry of that row is not its most similar one.
+    n, k = 5000, 6
+    nbr = (torch.arange(n).view(n, 1) + torch.arange(1, k + 1)) % n
+    sim = torch.linspace(0.9, 0.4, k).repeat(n, 1)
+    density = torch.linspace(0.0, 1.0, n)  # every neighbour of u < n - 6 is denser
+    row = 4500
+    sim[row] = torch.linspace(0.4, 0.9, k)  # ascending: the last entry is nearest
+    graph = Data(edge_index=torch.stack([nbr.view(-1),
+                                         torch.arange(n).repeat_interleave(k)]),
+                 sim=sim.view(-1), density=density, num_nodes=n)
+    par = density_ascending_parents(graph)
+    assert int(par[row]) == int(nbr[row, -1])
+    assert int(par[row - 1]) == int(nbr[row - 1, 0])
+    assert par.tolist() == reference_parents(graph.edge_index, graph.sim,
+                                             density, n, math.inf)
+
+
+def test_rows_without_neighbours_have_no_parent():
+    density = torch.rand(5, generator=torch.Generator().manual_seed(0))
+    parent, best = nearest_denser_rows(torch.empty(3, 0, dtype=torch.long),
+                                       torch.empty(3, 0), density, start=1)
+    assert parent.tolist() == [-1, -1, -1]
+    assert best.tolist() == [-math.inf] * 3
 
 
 def test_path_lengths_against_loop():
