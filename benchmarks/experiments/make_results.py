@@ -66,7 +66,7 @@ PUBLISHED = {"mnist_100": [
 ]}
 # What separates our runs in that setting from the published ones.
 PUBLISHED_GAP = {"mnist_100": (
-    "Ours: a `cnn` backbone at width 0.25 and 2 + 16 epochs, within 30 "
+    "Ours: a `cnn` backbone at width 0.25 and 2 + 16 epochs, 30-45 "
     "minutes of one CPU core (configs/mnist_100.yaml); the published "
     "models are larger networks trained for many more epochs, with an "
     "unsupervised cost of their own (the Ladder network's reconstruction "
