@@ -68,6 +68,10 @@ RECALL_Z = 2.0
 # minutes per graph (about 100 s at 200k, 128-d, 2 threads) and faiss_ivf
 # with a tuned nprobe is used.
 IVF_AUTO_NODES = 200_000
+# The tuning halves the step from the last nprobe / efSearch that missed the
+# recall target to the first that reached it this many times (to an eighth
+# of the step), keeping the smallest that reaches it.
+TUNE_BISECTIONS = 3
 # faiss_hnsw's defaults: links per node and build-time beam. A wider build
 # beam makes a better graph that reaches the recall target at a smaller
 # efSearch (measured at 100k nodes, 128-d, k=64: efConstruction 80 recalls
@@ -269,17 +273,39 @@ def _tune(search, values: list[int], exact: Tensor, rows: Tensor, k: int,
     queries' ``k + self_search`` candidates, an int64 array) recalls the
     neighbours ``exact`` so that the sample's recall less :data:`RECALL_Z`
     standard errors (:func:`recall_lower_bound`, the sample drawn from
-    ``population`` queries) reaches ``target``, or the last; ``(value,
-    recall, its lower bound)``."""
-    for value in values:
+    ``population`` queries) reaches ``target``, or the last; then
+    :data:`TUNE_BISECTIONS` halvings of the interval from the value before
+    (which missed) to it, keeping the smallest value that reaches it;
+    ``(value, recall, its lower bound)``."""
+    def measure(value: int) -> tuple[float, float]:
         found = torch.from_numpy(search(value))
         if self_search:
             found, _ = _drop_self(found, found, k, own=rows)
         per_row = row_recalls(found, exact)
-        rec = float(per_row.mean())
-        lower = recall_lower_bound(per_row, population=population)
+        return (float(per_row.mean()),
+                recall_lower_bound(per_row, population=population))
+
+    missed = None
+    for value in values:
+        rec, lower = measure(value)
         if lower >= target:
             break
+        missed = value
+    else:
+        return value, rec, lower
+    # The search costs about in proportion to the value, and a ladder step
+    # overshoots the smallest one that suffices by up to its factor.
+    if missed is not None:
+        lo = missed
+        for _ in range(TUNE_BISECTIONS):
+            mid = (lo + value) // 2
+            if mid <= lo:
+                break
+            mid_rec, mid_lower = measure(mid)
+            if mid_lower >= target:
+                value, rec, lower = mid, mid_rec, mid_lower
+            else:
+                lo = mid
     return value, rec, lower
 
 
@@ -288,8 +314,8 @@ def _tune_nprobe(index, q: Tensor, b: Tensor, k: int, self_search: bool,
                  ) -> tuple[int, float, float]:
     """The smallest ``nprobe`` in ``start, 2 start, ...`` (at most ``nlist``:
     exact) at which :data:`IVF_SAMPLE` evenly spaced queries recall
-    ``target`` of their exact ``k`` neighbours (see :func:`_tune`);
-    ``(nprobe, recall, its lower bound)``."""
+    ``target`` of their exact ``k`` neighbours, refined between it and the
+    one before (see :func:`_tune`); ``(nprobe, recall, its lower bound)``."""
     import numpy as np
 
     rows = sample_rows(q.size(0))
