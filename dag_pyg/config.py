@@ -158,7 +158,8 @@ class GraphConfig:
     ivf_nlist: int | None = None   # faiss_ivf cells (null: about 4 sqrt(N))
     ivf_nprobe: int = 16           # faiss_ivf cells scanned per query (tuning start)
     # faiss_ivf doubles nprobe from ivf_nprobe until sampled queries recall
-    # this share of their exact neighbours (logged); null: ivf_nprobe as given.
+    # this share of their exact neighbours, then halves the last step 3 times
+    # (logged); null: ivf_nprobe as given.
     ivf_recall: float | None = 0.99
     # Feature Bank + graph + pseudo-label refreshes per main epoch: >1 also
     # refreshes them mid-epoch, so DNA reads a less stale bank.

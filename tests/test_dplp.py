@@ -332,6 +332,21 @@ def test_rows_without_neighbours_have_no_parent():
     assert best.tolist() == [-math.inf] * 3
 
 
+def test_int32_edge_index_gives_int64_parents_in_every_layout():
+    gen = torch.Generator().manual_seed(7)
+    graph = feature_graph(gen, "clustered")
+    n, e = graph.num_nodes, graph.edge_index.size(1)
+    k = e // n
+    expected = density_ascending_parents(graph)
+    within = (torch.rand(n, k, generator=gen).argsort(dim=1)
+              + torch.arange(n).view(n, 1) * k).view(-1)
+    for perm in (torch.arange(e), within, torch.randperm(e, generator=gen)):
+        narrow = Data(edge_index=graph.edge_index[:, perm].int(),
+                      sim=graph.sim[perm], density=graph.density, num_nodes=n)
+        parents = density_ascending_parents(narrow)
+        assert parents.dtype == torch.long and torch.equal(parents, expected)
+
+
 def test_path_lengths_against_loop():
     gen = torch.Generator().manual_seed(6)
     for _ in range(50):

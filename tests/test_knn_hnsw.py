@@ -94,20 +94,49 @@ def test_hnsw_ef_search_is_tuned_to_the_recall_target(caplog):
     assert float(tuned.mean()) == pytest.approx(g.hnsw_recall)
     assert rows.numel() == 1000 and bound(g) >= 0.99
     assert f"standard errors: {bound(g):.4f})" in caplog.text
-    # Every efSearch from the ladder's step that missed (ivf_recall None
-    # searches at hnsw_ef_search as given, nothing measured): the tuned one
-    # is within an eighth of that step of the smallest that reaches it.
-    lo, hi = ladder[-2], ladder[-1]
-    passes = {}
-    for ef in range(lo, hi + 1):
-        given = build_density_graph(x, k, backend="faiss_hnsw", ivf_recall=None,
-                                    **{**weak, "hnsw_ef_search": ef})
-        assert given.hnsw_ef_search == ef and math.isnan(given.hnsw_recall)
-        passes[ef] = bound(given) >= 0.99
-    assert not passes[lo] and passes[g.hnsw_ef_search]
-    smallest = min(ef for ef, ok in passes.items() if ok)
-    step = (hi - lo) / 2 ** knn_module.TUNE_BISECTIONS
-    assert smallest <= g.hnsw_ef_search <= smallest + step
+    # The ladder's step before misses it on the same sample (ivf_recall None
+    # searches at hnsw_ef_search as given, nothing measured); the tuned value
+    # lies in the step after it (the bisection: test_tuning_bisects_...).
+    below = build_density_graph(x, k, backend="faiss_hnsw", ivf_recall=None,
+                                **{**weak, "hnsw_ef_search": ladder[-2]})
+    assert below.hnsw_ef_search == ladder[-2] and math.isnan(below.hnsw_recall)
+    assert bound(below) < 0.99
+    assert ladder[-2] < g.hnsw_ef_search <= ladder[-1]
+
+
+def test_tuning_bisects_the_last_step_to_the_smallest_value_that_reaches_it():
+    # A search whose sampled recall is a known step function of its setting:
+    # every row's 2 neighbours found at 40 and above, 9 rows of 10 at 37-39,
+    # half of each row below 37.
+    exact = torch.arange(20).view(10, 2)
+    rows = torch.arange(10)
+    tried = []
+
+    def search(value):
+        tried.append(value)
+        found = exact.clone()
+        if value < 40:
+            found[0, 1] = -1
+        if value < 37:
+            found[:, 1] = -1
+        return found.numpy()
+
+    def tune(values, target):
+        tried.clear()
+        return knn_module._tune(search, values, exact, rows, 2, False, target,
+                                population=1000)
+
+    value, rec, lower = tune([10, 20, 40, 80], 0.8)
+    # 40 reaches it, 20 did not: 30 and 35 miss, 37 reaches it.
+    assert tried == [10, 20, 40, 30, 35, 37]  # three halvings
+    assert value == 37 and rec == pytest.approx(0.95)
+    per_row = torch.tensor([0.5] + [1.0] * 9, dtype=torch.float64)
+    assert lower == pytest.approx(recall_lower_bound(per_row, population=1000))
+    # The first value reaches it: nothing to bisect.
+    assert tune([40, 80], 0.8) == (40, 1.0, 1.0) and tried == [40]
+    # None reaches it: the last, with what it measured.
+    value, rec, lower = tune([10, 20], 0.99)
+    assert (value, rec) == (20, 0.5) and lower < 0.99 and tried == [10, 20]
 
 
 def test_row_recalls_and_their_lower_bound_by_hand():

@@ -13,11 +13,13 @@ for exact search. With ``nlist`` growing as about :math:`4\sqrt{N}`, a fixed
 silently (measured: recall 0.91 at 300k nodes, 0.65 at 1M with
 ``nprobe=16``), so by default ``nprobe`` is tuned at build time: starting
 from ``ivf_nprobe`` it doubles until the neighbours of a fixed sample of
-queries, found exactly, are recalled at ``ivf_recall`` (0.99), and the
-measured recall is logged and returned. The sample's recall must reach the
-target less :data:`RECALL_Z` standard errors of its mean (the spread of the
-queries' own recalls over the square root of their number): a sample just at
-the target leaves the whole graph below it about half the time (measured:
+queries, found exactly, are recalled at ``ivf_recall`` (0.99), then halves
+the last step :data:`TUNE_BISECTIONS` times (the search costs about in
+proportion to ``nprobe``), and the measured recall is logged and
+returned. The sample's recall must reach the target less
+:data:`RECALL_Z` standard errors of its mean (the spread of the queries' own
+recalls over the square root of their number): a sample just at the target
+leaves the whole graph below it about half the time (measured:
 ``faiss_hnsw`` at 1M nodes, sample 0.991, 2,000 other random rows 0.986).
 ``benchmarks/speed/bench_knn_ivf.py`` measures the recall of whole graphs
 against exact search. Its candidates get the same re-scoring and ordering.
@@ -25,8 +27,8 @@ against exact search. Its candidates get the same re-scoring and ordering.
 ``faiss_hnsw`` is approximate too: faiss' flat HNSW graph
 (``IndexHNSWFlat``: no k-means, no cells). Its ``efSearch`` is tuned as
 ``nprobe`` is (to ``ivf_recall`` on the same sample of exact queries, steps
-of 1.5x from ``hnsw_ef_search``), and the tuned value and the measured recall
-are logged and returned. Measured by
+of 1.5x from ``hnsw_ef_search``, the last step halved as nprobe's), and
+the tuned value and the measured recall are logged and returned. Measured by
 ``benchmarks/speed/bench_refresh_scale.py`` (one thread, 128-d banks of 100
 Gaussian classes, k=64), it is 1.6x to 2.1x slower than ``faiss_ivf`` from
 50k to 300k nodes at the same recall target, so ``auto`` does not pick it

@@ -119,10 +119,12 @@ def _rows_descending(sim: Tensor, rows: int = 4096) -> bool:
     """Whether every row of the ``[N, k]`` similarity table is non-increasing."""
     if sim.size(1) < 2:
         return True
-    # In blocks of rows that stay in cache: one pass over the whole table
-    # allocates an [N, k - 1] difference and runs 3x slower at N = 1M.
+    # On the CPU in blocks of rows that stay in cache: one pass over the
+    # whole table allocates an [N, k - 1] difference and runs 3x slower at
+    # N = 1M. On a GPU each block would wait for the device: one pass.
+    blocks = (sim,) if sim.is_cuda else sim.split(rows)
     return all(bool(torch.diff(block, dim=1).amax() <= 0)  # False on NaN
-               for block in sim.split(rows))
+               for block in blocks)
 
 
 def _table_nearest_denser(nbr: Tensor, sim: Tensor, dens_nbr: Tensor,
@@ -135,7 +137,8 @@ def _table_nearest_denser(nbr: Tensor, sim: Tensor, dens_nbr: Tensor,
     tie = valid & (s == best.view(-1, 1))
     sentinel = torch.iinfo(nbr.dtype).max
     parent = torch.where(tie, nbr, sentinel).amin(dim=1)
-    parent = torch.where(parent == sentinel, -1, parent)
+    # Parents are int64 whatever the table's integer type.
+    parent = torch.where(parent == sentinel, -1, parent).long()
     return parent, best
 
 
@@ -182,7 +185,7 @@ def _first_denser_sorted(nbr: Tensor, sim: Tensor, density: Tensor,
         start, width = stop, width * 4
     has = col < k
     pos = torch.arange(n, device=device) * k + col.clamp_max(k - 1)
-    parent = torch.where(has, nbr_flat.index_select(0, pos), -1)
+    parent = torch.where(has, nbr_flat.index_select(0, pos).long(), -1)
     s_at = sim_flat.index_select(0, pos)
     best = torch.where(has, s_at, -math.inf)
     # A later entry with the same similarity may be denser with a smaller
@@ -218,6 +221,7 @@ def _nearest_denser(graph: Data) -> tuple[Tensor, Tensor]:
         return parent, best
     # Any edge list: scatter arg-max over the edges grouped by centre.
     _check_range(edge_index, n)
+    nbr, centre = nbr.long(), centre.long()  # the scatters' index type
     valid = density[nbr] > density[centre]
     s = torch.where(valid, sim, -math.inf)
     best = scatter(s, centre, dim=0, dim_size=n, reduce="max")
@@ -267,7 +271,7 @@ def nearest_denser_rows(nbr: Tensor, sim: Tensor, density: Tensor,
                          f"[0, N={n}).")
     _check_range(nbr, n)
     if m == 0:
-        return nbr.new_empty(0), sim.new_empty(0)
+        return nbr.new_empty(0, dtype=torch.long), sim.new_empty(0)
     own = density.narrow(0, start, m)
     if _rows_descending(sim):
         return _first_denser_sorted(nbr, sim, density, own)
