@@ -127,10 +127,12 @@ def _rows_descending(sim: Tensor, rows: int = 4096) -> bool:
                for block in blocks)
 
 
-def _table_nearest_denser(nbr: Tensor, sim: Tensor, dens_nbr: Tensor,
+def _table_nearest_denser(nbr: Tensor, sim: Tensor, density: Tensor,
                           dens_u: Tensor) -> tuple[Tensor, Tensor]:
     """Row-wise arg-max of ``sim`` over denser neighbours, ties to the smaller
-    index; ``[M, k]`` rows in, parent (``-1``) and its similarity out."""
+    index; ``[M, k]`` rows in (``density``: of all nodes; ``dens_u``: of the
+    rows' centres), parent (``-1``) and its similarity out."""
+    dens_nbr = density.index_select(0, nbr.reshape(-1)).view_as(nbr)
     valid = dens_nbr > dens_u.view(-1, 1)
     s = torch.where(valid, sim, -math.inf)
     best = s.amax(dim=1)
@@ -195,9 +197,7 @@ def _first_denser_sorted(nbr: Tensor, sim: Tensor, density: Tensor,
     if redo.numel() > 0:
         sub = nbr.index_select(0, redo)
         sub_parent, sub_best = _table_nearest_denser(
-            sub, sim.index_select(0, redo),
-            density.index_select(0, sub.reshape(-1)).view_as(sub),
-            own.index_select(0, redo))
+            sub, sim.index_select(0, redo), density, own.index_select(0, redo))
         parent.index_copy_(0, redo, sub_parent)
         best.index_copy_(0, redo, sub_best)
     return parent, best
@@ -216,9 +216,7 @@ def _nearest_denser(graph: Data) -> tuple[Tensor, Tensor]:
             # Layout of build_density_graph: no full pass over the edges.
             return _first_denser_sorted(nbr2, sim2, density)
         # [N, k] table: row reductions instead of scatters.
-        parent, best = _table_nearest_denser(
-            nbr2, sim2, density.index_select(0, nbr).view(n, k), density)
-        return parent, best
+        return _table_nearest_denser(nbr2, sim2, density, density)
     # Any edge list: scatter arg-max over the edges grouped by centre.
     _check_range(edge_index, n)
     nbr, centre = nbr.long(), centre.long()  # the scatters' index type
@@ -275,8 +273,7 @@ def nearest_denser_rows(nbr: Tensor, sim: Tensor, density: Tensor,
     own = density.narrow(0, start, m)
     if _rows_descending(sim):
         return _first_denser_sorted(nbr, sim, density, own)
-    return _table_nearest_denser(nbr, sim, density.index_select(
-        0, nbr.reshape(-1)).view_as(nbr), own)
+    return _table_nearest_denser(nbr, sim, density, own)
 
 
 def step_distances(sim: Tensor) -> Tensor:
