@@ -13,7 +13,9 @@ labelled (random), ``k_sub`` 8, a seeded untrained ``DNAHead`` (one hop),
 DPLP with the default config. With 100 classes each class grows with N, and
 the neighbours of a node lie in an isotropic 128-d cloud that grows with it:
 the hardest case for an approximate index. ``--per-class 1281`` keeps the
-classes at ImageNet's size instead (with ``--name`` for its own file).
+classes at ImageNet's size instead (with ``--name`` for its own file);
+``--max-classes 1000`` stops them at ImageNet's count (the Label Bank holds
+N x classes logits: 12.5 GB at 2M nodes and 1,561 classes).
 
 Each stage is the trainer's own call (``dag_pyg.train.refresh``):
 ``build_graph`` (the kNN search and the density), ``label_bank_logits`` (the
@@ -99,8 +101,8 @@ from dag_pyg.train.refresh import build_graph, label_bank_logits
 GRAPHS = ("exact", "faiss_ivf", "faiss_hnsw")
 # Settings that define the banks and the stages: rows measured with others
 # cannot be fitted together.
-BANK_KEYS = ("dim", "k", "k_sub", "classes", "per_class", "noise", "labelled",
-             "threads")
+BANK_KEYS = ("dim", "k", "k_sub", "classes", "per_class", "max_classes",
+             "noise", "labelled", "threads")
 EXTRAPOLATE_TO = (1_281_167, 10_000_000)
 TARGET_EXPONENT = 1.3
 TARGET_RECALL = 0.99
@@ -260,6 +262,8 @@ class Bank:
 def make_bank(n: int, args: argparse.Namespace) -> tuple[Bank, float]:
     """The bank of size ``n`` and the seconds its exact sample took."""
     classes = max(1, n // args.per_class) if args.per_class else args.classes
+    if args.max_classes:
+        classes = min(classes, args.max_classes)
     x, y = clustered_features(n, args.dim, num_classes=classes, noise=args.noise,
                               seed=n)
     gen = torch.Generator().manual_seed(n + 1)
@@ -446,6 +450,9 @@ def main(argv: list[str] | None = None) -> dict | None:
     p.add_argument("--per-class", type=int, default=None,
                    help="nodes per class instead (classes = N // per-class; "
                         "ImageNet: 1281): clusters that do not grow with N")
+    p.add_argument("--max-classes", type=int, default=None,
+                   help="at most this many classes (ImageNet: 1000; the Label "
+                        "Bank holds N x classes logits)")
     p.add_argument("--noise", type=float, default=0.6)
     p.add_argument("--labelled", type=float, default=0.01)
     p.add_argument("--threads", type=int, default=1,

@@ -78,8 +78,10 @@ from dag_pyg.sampler import KNNHopSampler
 from dag_pyg.train.premise import premise_check
 from dag_pyg.train.setup import Run
 
-# Seeds per Label Bank batch: bounds the sampled sub-graphs' memory.
-LABEL_BANK_SEEDS = 16384
+# Messages of one Label Bank batch (seeds * k_sub ** hops edges of d floats,
+# 1 GiB): bounds the sampled sub-graphs' memory. Fewer, larger batches cost
+# less, as each batch also runs the head on its seeds' neighbours.
+LABEL_BANK_MESSAGES = 1 << 28
 # BLAS (MKL) computes a product of up to 3 rows by another kernel than a
 # long one, whose rounding differs: a batch holds at least this many seeds
 # (neighbouring nodes run along and are not read).
@@ -240,12 +242,12 @@ def sharded_graph(dist: DistContext, feats: Tensor, cfg: Config,
 def shard_label_bank_logits(head: DNAHead, feats: Tensor, graph: Data,
                             rows: tuple[int, int], device: torch.device,
                             neighbours: bool = True,
-                            batch: int = LABEL_BANK_SEEDS) -> Tensor:
+                            batch: int | None = None) -> Tensor:
     r"""The Label Bank's logits of a range of nodes (step 4 of the module
     docstring): the head on their sampled sub-graphs, equal bit for bit to
-    those rows of :func:`~dag_pyg.train.refresh.label_bank_logits` over the
-    whole graph (every layer and kernel works row by row; batches hold at
-    least :data:`MIN_SEEDS` nodes).
+    those rows of the head's one pass over the whole graph (every layer and
+    kernel works row by row; batches hold at least :data:`MIN_SEEDS` nodes).
+    :func:`~dag_pyg.train.refresh.label_bank_logits` runs it over all rows.
 
     Args:
         head (DNAHead): The head (set to eval mode).
@@ -258,8 +260,8 @@ def shard_label_bank_logits(head: DNAHead, feats: Tensor, graph: Data,
         neighbours (bool): The head's neighbour term (``False``: the nodes
             alone, :meth:`~dag_pyg.nn.DNAHead.forward_self`).
             (default: :obj:`True`)
-        batch (int): Seeds per sampled batch. (default:
-            :data:`LABEL_BANK_SEEDS`)
+        batch (int, optional): Seeds per sampled batch. (default: as many
+            as :data:`LABEL_BANK_MESSAGES` allows)
 
     Returns:
         Logits :math:`[M, C]` on the CPU.
@@ -267,9 +269,12 @@ def shard_label_bank_logits(head: DNAHead, feats: Tensor, graph: Data,
     start, end = rows
     n = feats.size(0)
     head.eval()
-    out = []
     sampler = (KNNHopSampler(graph, int(graph.k), head.hops)
                if neighbours and head.hops > 0 else None)
+    if batch is None:
+        fan = int(graph.k) ** head.hops if sampler is not None else 1
+        batch = max(1, LABEL_BANK_MESSAGES // (feats.size(1) * fan))
+    out = []
     for lo in range(start, end, batch):
         hi = min(lo + batch, end)
         # A window of >= MIN_SEEDS nodes around [lo, hi).
