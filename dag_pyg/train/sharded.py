@@ -274,7 +274,9 @@ def shard_label_bank_logits(head: DNAHead, feats: Tensor, graph: Data,
     if batch is None:
         fan = int(graph.k) ** head.hops if sampler is not None else 1
         batch = max(1, LABEL_BANK_MESSAGES // (feats.size(1) * fan))
-    out = []
+    # Filled in place: a list of blocks and their concatenation would hold
+    # the [M, C] logits twice.
+    out = torch.empty(0, head.num_classes)
     for lo in range(start, end, batch):
         hi = min(lo + batch, end)
         # A window of >= MIN_SEEDS nodes around [lo, hi).
@@ -292,10 +294,10 @@ def shard_label_bank_logits(head: DNAHead, feats: Tensor, graph: Data,
                           graph.density[s.node].to(device), batch_size=b - a,
                           num_sampled_nodes_per_hop=s.num_sampled_nodes,
                           num_sampled_edges_per_hop=s.num_sampled_edges)
-        out.append(logits.cpu()[lo - a: hi - a])
-    if not out:
-        return torch.empty(0, head.num_classes)
-    return torch.cat(out)
+        if lo == start:
+            out = torch.empty(end - start, logits.size(1), dtype=logits.dtype)
+        out[lo - start: hi - start] = logits[lo - a: hi - a]
+    return out
 
 
 def sharded_labels(run: Run, feats: Tensor, neighbours: bool | None = None
