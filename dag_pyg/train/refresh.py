@@ -29,7 +29,7 @@ from dag_pyg.sampler import knn_subgraph
 from dag_pyg.train.features import extract_bank
 from dag_pyg.train.premise import admission_threshold, auto_decisions, premise_check
 from dag_pyg.train.setup import Run
-from dag_pyg.train.sharded import shard_label_bank_logits, sharded_graph, sharded_labels
+from dag_pyg.train.sharded import sharded_graph, sharded_labels
 
 
 @dataclass
@@ -115,19 +115,17 @@ def build_graph(feats: Tensor, cfg: Config, device: torch.device) -> Data:
                                ivf_recall=g.ivf_recall).cpu()
 
 
+@torch.no_grad()
 def label_bank_logits(head: DNAHead, feats: Tensor, graph: Data, k_sub: int,
                       device: torch.device) -> Tensor:
     """The head over the whole training graph (every node's ``k_sub``
-    nearest neighbours): the Label Bank's logits, on the CPU. It runs on
-    blocks of nodes and their sampled sub-graphs
-    (:func:`~dag_pyg.train.sharded.shard_label_bank_logits` over all rows),
-    equal bit for bit to one pass over the whole graph, so that memory holds
-    one block's messages (:data:`~dag_pyg.train.sharded.LABEL_BANK_MESSAGES`),
-    not the graph's ``[N * k_sub, d]`` (8 GB at 2M nodes, ``k_sub`` 8,
-    ``d`` 128)."""
-    # A head without hops reads no graph (k_sub may exceed its degree).
-    sub = knn_subgraph(graph, k_sub) if head.hops > 0 else graph
-    return shard_label_bank_logits(head, feats, sub, (0, feats.size(0)), device)
+    nearest neighbours): the Label Bank's logits, on the CPU."""
+    head.eval()
+    x = feats.to(device)
+    if head.hops == 0:
+        return head(x).cpu()
+    sub = knn_subgraph(graph, k_sub)
+    return head(x, sub.edge_index.to(device), graph.density.to(device)).cpu()
 
 
 def label_stats(targets: Tensor, prior: Tensor, covered: Tensor, truth: Tensor,

@@ -78,10 +78,8 @@ from dag_pyg.sampler import KNNHopSampler
 from dag_pyg.train.premise import premise_check
 from dag_pyg.train.setup import Run
 
-# Messages of one Label Bank batch (seeds * k_sub ** hops edges of d floats,
-# 1 GiB): bounds the sampled sub-graphs' memory. Fewer, larger batches cost
-# less, as each batch also runs the head on its seeds' neighbours.
-LABEL_BANK_MESSAGES = 1 << 28
+# Seeds per Label Bank batch: bounds the sampled sub-graphs' memory.
+LABEL_BANK_SEEDS = 16384
 # BLAS (MKL) computes a product of up to 3 rows by another kernel than a
 # long one, whose rounding differs: a batch holds at least this many seeds
 # (neighbouring nodes run along and are not read).
@@ -242,12 +240,12 @@ def sharded_graph(dist: DistContext, feats: Tensor, cfg: Config,
 def shard_label_bank_logits(head: DNAHead, feats: Tensor, graph: Data,
                             rows: tuple[int, int], device: torch.device,
                             neighbours: bool = True,
-                            batch: int | None = None) -> Tensor:
+                            batch: int = LABEL_BANK_SEEDS) -> Tensor:
     r"""The Label Bank's logits of a range of nodes (step 4 of the module
     docstring): the head on their sampled sub-graphs, equal bit for bit to
-    those rows of the head's one pass over the whole graph (every layer and
-    kernel works row by row; batches hold at least :data:`MIN_SEEDS` nodes).
-    :func:`~dag_pyg.train.refresh.label_bank_logits` runs it over all rows.
+    those rows of :func:`~dag_pyg.train.refresh.label_bank_logits` over the
+    whole graph (every layer and kernel works row by row; batches hold at
+    least :data:`MIN_SEEDS` nodes).
 
     Args:
         head (DNAHead): The head (set to eval mode).
@@ -260,8 +258,8 @@ def shard_label_bank_logits(head: DNAHead, feats: Tensor, graph: Data,
         neighbours (bool): The head's neighbour term (``False``: the nodes
             alone, :meth:`~dag_pyg.nn.DNAHead.forward_self`).
             (default: :obj:`True`)
-        batch (int, optional): Seeds per sampled batch. (default: as many
-            as :data:`LABEL_BANK_MESSAGES` allows)
+        batch (int): Seeds per sampled batch. (default:
+            :data:`LABEL_BANK_SEEDS`)
 
     Returns:
         Logits :math:`[M, C]` on the CPU.
@@ -271,9 +269,6 @@ def shard_label_bank_logits(head: DNAHead, feats: Tensor, graph: Data,
     head.eval()
     sampler = (KNNHopSampler(graph, int(graph.k), head.hops)
                if neighbours and head.hops > 0 else None)
-    if batch is None:
-        fan = int(graph.k) ** head.hops if sampler is not None else 1
-        batch = max(1, LABEL_BANK_MESSAGES // (feats.size(1) * fan))
     # Filled in place: a list of blocks and their concatenation would hold
     # the [M, C] logits twice.
     out = torch.empty(0, head.num_classes)
@@ -283,12 +278,11 @@ def shard_label_bank_logits(head: DNAHead, feats: Tensor, graph: Data,
         width = max(hi - lo, min(MIN_SEEDS, n))
         a = max(0, min(lo, n - width))
         b = a + width
-        seeds = torch.arange(a, b)
         if sampler is None:
-            x = feats[seeds].to(device)
+            x = feats[a:b].to(device)
             logits = head(x) if head.hops == 0 else head.forward_self(x)
         else:
-            s = sampler.sample(seeds)
+            s = sampler.sample(torch.arange(a, b))
             edge_index = torch.stack([s.row, s.col]).to(device)
             logits = head(feats[s.node].to(device), edge_index,
                           graph.density[s.node].to(device), batch_size=b - a,
