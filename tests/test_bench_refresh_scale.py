@@ -1,6 +1,7 @@
 """benchmarks/speed/bench_refresh_scale.py: its growth fits against
 hand-computed examples, its skip/resume bookkeeping (the measuring worker
 replaced by a stub) and its ``--quick`` run."""
+import argparse
 import json
 import math
 
@@ -122,3 +123,16 @@ def test_peer_max_leaves_the_peer_out_above_it(tmp_path):
     assert large["total_cpu_s"] > 0  # the stages after the peer still ran
     quantities = {g["quantity"] for g in out["growth"]}
     assert "total_cpu_s" in quantities and "peer_cpu_s" not in quantities
+
+
+def test_max_classes_caps_the_bank_classes():
+    args = argparse.Namespace(dim=8, k=4, k_sub=2, classes=100, per_class=100,
+                              max_classes=4, noise=0.6, labelled=0.1,
+                              recall_sample=10)
+    bank, _ = bench.make_bank(600, args)  # 600 // 100 = 6 classes, capped at 4
+    assert bank.classes == 4 and bank.y.unique().tolist() == [0, 1, 2, 3]
+    assert bank.head.num_classes == 4
+    args.max_classes = None
+    assert bench.make_bank(600, args)[0].classes == 6
+    with pytest.raises(SystemExit):
+        bench.main(["--max-classes", "0"])

@@ -476,6 +476,9 @@ def main(argv: list[str] | None = None) -> dict | None:
                    help="smoke run (N 2000 and 4000) into <name>_quick.json")
     p.add_argument("--worker", nargs=2, metavar=("N", "OUT"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    for key in ("per_class", "max_classes"):
+        if getattr(args, key) is not None and getattr(args, key) < 1:
+            p.error(f"--{key.replace('_', '-')} must be at least 1")
     if args.worker:
         n, path = int(args.worker[0]), Path(args.worker[1])
         path.write_text(json.dumps(run_size(n, args.graphs, args)))
