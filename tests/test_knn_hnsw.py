@@ -218,3 +218,39 @@ def test_hnsw_bad_settings():
     for kw in ({"hnsw_m": 1}, {"hnsw_ef_construction": 0}, {"hnsw_ef_search": 0}):
         with pytest.raises(ValueError, match="faiss_hnsw needs"):
             knn_search(torch.randn(50, 4), None, 5, backend="faiss_hnsw", **kw)
+
+
+def test_local_order_groups_nearby_rows():
+    # 4 far-apart clusters, rows in random order: the order visits each
+    # cluster in few runs (at most one per centre, ceil(sqrt(400)) = 20).
+    gen = torch.Generator().manual_seed(3)
+    label = torch.randint(4, (400,), generator=gen)
+    x = torch.randn(4, 16, generator=gen)[label] * 3 + torch.randn(400, 16,
+                                                                   generator=gen)
+    order = knn_module.local_order(x)
+    assert torch.equal(order.sort().values, torch.arange(400))
+    runs = 1 + int((label[order][1:] != label[order][:-1]).sum())
+    random_runs = 1 + int((label[1:] != label[:-1]).sum())
+    assert runs <= 20 < random_runs
+    assert knn_module.local_order(x[:0]).numel() == 0
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+def test_search_in_local_order_equals_one_search(kind, monkeypatch):
+    import faiss
+
+    x = normalize_rows(_clustered(1000, 16, 10, seed=4))
+    base = x.numpy()
+    if kind == "hnsw":
+        index = faiss.IndexHNSWFlat(16, 8, faiss.METRIC_INNER_PRODUCT)
+    else:
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(16), 16, 20,
+                                   faiss.METRIC_INNER_PRODUCT)
+        index.train(base)
+        index.nprobe = 2
+    index.add(base)
+    want_sim, want_idx = index.search(base, 9)
+    monkeypatch.setattr(knn_module, "LOCAL_ORDER_BLOCK", 300)  # 4 blocks
+    sim, idx = knn_module.search_local(index, x, 9)
+    assert torch.equal(idx, torch.from_numpy(want_idx))
+    assert torch.equal(sim, torch.from_numpy(want_sim))

@@ -87,6 +87,13 @@ HNSW_EF_SEARCH = 64
 HNSW_EF_STEP = 1.5
 HNSW_EF_MAX = 4096
 
+# The approximate searches visit the queries grouped by region (the nearest
+# of about sqrt(M) centres drawn from the M queries), in blocks of this many
+# rows: consecutive queries then read the same vectors and links from cache.
+# Each query's result is its own, so the graph is the same; the search of a
+# random-order 300k bank ran 2.2x faster (bench_refresh_scale's banks).
+LOCAL_ORDER_BLOCK = 65536
+
 log = logging.getLogger(__name__)
 
 
@@ -334,6 +341,35 @@ def _tune_nprobe(index, q: Tensor, b: Tensor, k: int, self_search: bool,
     return _tune(search, ladder, exact, rows, k, self_search, target, q.size(0))
 
 
+def local_order(q: Tensor, seed: int = 0) -> Tensor:
+    """A permutation of the rows of ``q`` [M, d] that groups nearby rows: by
+    their most similar of ``ceil(sqrt(M))`` centres drawn from the rows
+    (seeded: deterministic), stable within a centre."""
+    m = q.size(0)
+    gen = torch.Generator().manual_seed(seed)
+    centres = q[torch.randperm(m, generator=gen)[:math.isqrt(max(m - 1, 0)) + 1]]
+    nearest = torch.cat([(q[i:i + LOCAL_ORDER_BLOCK] @ centres.T).argmax(1)
+                         for i in range(0, m, LOCAL_ORDER_BLOCK)]) if m else \
+        torch.empty(0, dtype=torch.long)
+    return torch.sort(nearest, stable=True).indices
+
+
+def search_local(index, q: Tensor, kk: int) -> tuple[Tensor, Tensor]:
+    """``index.search`` of the rows of ``q`` (on the CPU) in
+    :func:`local_order`, block by block: the same ``(sim, idx)`` as one
+    search in the given order (faiss searches every query alone), faster
+    where the queries come in no order of their own."""
+    import numpy as np
+
+    order = local_order(q)
+    sim = np.empty((q.size(0), kk), dtype=np.float32)
+    idx = np.empty((q.size(0), kk), dtype=np.int64)
+    for i in range(0, q.size(0), LOCAL_ORDER_BLOCK):
+        rows = order[i:i + LOCAL_ORDER_BLOCK].numpy()
+        sim[rows], idx[rows] = index.search(np.ascontiguousarray(q[rows].numpy()), kk)
+    return torch.from_numpy(sim), torch.from_numpy(idx)
+
+
 def _candidates_faiss_ivf(q: Tensor, b: Tensor, kk: int, k: int,
                           nlist: int | None, nprobe: int, recall: float | None,
                           self_search: bool, stats: dict | None
@@ -366,8 +402,12 @@ def _candidates_faiss_ivf(q: Tensor, b: Tensor, kk: int, k: int,
     if stats is not None:
         stats.update(ivf_nlist=nlist, ivf_nprobe=nprobe, ivf_recall=measured)
     index.nprobe = nprobe
-    sim, idx = index.search(np.ascontiguousarray(q.detach().cpu().numpy()), kk)
-    idx, sim = torch.from_numpy(idx).to(q.device), torch.from_numpy(sim).to(q.device)
+    if q.is_cuda:
+        sim, idx = (torch.from_numpy(a) for a in index.search(
+            np.ascontiguousarray(q.detach().cpu().numpy()), kk))
+    else:
+        sim, idx = search_local(index, q.detach(), kk)
+    idx, sim = idx.to(q.device), sim.to(q.device)
     return idx, sim.masked_fill(idx < 0, -math.inf)  # -1: cells ran out
 
 
@@ -417,8 +457,8 @@ def _candidates_faiss_hnsw(q: Tensor, b: Tensor, kk: int, k: int, m: int,
         stats.update(hnsw_m=m, hnsw_ef_construction=ef_construction,
                      hnsw_ef_search=ef, hnsw_recall=measured)
     index.hnsw.efSearch = ef
-    sim, idx = index.search(np.ascontiguousarray(qc.numpy()), kk)
-    idx, sim = torch.from_numpy(idx).to(q.device), torch.from_numpy(sim).to(q.device)
+    sim, idx = search_local(index, qc, kk)
+    idx, sim = idx.to(q.device), sim.to(q.device)
     return idx, sim.masked_fill(idx < 0, -math.inf)  # -1: too few reached
 
 
