@@ -23,6 +23,9 @@ leaves the whole graph below it about half the time (measured:
 ``faiss_hnsw`` at 1M nodes, sample 0.991, 2,000 other random rows 0.986).
 ``benchmarks/speed/bench_knn_ivf.py`` measures the recall of whole graphs
 against exact search. Its candidates get the same re-scoring and ordering.
+Both approximate backends search their queries grouped by region
+(:func:`search_local`): a bank in random order otherwise sends consecutive
+queries to distant vectors and cells, and the search waits on memory.
 
 ``faiss_hnsw`` is approximate too: faiss' flat HNSW graph
 (``IndexHNSWFlat``: no k-means, no cells). Its ``efSearch`` is tuned as
