@@ -349,11 +349,12 @@ def local_order(q: Tensor, seed: int = 0) -> Tensor:
     their most similar of ``ceil(sqrt(M))`` centres drawn from the rows
     (seeded: deterministic), stable within a centre."""
     m = q.size(0)
+    if m == 0:
+        return torch.empty(0, dtype=torch.long)
     gen = torch.Generator().manual_seed(seed)
-    centres = q[torch.randperm(m, generator=gen)[:math.isqrt(max(m - 1, 0)) + 1]]
+    centres = q[torch.randperm(m, generator=gen)[:math.isqrt(m - 1) + 1]]
     nearest = torch.cat([(q[i:i + LOCAL_ORDER_BLOCK] @ centres.T).argmax(1)
-                         for i in range(0, m, LOCAL_ORDER_BLOCK)]) if m else \
-        torch.empty(0, dtype=torch.long)
+                         for i in range(0, m, LOCAL_ORDER_BLOCK)])
     return torch.sort(nearest, stable=True).indices
 
 
