@@ -107,6 +107,25 @@ def test_rescoring_in_blocks_of_rows_does_not_change_result(monkeypatch):
     assert torch.equal(whole.sim, blocks.sim)
 
 
+def test_exact_rows_solved_in_blocks_do_not_change_result(monkeypatch):
+    # Every row's k-th place ties to the end of its list (twelve copies of
+    # four points): all 48 rows are solved exactly, here 5 at a time.
+    from dag_pyg.graph import knn as knn_module
+
+    x = torch.tensor([[1., 0.], [0., 1.], [3., 4.], [-1., 2.]]).repeat(12, 1)
+    backend = "faiss" if has_faiss() else "exact"
+    whole = build_density_graph(x, 15, backend=backend)
+    calls = []
+    refine = knn_module._refine_rows
+    monkeypatch.setattr(knn_module, "_refine_rows", lambda q, b, rows, *a, **kw:
+                        calls.append(rows.numel()) or refine(q, b, rows, *a, **kw))
+    monkeypatch.setattr(knn_module, "REFINE_SCORES", 48 * 5)
+    blocks = build_density_graph(x, 15, backend=backend)
+    assert len(calls) > 1 and max(calls) <= 5
+    assert torch.equal(whole.edge_index, blocks.edge_index)
+    assert torch.equal(whole.sim, blocks.sim)
+
+
 def test_exact_chunking_does_not_change_result():
     x = torch.randn(97, 8, generator=torch.Generator().manual_seed(1))
     a = build_density_graph(x, 9, backend="exact", chunk_size=7)
