@@ -254,3 +254,7 @@ def test_search_in_local_order_equals_one_search(kind, monkeypatch):
     sim, idx = knn_module.search_local(index, x, 9)
     assert torch.equal(idx, torch.from_numpy(want_idx))
     assert torch.equal(sim, torch.from_numpy(want_sim))
+    # An order given (as faiss_hnsw passes its insertion order): the same.
+    sim, idx = knn_module.search_local(index, x, 9, torch.arange(999, -1, -1))
+    assert torch.equal(idx, torch.from_numpy(want_idx))
+    assert torch.equal(sim, torch.from_numpy(want_sim))
