@@ -108,6 +108,10 @@ def test_run_writes_every_artefact(tmp_path):
         assert (run / name).is_file(), name
     records = [json.loads(line) for line in (run / "metrics.jsonl").open()]
     assert [r["epoch"] for r in records] == [0, 1, 2, 3, 4]
+    # The rate each epoch trained at: pre-training at the base 0.05, then a
+    # cosine over the 3 main epochs, 0.05 * (1 + cos(pi * e / 3)) / 2.
+    assert [r["lr"] for r in records] == pytest.approx(
+        [0.05, 0.05, 0.05, 0.0375, 0.0125])
     last = records[-1]
     for key in ["loss", "loss_ce", "loss_entropy", "loss_balance", "test_error",
                 "val_error", "pl_acc", "pl_coverage", "model_acc_on_covered",

@@ -261,9 +261,11 @@ def train_epochs(run: Run, state: TrainState, stop_after: int | None) -> dict:
             raise _interrupted(run, res.signum, f"in epoch {epoch} after step "
                                f"{res.progress.done}/{len(res.progress.batches)}")
         t_train = time.perf_counter() - t0
+        # The rate this epoch trained at (the step below sets the next one's).
+        lr = run.optim.optimizer.param_groups[0]["lr"]
         run.optim.scheduler.step()
         rec = {"epoch": epoch, "phase": "pretrain" if pretrain else "train",
-               "lr": run.optim.optimizer.param_groups[0]["lr"], **res.losses,
+               "lr": lr, **res.losses,
                "time_train": t_train, **res.mids}
         # The last pre-training epoch builds epoch 0's banks.
         if not pretrain or epoch == cfg.optim.pretrain_epochs - 1:
