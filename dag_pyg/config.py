@@ -51,8 +51,8 @@ MixupPlace = Literal["input", "feature"]
 # sub-graph alone, or both components' in the mixed target's proportions.
 MixupNeighbours = Literal["first", "mixed"]
 # dag_pyg.graph.knn.BACKENDS
-KNNBackend = Literal["auto", "exact", "faiss", "faiss_ivf", "faiss_hnsw",
-                     "torch_cluster"]
+KNNBackend = Literal["auto", "exact", "faiss", "faiss_ivf", "faiss_ivf_hnsw",
+                     "faiss_hnsw", "torch_cluster"]
 Density = Literal["mean_sim", "count"]                  # dag_pyg.graph DENSITIES
 # How the Feature Bank is renewed: re-extracted at every refresh, or written
 # by the training steps (see dag_pyg.train.epoch).

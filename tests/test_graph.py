@@ -231,6 +231,45 @@ def test_ivf_rows_with_too_few_candidates_are_solved_exactly():
     assert same >= 200  # rows whose cell ran out are solved exactly
 
 
+@needs_faiss
+def test_ivf_hnsw_cells_keep_their_size_and_nprobe_is_tuned(monkeypatch, caplog):
+    import dag_pyg.graph.knn as knn_module
+
+    # Default cells: ceil(N / IVF_HNSW_CELL), at least 39 training points each.
+    assert knn_module.default_nlist(1_000_000, "hnsw") == 977  # ceil(1e6 / 1024)
+    assert knn_module.default_nlist(1_000_000) == 4000  # flat: 4 sqrt(N)
+    assert knn_module.default_nlist(5000, "hnsw") == 5
+    assert knn_module.default_nlist(50, "hnsw") == 1
+    monkeypatch.setattr(knn_module, "IVF_HNSW_CELL", 100)
+    assert knn_module.default_nlist(6000, "hnsw") == 60
+    from benchmarks.common import clustered_features
+
+    x, _ = clustered_features(6000, 32, num_classes=30, seed=1)
+    k = 16
+    exact = build_density_graph(x, k, backend="exact")
+    with caplog.at_level("INFO", logger="dag_pyg.graph.knn"):
+        g = build_density_graph(x, k, backend="faiss_ivf_hnsw", ivf_nprobe=1)
+    assert g.backend == "faiss_ivf_hnsw" and g.ivf_nlist == 60
+    # Tuned from one cell up: the sample reaches the target, and the whole
+    # graph's recall (measured here) stands beside it.
+    assert 1 < g.ivf_nprobe <= 60 and g.ivf_recall >= 0.99
+    whole = _recall_of(g, exact, k)
+    assert whole >= 0.985 and abs(whole - g.ivf_recall) < 0.01
+    assert f"faiss_ivf_hnsw: nprobe {g.ivf_nprobe} of 60 cells" in caplog.text
+    # One cell per query is far from it: not secretly exact.
+    one = build_density_graph(x, k, backend="faiss_ivf_hnsw", ivf_nprobe=1,
+                              ivf_recall=None)
+    assert _recall_of(one, exact, k) < 0.99
+    # Every cell scanned: the exact lists (re-scored, ties by index).
+    every = build_density_graph(x[:600], 20, backend="faiss_ivf_hnsw",
+                                ivf_nlist=8, ivf_nprobe=8)
+    assert torch.equal(every.edge_index,
+                       build_density_graph(x[:600], 20, backend="exact").edge_index)
+    with pytest.raises(ValueError, match="faiss_ivf_hnsw needs"):
+        knn_search(torch.randn(50, 4), None, 5, backend="faiss_ivf_hnsw",
+                   ivf_nprobe=0)
+
+
 def test_ivf_bad_settings():
     if not has_faiss():
         with pytest.raises(ValueError, match="faiss"):

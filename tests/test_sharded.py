@@ -74,13 +74,14 @@ def small_faiss_blocks(monkeypatch):
 
 
 # ------------------------------------------------------------- one process
-@pytest.mark.parametrize("backend", ["exact", "faiss", "faiss_ivf"])
+@pytest.mark.parametrize("backend", ["exact", "faiss", "faiss_ivf",
+                                     "faiss_ivf_hnsw"])
 def test_graph_rows_equal_the_whole_graphs(backend, request):
     if backend != "exact":
         request.getfixturevalue("small_faiss_blocks")
     x, _ = clustered(700, 16)
     kw = {"chunk_size": 50} if backend == "exact" else {}
-    if backend == "faiss_ivf":
+    if backend in ("faiss_ivf", "faiss_ivf_hnsw"):
         kw = {"ivf_nlist": 8, "ivf_nprobe": 2}
     whole = build_density_graph(x, 9, backend=backend, **kw)
     k = 9
@@ -91,7 +92,7 @@ def test_graph_rows_equal_the_whole_graphs(backend, request):
             assert torch.equal(part.edge_index, whole.edge_index[:, start * k:end * k])
             assert torch.equal(part.sim, whole.sim[start * k:end * k])
             assert torch.equal(part.density, whole.density[start:end])
-            if backend == "faiss_ivf":  # tuned on the whole bank's sample
+            if "ivf" in backend:  # tuned on the whole bank's sample
                 assert part.ivf_nprobe == whole.ivf_nprobe
                 assert part.ivf_recall == whole.ivf_recall
     empty = build_density_graph(x, k, backend=backend, rows=(5, 5), **kw)

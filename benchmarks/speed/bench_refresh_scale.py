@@ -94,11 +94,17 @@ from dag_pyg.graph import (
     neighbour_table,
     normalize_rows,
 )
+from dag_pyg.graph.knn import (
+    HNSW_EF_CONSTRUCTION,
+    HNSW_EF_SEARCH,
+    HNSW_M,
+    IVF_HNSW_TRAIN_PER_CELL,
+)
 from dag_pyg.nn import DNAHead
 from dag_pyg.propagation import pseudo_labels
 from dag_pyg.train.refresh import build_graph, label_bank_logits
 
-GRAPHS = ("exact", "faiss_ivf", "faiss_hnsw")
+GRAPHS = ("exact", "faiss_ivf", "faiss_ivf_hnsw", "faiss_hnsw")
 # Settings that define the banks and the stages: rows measured with others
 # cannot be fitted together.
 BANK_KEYS = ("dim", "k", "k_sub", "classes", "per_class", "max_classes",
@@ -216,9 +222,17 @@ def peer_search(graph: str, base: np.ndarray, queries: np.ndarray, k: int,
         d = base.shape[1]
         if graph == "exact":
             index = faiss.IndexFlatIP(d)
-        elif graph == "faiss_ivf":
-            index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, params["ivf_nlist"],
+        elif graph in ("faiss_ivf", "faiss_ivf_hnsw"):
+            if graph == "faiss_ivf":
+                quantizer = faiss.IndexFlatIP(d)
+            else:  # faiss' IVF-HNSW with our index's settings
+                quantizer = faiss.IndexHNSWFlat(d, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+                quantizer.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+                quantizer.hnsw.efSearch = HNSW_EF_SEARCH
+            index = faiss.IndexIVFFlat(quantizer, d, params["ivf_nlist"],
                                        faiss.METRIC_INNER_PRODUCT)
+            if graph == "faiss_ivf_hnsw":
+                index.cp.max_points_per_centroid = IVF_HNSW_TRAIN_PER_CELL
             index.train(base)
             index.nprobe = params["ivf_nprobe"]
         else:
@@ -309,8 +323,8 @@ def run_graph(name: str, bank: Bank, args: argparse.Namespace) -> dict:
         for key in ("ivf_recall", "hnsw_recall"):
             if key in g:
                 row["recall_tuning"] = float(g[key])
-        row["param"] = {"faiss_ivf": f"nprobe {row.get('ivf_nprobe')}/"
-                                     f"{row.get('ivf_nlist')}",
+        ivf = f"nprobe {row.get('ivf_nprobe')}/{row.get('ivf_nlist')}"
+        row["param"] = {"faiss_ivf": ivf, "faiss_ivf_hnsw": ivf,
                         "faiss_hnsw": f"ef {row.get('hnsw_ef_search')}"
                         }.get(name, "")
     # The peer at the same operating point, right after: built in full,

@@ -41,17 +41,18 @@ def build_density_graph(x: Tensor, k: int = 64, *, backend: str = "auto",
         k (int): Neighbours per node (the paper uses 64).
         backend (str): kNN engine: ``"auto"`` (fastest for ``x.device``),
             ``"exact"`` (blocked matmul + top-k), ``"faiss"`` (``IndexFlatIP``),
-            ``"faiss_ivf"`` or ``"faiss_hnsw"`` (approximate, for large
-            ``N``) or ``"torch_cluster"``.
+            ``"faiss_ivf"``, ``"faiss_ivf_hnsw"`` or ``"faiss_hnsw"``
+            (approximate, for large ``N``) or ``"torch_cluster"``.
         density (str): ``"mean_sim"`` (Eq. 3) or ``"count"``.
         density_threshold (float): Similarity threshold of the ``count``
             density.
         chunk_size (int, optional): Rows per block of the ``exact`` backend.
-        ivf_nlist (int, optional): ``faiss_ivf`` cells (default about
-            :math:`4\sqrt{N}`).
-        ivf_nprobe (int): ``faiss_ivf`` cells scanned per query (where
-            the tuning to ``ivf_recall`` starts).
-        ivf_recall (float, optional): ``faiss_ivf``'s and ``faiss_hnsw``'s
+        ivf_nlist (int, optional): IVF cells (default about
+            :math:`4\sqrt{N}` for ``faiss_ivf``, :math:`N / 1024` for
+            ``faiss_ivf_hnsw``).
+        ivf_nprobe (int): IVF cells scanned per query (where the tuning to
+            ``ivf_recall`` starts).
+        ivf_recall (float, optional): the IVF backends' and ``faiss_hnsw``'s
             recall target of exact neighbours
             (:func:`~dag_pyg.graph.knn_search`); :obj:`None`: ``ivf_nprobe``
             or ``hnsw_ef_search`` as given.
@@ -77,7 +78,8 @@ def build_density_graph(x: Tensor, k: int = 64, *, backend: str = "auto",
         by centre, each group by descending similarity, ties by the smaller
         index; no self loops), ``sim [N*k]``, ``density [N]``, ``num_nodes``,
         ``k``, ``backend`` (the engine that ran) and ``density_kind``;
-        with ``faiss_ivf`` also ``ivf_nlist``, ``ivf_nprobe`` and the
+        with ``faiss_ivf`` or ``faiss_ivf_hnsw`` also ``ivf_nlist``,
+        ``ivf_nprobe`` and the
         measured ``ivf_recall``; with ``faiss_hnsw`` ``hnsw_m``,
         ``hnsw_ef_construction``, ``hnsw_ef_search`` and the measured
         ``hnsw_recall``.

@@ -28,6 +28,15 @@ Both approximate backends search their queries grouped by region
 queries to distant vectors and cells, and the search waits on memory.
 ``faiss_hnsw`` adds its nodes in the same grouped order, for the same reason.
 
+``faiss_ivf_hnsw`` is ``faiss_ivf`` whose cells are found by an HNSW graph
+over their centres (faiss' ``IndexIVFFlat`` over ``IndexHNSWFlat``, the
+coarse quantizer faiss recommends for large banks) rather than by scanning
+all of them: the cells then keep a fixed size as N grows
+(:data:`IVF_HNSW_CELL` nodes), a query scans ``nprobe`` of them, and the
+search grows as about N where the flat quantizer's grows as N^1.5.
+``nprobe`` is tuned as ``faiss_ivf``'s. faiss-gpu has no HNSW: it runs on
+the CPU.
+
 ``faiss_hnsw`` is approximate too: faiss' flat HNSW graph
 (``IndexHNSWFlat``: no k-means, no cells). Its ``efSearch`` is tuned as
 ``nprobe`` is (to ``ivf_recall`` on the same sample of exact queries, steps
@@ -55,8 +64,9 @@ import math
 import torch
 from torch import Tensor
 
-BACKENDS = ("auto", "exact", "faiss", "faiss_ivf", "faiss_hnsw", "torch_cluster")
-APPROXIMATE = ("faiss_ivf", "faiss_hnsw")
+BACKENDS = ("auto", "exact", "faiss", "faiss_ivf", "faiss_ivf_hnsw", "faiss_hnsw",
+            "torch_cluster")
+APPROXIMATE = ("faiss_ivf", "faiss_ivf_hnsw", "faiss_hnsw")
 # Candidates fetched past k to settle near-ties at the k-th place.
 EXTRA = 2
 # Rows of candidate lists whose near-ties are settled per block (bounds the
@@ -78,6 +88,14 @@ RECALL_Z = 2.0
 # minutes per graph (about 100 s at 200k, 128-d, 2 threads) and faiss_ivf
 # with a tuned nprobe is used.
 IVF_AUTO_NODES = 200_000
+# faiss_ivf_hnsw: IVF cells found by an HNSW graph over the centres, not a
+# scan of all of them, so the cells can keep a fixed size as N grows (about
+# this many nodes each): a query then scans nprobe cells of fixed size, not
+# nprobe of N / (4 sqrt(N)), and the search grows as about N, not N^1.5.
+# The centres are trained on this many points per cell (faiss' default 256
+# makes the k-means the larger part at fixed cell size: it grows as N).
+IVF_HNSW_CELL = 1024
+IVF_HNSW_TRAIN_PER_CELL = 64
 # The tuning halves the step from the last nprobe / efSearch that missed the
 # recall target to the first that reached it this many times (to an eighth
 # of the step), keeping the smallest that reaches it.
@@ -228,10 +246,13 @@ def _candidates_faiss(q: Tensor, b: Tensor, kk: int) -> tuple[Tensor, Tensor]:
     return torch.from_numpy(idx).to(q.device), torch.from_numpy(sim).to(q.device)
 
 
-def default_nlist(num_base: int) -> int:
-    """IVF cells: about 4 sqrt(N), with >= 39 training points per cell (what
-    faiss' k-means asks for)."""
-    return max(1, min(int(4 * math.sqrt(num_base)), num_base // 39))
+def default_nlist(num_base: int, quantizer: str = "flat") -> int:
+    """IVF cells: about 4 sqrt(N) for a flat quantizer, N /
+    :data:`IVF_HNSW_CELL` for an HNSW one; with >= 39 training points per
+    cell (what faiss' k-means asks for)."""
+    cells = (math.ceil(num_base / IVF_HNSW_CELL) if quantizer == "hnsw"
+             else int(4 * math.sqrt(num_base)))
+    return max(1, min(cells, num_base // 39))
 
 
 def neighbour_recall(found: Tensor, exact: Tensor, chunk: int = 4096) -> float:
@@ -386,17 +407,26 @@ def search_local(index, q: Tensor, kk: int, order: Tensor | None = None
 
 def _candidates_faiss_ivf(q: Tensor, b: Tensor, kk: int, k: int,
                           nlist: int | None, nprobe: int, recall: float | None,
-                          self_search: bool, stats: dict | None
-                          ) -> tuple[Tensor, Tensor]:
+                          self_search: bool, stats: dict | None,
+                          quantizer_kind: str = "flat") -> tuple[Tensor, Tensor]:
     import faiss
     import numpy as np
 
     base = np.ascontiguousarray(b.detach().cpu().numpy())
-    nlist = nlist or default_nlist(base.shape[0])
-    quantizer = faiss.IndexFlatIP(base.shape[1])
-    index = faiss.IndexIVFFlat(quantizer, base.shape[1], nlist,
-                               faiss.METRIC_INNER_PRODUCT)
-    if q.is_cuda and hasattr(faiss, "StandardGpuResources"):
+    d = base.shape[1]
+    nlist = nlist or default_nlist(base.shape[0], quantizer_kind)
+    if quantizer_kind == "hnsw":
+        # faiss trains the k-means with this index as its assignment step
+        # and keeps the centres in it; faiss-gpu has no HNSW: on the CPU.
+        quantizer = faiss.IndexHNSWFlat(d, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+        quantizer.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+        quantizer.hnsw.efSearch = HNSW_EF_SEARCH
+    else:
+        quantizer = faiss.IndexFlatIP(d)
+    index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+    if quantizer_kind == "hnsw":
+        index.cp.max_points_per_centroid = IVF_HNSW_TRAIN_PER_CELL
+    elif q.is_cuda and hasattr(faiss, "StandardGpuResources"):
         res = faiss.StandardGpuResources()
         index = faiss.index_cpu_to_gpu(res, q.device.index or 0, index)
     index.train(base)  # k-means with faiss' fixed seed: deterministic
@@ -409,14 +439,15 @@ def _candidates_faiss_ivf(q: Tensor, b: Tensor, kk: int, k: int,
         nprobe, measured, lower = _tune_nprobe(
             index, tune.detach().cpu(), b.detach().cpu(), k, self_search, nlist,
             nprobe, recall)
-        log.info("faiss_ivf: nprobe %d of %d cells recalls %.4f (less %g "
+        log.info("faiss_ivf%s: nprobe %d of %d cells recalls %.4f (less %g "
                  "standard errors: %.4f) of the exact neighbours of %d sampled "
-                 "queries (target %.2f)", nprobe, nlist, measured, RECALL_Z,
-                 lower, min(IVF_SAMPLE, tune.size(0)), recall)
+                 "queries (target %.2f)",
+                 "_hnsw" if quantizer_kind == "hnsw" else "", nprobe, nlist,
+                 measured, RECALL_Z, lower, min(IVF_SAMPLE, tune.size(0)), recall)
     if stats is not None:
         stats.update(ivf_nlist=nlist, ivf_nprobe=nprobe, ivf_recall=measured)
     index.nprobe = nprobe
-    if q.is_cuda:
+    if q.is_cuda and quantizer_kind == "flat":
         sim, idx = (torch.from_numpy(a) for a in index.search(
             np.ascontiguousarray(q.detach().cpu().numpy()), kk))
     else:
@@ -661,18 +692,19 @@ def knn_search(query: Tensor, base: Tensor | None = None, k: int = 64, *,
         base (torch.Tensor, optional): Base features :math:`[N, d]`.
         k (int): Number of neighbours.
         backend (str): ``"auto"``, ``"exact"``, ``"faiss"``,
-            ``"faiss_ivf"``, ``"faiss_hnsw"`` (both approximate) or
+            ``"faiss_ivf"``, ``"faiss_ivf_hnsw"`` (IVF whose cells an HNSW
+            graph finds), ``"faiss_hnsw"`` (the three approximate) or
             ``"torch_cluster"``.
         chunk_size (int, optional): Query rows per similarity block of the
             ``exact`` backend (bounds its memory at ``chunk_size * N`` floats).
         normalized (bool): Skip the validation and normalisation (features are
             already unit rows).
-        ivf_nlist (int, optional): ``faiss_ivf`` cells (default
-            :func:`default_nlist`).
-        ivf_nprobe (int): ``faiss_ivf`` cells scanned per query: more is
+        ivf_nlist (int, optional): ``faiss_ivf`` and ``faiss_ivf_hnsw``
+            cells (default :func:`default_nlist`).
+        ivf_nprobe (int): IVF cells scanned per query: more is
             slower and closer to exact; with ``ivf_recall`` where the tuning
             starts. (default: :obj:`16`)
-        ivf_recall (float, optional): ``faiss_ivf`` tunes ``nprobe`` and
+        ivf_recall (float, optional): the IVF backends tune ``nprobe`` and
             ``faiss_hnsw`` tunes ``efSearch`` (see the module docstring) until
             a sample of queries recalls this share of its exact neighbours
             (less :data:`RECALL_Z` standard errors);
@@ -686,8 +718,8 @@ def knn_search(query: Tensor, base: Tensor | None = None, k: int = 64, *,
             with ``ivf_recall`` where the tuning starts.
             (default: :data:`HNSW_EF_SEARCH`)
         stats (dict, optional): Filled with ``ivf_nlist``, ``ivf_nprobe``
-            and the measured ``ivf_recall`` (NaN where not tuned) by
-            ``faiss_ivf``; with ``hnsw_m``, ``hnsw_ef_construction``,
+            and the measured ``ivf_recall`` (NaN where not tuned) by the IVF
+            backends; with ``hnsw_m``, ``hnsw_ef_construction``,
             ``hnsw_ef_search`` and ``hnsw_recall`` by ``faiss_hnsw``.
         rows ((int, int), optional): With ``base=None``, search only the
             queries ``rows[0]`` to ``rows[1] - 1`` (against all rows). They
@@ -744,13 +776,14 @@ def knn_search(query: Tensor, base: Tensor | None = None, k: int = 64, *,
         cand, sim = _candidates_exact(q32, b32, kk, self_search, chunk_size,
                                       own=own)
     else:
-        if name == "faiss_ivf":
+        if name in ("faiss_ivf", "faiss_ivf_hnsw"):
             if ivf_nprobe < 1 or (ivf_nlist is not None and ivf_nlist < 1):
-                raise ValueError(f"faiss_ivf needs ivf_nlist >= 1 and ivf_nprobe "
+                raise ValueError(f"{name} needs ivf_nlist >= 1 and ivf_nprobe "
                                  f">= 1 (got {ivf_nlist}, {ivf_nprobe}).")
-            cand, sim = _candidates_faiss_ivf(q32, b32, kk + int(self_search), k,
-                                              ivf_nlist, ivf_nprobe, ivf_recall,
-                                              self_search, stats)
+            cand, sim = _candidates_faiss_ivf(
+                q32, b32, kk + int(self_search), k, ivf_nlist, ivf_nprobe,
+                ivf_recall, self_search, stats,
+                "hnsw" if name == "faiss_ivf_hnsw" else "flat")
         elif name == "faiss_hnsw":
             if hnsw_m < 2 or hnsw_ef_construction < 1 or hnsw_ef_search < 1:
                 raise ValueError(f"faiss_hnsw needs hnsw_m >= 2, "

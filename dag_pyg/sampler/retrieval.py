@@ -89,7 +89,7 @@ def _query_knn(query_feats: Tensor, bank: Tensor, graph: Data, k_sub: int,
         empty = torch.empty(m, k_sub, device=bank.device)
         return empty.long(), empty
     engine = backend or graph.get("backend") or "auto"
-    if engine == "faiss_ivf":  # an index per query batch would retrain k-means
+    if engine in ("faiss_ivf", "faiss_ivf_hnsw"):  # would retrain k-means per batch
         engine = "auto"
     return knn_search(query_feats.detach(), bank.detach(), k_sub, backend=engine)
 

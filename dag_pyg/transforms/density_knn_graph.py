@@ -36,7 +36,8 @@ class DensityKNNGraph(BaseTransform):
         k (int, optional): Neighbours per node. (default: :obj:`64`, the
             paper's value)
         backend (str, optional): kNN engine: ``"auto"``, ``"exact"``,
-            ``"faiss"``, ``"faiss_ivf"`` (approximate) or
+            ``"faiss"``, ``"faiss_ivf"``, ``"faiss_ivf_hnsw"``,
+            ``"faiss_hnsw"`` (the three approximate) or
             ``"torch_cluster"``. (default: :obj:`"auto"`)
         density (str, optional): ``"mean_sim"`` (Eq. 3) or ``"count"``.
             (default: :obj:`"mean_sim"`)
