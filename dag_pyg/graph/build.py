@@ -50,8 +50,9 @@ def build_density_graph(x: Tensor, k: int = 64, *, backend: str = "auto",
         ivf_nlist (int, optional): IVF cells (default about
             :math:`4\sqrt{N}` for ``faiss_ivf``, :math:`N / 1024` for
             ``faiss_ivf_hnsw``).
-        ivf_nprobe (int): IVF cells scanned per query (where the tuning to
-            ``ivf_recall`` starts).
+        ivf_nprobe (int): IVF cells scanned per query (where ``faiss_ivf``'s
+            tuning to ``ivf_recall`` starts; ``faiss_ivf_hnsw``'s starts at
+            one cell).
         ivf_recall (float, optional): the IVF backends' and ``faiss_hnsw``'s
             recall target of exact neighbours
             (:func:`~dag_pyg.graph.knn_search`); :obj:`None`: ``ivf_nprobe``

@@ -436,9 +436,12 @@ def _candidates_faiss_ivf(q: Tensor, b: Tensor, kk: int, k: int,
         # A self-search samples the whole bank (also when ``q`` is a shard of
         # it): every shard tunes to the same nprobe.
         tune = b if self_search else q
+        # Cells of a fixed ~1,024 nodes: one or two may hold every neighbour,
+        # and a start at faiss_ivf's 16 would scan 16,000 nodes a query.
+        start = 1 if quantizer_kind == "hnsw" else nprobe
         nprobe, measured, lower = _tune_nprobe(
             index, tune.detach().cpu(), b.detach().cpu(), k, self_search, nlist,
-            nprobe, recall)
+            start, recall)
         log.info("faiss_ivf%s: nprobe %d of %d cells recalls %.4f (less %g "
                  "standard errors: %.4f) of the exact neighbours of %d sampled "
                  "queries (target %.2f)",
@@ -702,8 +705,9 @@ def knn_search(query: Tensor, base: Tensor | None = None, k: int = 64, *,
         ivf_nlist (int, optional): ``faiss_ivf`` and ``faiss_ivf_hnsw``
             cells (default :func:`default_nlist`).
         ivf_nprobe (int): IVF cells scanned per query: more is
-            slower and closer to exact; with ``ivf_recall`` where the tuning
-            starts. (default: :obj:`16`)
+            slower and closer to exact; with ``ivf_recall`` where
+            ``faiss_ivf``'s tuning starts (``faiss_ivf_hnsw``'s starts at one
+            cell: its cells are large). (default: :obj:`16`)
         ivf_recall (float, optional): the IVF backends tune ``nprobe`` and
             ``faiss_hnsw`` tunes ``efSearch`` (see the module docstring) until
             a sample of queries recalls this share of its exact neighbours
