@@ -463,3 +463,18 @@ def test_a_renamed_rows_run_folder_moves_and_still_evaluates(tmp_path, capsys):
     assert not (tmp_path / "runs" / "tiny" / "pseudo_label").exists()
     from dag_pyg.train import evaluate_run
     assert evaluate_run(run_dir)["test_error"] == before["summary"]["test_error_last"]
+
+
+def test_recipe_of_reads_the_grids_own_runs():
+    make_results = load("make_results")
+
+    def record(row, minutes):
+        cfg = {"model": {"backbone": "cnn", "width": 0.5},
+               "optim": {"pretrain_epochs": 2, "epochs": 16}}
+        return {"row": row, "wall_time_s": 60.0 * minutes,
+                "summary": {"config": cfg}}
+
+    runs = [record("dag", 30), record("dag", 40), record("baseline", 20)]
+    assert make_results.recipe_of(runs) == (
+        "a `cnn` backbone at width 0.5 and 2 + 16 epochs, minutes of one CPU "
+        "core per run beside other jobs: baseline 20, dag 35")

@@ -65,14 +65,28 @@ PUBLISHED = {"mnist_100": [
      "0.93 ± 0.07", "Table 1, PI: 93 ± 6.5 of 10,000 test images"),
 ]}
 # What separates our runs in that setting from the published ones.
+# What differs from the published models; {recipe} is the grid's own
+# (:func:`recipe_of`: backbone, width, epochs, minutes per run).
 PUBLISHED_GAP = {"mnist_100": (
-    "Ours: a `cnn` backbone at width 0.25 and 2 + 16 epochs, 17-20 "
-    "minutes of one CPU core beside one other job (DAG 19.5, the baseline "
-    "17.1; 30-45 with three or four jobs on two cores; "
-    "configs/mnist_100.yaml); the published "
+    "Ours: {recipe} (configs/mnist_100.yaml); the published "
     "models are larger networks trained for many more epochs, with an "
     "unsupervised cost of their own (the Ladder network's reconstruction "
     "at every layer, Improved GAN's generator)")}
+
+
+def recipe_of(records: list[dict]) -> str:
+    """The backbone, width and epochs of a grid's runs (the first run's),
+    and the mean wall minutes of a run per row."""
+    cfg = records[0]["summary"]["config"]
+    m, o = cfg["model"], cfg["optim"]
+    by_row: dict[str, list[float]] = {}
+    for r in records:
+        by_row.setdefault(r["row"], []).append(r["wall_time_s"] / 60)
+    minutes = ", ".join(f"{row} {sum(v) / len(v):.0f}"
+                        for row, v in sorted(by_row.items()))
+    return (f"a `{m['backbone']}` backbone at width {m['width']:g} and "
+            f"{o['pretrain_epochs']} + {o['epochs']} epochs, minutes of one CPU "
+            f"core per run beside other jobs: {minutes}")
 
 # Preset grids (``kind: preset``, by their ``preset:``): how the headline
 # names each preset and says what it is.
@@ -257,6 +271,7 @@ class Headline:
     table: Table
     claims: list[Claim] | None  # the paper's ordering, on ablation grids
     published: str | None       # the setting whose published errors it quotes
+    recipe: str = ""            # recipe_of its runs
 
 
 @dataclass
@@ -538,7 +553,8 @@ def collect_headline(grid: Grid) -> Headline | None:
         records=len(runs_all), refs=refs, table=table,
         claims=claims(rows, err) if ablation else None,
         published=(grid.config if grid.config in PUBLISHED
-                   and grid.kind != "validation" else None))
+                   and grid.kind != "validation" else None),
+        recipe=recipe_of(runs_all) if runs_all else "")
 
 
 def _grid_link(name: str) -> str:
@@ -945,7 +961,8 @@ def render_headline(h: Headline, details: str | None = None) -> list[str]:
     if h.published:
         quoted = "; ".join(f"{m} {e} % ({w})" for m, e, w in PUBLISHED[h.published])
         lines += ["", f"Published in this setting (quoted from the papers, not "
-                  f"re-run): {quoted}. {PUBLISHED_GAP[h.published]}."]
+                  f"re-run): {quoted}. "
+                  f"{PUBLISHED_GAP[h.published].format(recipe=h.recipe)}."]
     return lines + [""]
 
 
