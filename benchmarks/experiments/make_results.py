@@ -64,8 +64,8 @@ PUBLISHED = {"mnist_100": [
     ("Improved GAN, feature matching (Salimans et al., NeurIPS 2016)",
      "0.93 ± 0.07", "Table 1, PI: 93 ± 6.5 of 10,000 test images"),
 ]}
-# What separates our runs in that setting from the published ones.
-# What differs from the published models; {recipe} is the grid's own
+# What separates our runs in that setting from the published ones; {recipe}
+# is the grid's own
 # (:func:`recipe_of`: backbone, width, epochs, minutes per run).
 PUBLISHED_GAP = {"mnist_100": (
     "Ours: {recipe} (configs/mnist_100.yaml); the published "
@@ -544,6 +544,8 @@ def collect_headline(grid: Grid) -> Headline | None:
         if ablation:
             cells[PAPER_HEAD] = _paper_error(row)
         table.rows.append(cells)
+    published = (grid.config if grid.config in PUBLISHED
+                 and grid.kind != "validation" else None)
     return Headline(
         grid=grid.name, full=err is _full,
         full_sizes=(sorted({r["full_test"]["num_test"] for r in runs_all})
@@ -552,9 +554,8 @@ def collect_headline(grid: Grid) -> Headline | None:
         with_full=sum(_full(r) is not None for r in runs_all),
         records=len(runs_all), refs=refs, table=table,
         claims=claims(rows, err) if ablation else None,
-        published=(grid.config if grid.config in PUBLISHED
-                   and grid.kind != "validation" else None),
-        recipe=recipe_of(runs_all) if runs_all else "")
+        published=published,
+        recipe=recipe_of(runs_all) if published and runs_all else "")
 
 
 def _grid_link(name: str) -> str:
