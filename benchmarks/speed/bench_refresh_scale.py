@@ -94,12 +94,7 @@ from dag_pyg.graph import (
     neighbour_table,
     normalize_rows,
 )
-from dag_pyg.graph.knn import (
-    HNSW_EF_CONSTRUCTION,
-    HNSW_EF_SEARCH,
-    HNSW_M,
-    IVF_HNSW_TRAIN_PER_CELL,
-)
+from dag_pyg.graph.knn import ivf_index
 from dag_pyg.nn import DNAHead
 from dag_pyg.propagation import pseudo_labels
 from dag_pyg.train.refresh import build_graph, label_bank_logits
@@ -223,16 +218,9 @@ def peer_search(graph: str, base: np.ndarray, queries: np.ndarray, k: int,
         if graph == "exact":
             index = faiss.IndexFlatIP(d)
         elif graph in ("faiss_ivf", "faiss_ivf_hnsw"):
-            if graph == "faiss_ivf":
-                quantizer = faiss.IndexFlatIP(d)
-            else:  # faiss' IVF-HNSW with our index's settings
-                quantizer = faiss.IndexHNSWFlat(d, HNSW_M, faiss.METRIC_INNER_PRODUCT)
-                quantizer.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
-                quantizer.hnsw.efSearch = HNSW_EF_SEARCH
-            index = faiss.IndexIVFFlat(quantizer, d, params["ivf_nlist"],
-                                       faiss.METRIC_INNER_PRODUCT)
-            if graph == "faiss_ivf_hnsw":
-                index.cp.max_points_per_centroid = IVF_HNSW_TRAIN_PER_CELL
+            # The same faiss index as our graph's, searched by faiss alone.
+            index = ivf_index(d, params["ivf_nlist"],
+                              "hnsw" if graph == "faiss_ivf_hnsw" else "flat")
             index.train(base)
             index.nprobe = params["ivf_nprobe"]
         else:

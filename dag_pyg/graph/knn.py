@@ -405,6 +405,26 @@ def search_local(index, q: Tensor, kk: int, order: Tensor | None = None
     return torch.from_numpy(sim), torch.from_numpy(idx)
 
 
+def ivf_index(d: int, nlist: int, quantizer: str = "flat"):
+    """faiss' untrained inner-product ``IndexIVFFlat`` of ``nlist`` cells over
+    a flat coarse quantizer, or (``"hnsw"``) an ``IndexHNSWFlat`` one with
+    this module's HNSW settings, its centres trained on
+    :data:`IVF_HNSW_TRAIN_PER_CELL` points each (faiss runs the k-means'
+    assignments through that graph and keeps the centres in it)."""
+    import faiss
+
+    if quantizer == "hnsw":
+        coarse = faiss.IndexHNSWFlat(d, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+        coarse.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+        coarse.hnsw.efSearch = HNSW_EF_SEARCH
+    else:
+        coarse = faiss.IndexFlatIP(d)
+    index = faiss.IndexIVFFlat(coarse, d, nlist, faiss.METRIC_INNER_PRODUCT)
+    if quantizer == "hnsw":
+        index.cp.max_points_per_centroid = IVF_HNSW_TRAIN_PER_CELL
+    return index
+
+
 def _candidates_faiss_ivf(q: Tensor, b: Tensor, kk: int, k: int,
                           nlist: int | None, nprobe: int, recall: float | None,
                           self_search: bool, stats: dict | None,
@@ -415,18 +435,10 @@ def _candidates_faiss_ivf(q: Tensor, b: Tensor, kk: int, k: int,
     base = np.ascontiguousarray(b.detach().cpu().numpy())
     d = base.shape[1]
     nlist = nlist or default_nlist(base.shape[0], quantizer_kind)
-    if quantizer_kind == "hnsw":
-        # faiss trains the k-means with this index as its assignment step
-        # and keeps the centres in it; faiss-gpu has no HNSW: on the CPU.
-        quantizer = faiss.IndexHNSWFlat(d, HNSW_M, faiss.METRIC_INNER_PRODUCT)
-        quantizer.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
-        quantizer.hnsw.efSearch = HNSW_EF_SEARCH
-    else:
-        quantizer = faiss.IndexFlatIP(d)
-    index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
-    if quantizer_kind == "hnsw":
-        index.cp.max_points_per_centroid = IVF_HNSW_TRAIN_PER_CELL
-    elif q.is_cuda and hasattr(faiss, "StandardGpuResources"):
+    index = ivf_index(d, nlist, quantizer_kind)
+    # faiss-gpu has no HNSW: an HNSW quantizer keeps the index on the CPU.
+    if quantizer_kind == "flat" and q.is_cuda and hasattr(faiss,
+                                                          "StandardGpuResources"):
         res = faiss.StandardGpuResources()
         index = faiss.index_cpu_to_gpu(res, q.device.index or 0, index)
     index.train(base)  # k-means with faiss' fixed seed: deterministic
