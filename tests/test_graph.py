@@ -232,6 +232,45 @@ def test_ivf_rows_with_too_few_candidates_are_solved_exactly():
 
 
 @needs_faiss
+@pytest.mark.parametrize("backend,kw", [
+    ("faiss_ivf", {"ivf_nlist": 2, "ivf_nprobe": 2}),
+    ("faiss_ivf_hnsw", {"ivf_nlist": 2, "ivf_nprobe": 2}),
+    ("faiss_hnsw", {}),
+])
+def test_approximate_rows_tied_past_the_list_widen_by_the_index(backend, kw,
+                                                                 monkeypatch):
+    # Forty copies of five points, k=15: every row's k-th place ties with
+    # 24 more points, past the list of k + 2. The index itself (every cell
+    # scanned, or a 200-node HNSW) re-searches with lists of 34, 68: no row
+    # is scanned against the whole base, and the answer is the tie rule's.
+    from dag_pyg.graph import knn as knn_module
+
+    x = torch.tensor([[1., 0.], [0., 1.], [3., 4.], [-1., 2.], [2., -1.]]
+                     ).repeat(40, 1)
+    exact_rows = []
+    refine = knn_module._refine_rows
+    monkeypatch.setattr(knn_module, "_refine_rows", lambda q, b, rows, *a, **k:
+                        exact_rows.append(rows.numel()) or refine(q, b, rows, *a, **k))
+    widths = []
+    widen = knn_module._widen_rows
+    monkeypatch.setattr(knn_module, "_widen_rows", lambda *a, **k:
+                        widths.append(a[5].numel()) or widen(*a, **k))
+    g = build_density_graph(x, 15, backend=backend, ivf_recall=None, **kw)
+    assert widths == [200] and exact_rows == []
+    ei, _, _, _ = brute_force_graph(x, 15)
+    assert torch.equal(g.edge_index, ei)
+    # A shard's rows widen alike: the whole search's lists.
+    part, _ = knn_search(x, None, 15, backend=backend, ivf_recall=None,
+                         rows=(37, 121), **kw)
+    assert torch.equal(part, ei[0].view(200, 15)[37:121])
+    # Widening stops at WIDEN_MAX: the rows still tied are solved exactly.
+    monkeypatch.setattr(knn_module, "WIDEN_MAX", 34)
+    exact_rows.clear()
+    g = build_density_graph(x, 15, backend=backend, ivf_recall=None, **kw)
+    assert exact_rows == [200] and torch.equal(g.edge_index, ei)
+
+
+@needs_faiss
 def test_ivf_hnsw_cells_keep_their_size_and_nprobe_is_tuned(monkeypatch, caplog):
     import dag_pyg.graph.knn as knn_module
 

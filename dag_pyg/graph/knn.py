@@ -4,7 +4,9 @@ Every exact backend returns the same answer on tie-free data: candidates found
 by the engine are re-scored with one formula (a row-wise dot product of
 L2-normalised features) and ordered by descending similarity, ties by the
 smaller index. Rows whose k-th and (k+1)-th candidates tie are re-solved by a
-full stable sort, so the tie rule holds on every backend.
+full stable sort, so the tie rule holds on every backend. The approximate
+backends re-solve such rows by their own index, with longer lists: the rule
+then holds among the points the index reaches.
 
 ``faiss_ivf`` is approximate (an inverted-file index: each query scans the
 ``nprobe`` nearest of ``nlist`` k-means cells), for Feature Banks too large
@@ -60,6 +62,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -76,6 +79,12 @@ RESCORE_ROWS = 2048
 # found) are scored against the whole base, this many scores at a time
 # (512 MB): 3,584 such rows of a 2M-node HNSW graph asked for 28.7 GB at once.
 REFINE_SCORES = 1 << 27
+# The approximate backends solve such rows with their own index instead, its
+# list doubled (up to this many candidates) until the tie clears: a scan of
+# the whole base per row made it grow as N^2 (rows tied at the k-th place
+# grow with the bank's density: 9 s of faiss_ivf_hnsw's 1M-node graph, 75 s
+# of its 2M one). Rows still tied, or short of k, are solved exactly.
+WIDEN_MAX = 1024
 # faiss_ivf's default: the recall of exact neighbours its nprobe is tuned to,
 # measured on this many queries (evenly spaced rows: deterministic).
 IVF_RECALL = 0.99
@@ -125,6 +134,8 @@ LOCAL_ORDER_BLOCK = 65536
 # and the recall at a given efSearch within 0.002 of random-order insertion.
 
 log = logging.getLogger(__name__)
+# An approximate index's search of more candidates for given queries (ids).
+Widen = Callable[[Tensor, int], Tensor]
 
 
 def has_faiss() -> bool:
@@ -405,6 +416,22 @@ def search_local(index, q: Tensor, kk: int, order: Tensor | None = None
     return torch.from_numpy(sim), torch.from_numpy(idx)
 
 
+def search_rows(index, q: Tensor, kk: int) -> Tensor:
+    """The ``kk`` candidates ``index.search`` finds for each row of ``q`` (on
+    the CPU), a few rows per call: below faiss'
+    ``distance_compute_blas_threshold`` a flat (coarse) search scores each
+    query alone, so a row's answer does not depend on the rows searched
+    with it (nor on which process searches it)."""
+    import faiss
+    import numpy as np
+
+    step = max(1, int(faiss.cvar.distance_compute_blas_threshold) - 1)
+    x = np.ascontiguousarray(q.numpy())
+    return torch.from_numpy(np.concatenate(
+        [index.search(x[i:i + step], kk)[1] for i in range(0, x.shape[0], step)]
+        or [np.empty((0, kk), dtype=np.int64)]))
+
+
 def ivf_index(d: int, nlist: int, quantizer: str = "flat"):
     """faiss' untrained inner-product ``IndexIVFFlat`` of ``nlist`` cells over
     a flat coarse quantizer, or (``"hnsw"``) an ``IndexHNSWFlat`` one with
@@ -428,7 +455,8 @@ def ivf_index(d: int, nlist: int, quantizer: str = "flat"):
 def _candidates_faiss_ivf(q: Tensor, b: Tensor, kk: int, k: int,
                           nlist: int | None, nprobe: int, recall: float | None,
                           self_search: bool, stats: dict | None,
-                          quantizer_kind: str = "flat") -> tuple[Tensor, Tensor]:
+                          quantizer_kind: str = "flat"
+                          ) -> tuple[Tensor, Tensor, Widen | None]:
     import faiss
     import numpy as np
 
@@ -462,19 +490,24 @@ def _candidates_faiss_ivf(q: Tensor, b: Tensor, kk: int, k: int,
     if stats is not None:
         stats.update(ivf_nlist=nlist, ivf_nprobe=nprobe, ivf_recall=measured)
     index.nprobe = nprobe
+    widen = None
     if q.is_cuda and quantizer_kind == "flat":
         sim, idx = (torch.from_numpy(a) for a in index.search(
             np.ascontiguousarray(q.detach().cpu().numpy()), kk))
     else:
         sim, idx = search_local(index, q.detach(), kk)
+
+        def widen(rows_q: Tensor, width: int) -> Tensor:
+            return search_rows(index, rows_q.detach().cpu(), width).to(q.device)
     idx, sim = idx.to(q.device), sim.to(q.device)
-    return idx, sim.masked_fill(idx < 0, -math.inf)  # -1: cells ran out
+    return idx, sim.masked_fill(idx < 0, -math.inf), widen  # -1: cells ran out
 
 
 def _candidates_faiss_hnsw(q: Tensor, b: Tensor, kk: int, k: int, m: int,
                            ef_construction: int, ef_search: int,
                            recall: float | None, self_search: bool,
-                           stats: dict | None) -> tuple[Tensor, Tensor]:
+                           stats: dict | None
+                           ) -> tuple[Tensor, Tensor, Widen]:
     import faiss
     import numpy as np
 
@@ -529,8 +562,12 @@ def _candidates_faiss_hnsw(q: Tensor, b: Tensor, kk: int, k: int, m: int,
     # A whole self-search's queries are the nodes: grouped as they were added.
     sim, idx = search_local(index, qc, kk, order if q is b else None)
     idx = torch.from_numpy(search_ids(idx.numpy()))
+
+    def widen(rows_q: Tensor, width: int) -> Tensor:
+        found = search_rows(index, rows_q.detach().cpu(), width).numpy()
+        return torch.from_numpy(search_ids(found)).to(q.device)
     idx, sim = idx.to(q.device), sim.to(q.device)
-    return idx, sim.masked_fill(idx < 0, -math.inf)  # -1: too few reached
+    return idx, sim.masked_fill(idx < 0, -math.inf), widen  # -1: too few reached
 
 
 def _candidates_torch_cluster(q: Tensor, b: Tensor,
@@ -663,6 +700,31 @@ def query_blocks(backend: str, n: int, d: int, start: int, end: int,
     return lo, hi
 
 
+def _widen_rows(widen: Widen, q: Tensor, b: Tensor, cand: Tensor, sim: Tensor,
+                rows: Tensor, k: int, width: int, exclude_self: bool, tol: float,
+                own: Tensor | None = None) -> Tensor:
+    """Re-solves ``rows`` whose k-th place ties to the end of their list of
+    ``width`` with the index's own search (``widen(queries, width)``: ids),
+    the list doubled until the tie clears or it holds :data:`WIDEN_MAX`;
+    writes the settled rows into ``cand``/``sim`` and returns those left
+    (still tied, or short of ``k``) for an exact solve."""
+    short = (cand[rows, :k] < 0).any(dim=1)
+    left, rows = rows[short], rows[~short]
+    n_avail = b.size(0) - int(exclude_self)
+    while rows.numel() and width < min(WIDEN_MAX, n_avail):
+        width = min(2 * width, WIDEN_MAX, n_avail)
+        idx = widen(q[rows], width + int(exclude_self))
+        if exclude_self:
+            idx, _ = _drop_self(idx, idx, width,
+                                own=rows if own is None else own[rows])
+        c, s = _sort_rows(idx, _rescore(q[rows], b, idx))
+        cleared = (s[:, k - 1] - s[:, -1] > 2 * tol) | (width == n_avail)
+        done = cleared & (c[:, :k] >= 0).all(dim=1)
+        cand[rows[done]], sim[rows[done]] = c[done, :k], s[done, :k]
+        rows = rows[~done]
+    return torch.cat([left, rows])
+
+
 def _refine_rows(q: Tensor, b: Tensor, rows: Tensor, k: int, exclude_self: bool,
                  tol: float, own: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Exact answer for rows whose k-th place is (nearly) tied: widen the
@@ -787,6 +849,7 @@ def knn_search(query: Tensor, base: Tensor | None = None, k: int = 64, *,
     # A few candidates past k show whether a (near) tie at the k-th place is
     # settled inside the list; one more covers the self match.
     kk = min(k + EXTRA, n_avail)
+    widen = None  # an approximate index's search, for rows tied past the list
     q32, b32 = query.float(), base.float()
     if name == "exact":
         cand, sim = _candidates_exact(q32, b32, kk, self_search, chunk_size,
@@ -796,7 +859,7 @@ def knn_search(query: Tensor, base: Tensor | None = None, k: int = 64, *,
             if ivf_nprobe < 1 or (ivf_nlist is not None and ivf_nlist < 1):
                 raise ValueError(f"{name} needs ivf_nlist >= 1 and ivf_nprobe "
                                  f">= 1 (got {ivf_nlist}, {ivf_nprobe}).")
-            cand, sim = _candidates_faiss_ivf(
+            cand, sim, widen = _candidates_faiss_ivf(
                 q32, b32, kk + int(self_search), k, ivf_nlist, ivf_nprobe,
                 ivf_recall, self_search, stats,
                 "hnsw" if name == "faiss_ivf_hnsw" else "flat")
@@ -806,10 +869,9 @@ def knn_search(query: Tensor, base: Tensor | None = None, k: int = 64, *,
                                  f"hnsw_ef_construction >= 1 and hnsw_ef_search "
                                  f">= 1 (got {hnsw_m}, {hnsw_ef_construction}, "
                                  f"{hnsw_ef_search}).")
-            cand, sim = _candidates_faiss_hnsw(q32, b32, kk + int(self_search), k,
-                                               hnsw_m, hnsw_ef_construction,
-                                               hnsw_ef_search, ivf_recall,
-                                               self_search, stats)
+            cand, sim, widen = _candidates_faiss_hnsw(
+                q32, b32, kk + int(self_search), k, hnsw_m, hnsw_ef_construction,
+                hnsw_ef_search, ivf_recall, self_search, stats)
         else:
             engine = (_candidates_faiss if name == "faiss"
                       else _candidates_torch_cluster)
@@ -841,6 +903,9 @@ def knn_search(query: Tensor, base: Tensor | None = None, k: int = 64, *,
     cand, sim = cand[:, :k].contiguous(), sim[:, :k].contiguous()
     if bool(unsettled.any()):
         redo = unsettled.nonzero().view(-1)
+        if widen is not None:
+            redo = _widen_rows(widen, query, base, cand, sim, redo, k, kk,
+                               self_search, tol, own=own)
         step = max(1, REFINE_SCORES // base.size(0))
         for i in range(0, redo.numel(), step):
             rows = redo[i:i + step]
