@@ -1,6 +1,7 @@
 """DPLP (issue 3): the tensor implementation against the sequential reference."""
 from __future__ import annotations
 
+import io
 import math
 import os
 import sys
@@ -302,6 +303,57 @@ def test_fast_and_generic_layouts_agree():
                                    density_ascending_parents(shuffled, sigma))
             assert torch.equal(parent_step_distances(graph),
                                parent_step_distances(shuffled))
+
+
+def test_a_built_graph_skips_the_layout_checks_until_it_changes(monkeypatch):
+    # build_density_graph records its layout on its tensors: DPLP's parents
+    # then skip the three checks over the N*k edges, with the same answer;
+    # an in-place edit, a copy or a new tensor is checked again.
+    import importlib
+
+    from dag_pyg.graph.layout import copy_record, knn_rows
+
+    dplp_module = importlib.import_module("dag_pyg.propagation.dplp")
+    x = torch.randn(300, 8, generator=torch.Generator().manual_seed(3))
+    graph = build_density_graph(x, 7, backend="exact")
+    checked = []
+    dense_rows = dplp_module._dense_rows
+    monkeypatch.setattr(dplp_module, "_dense_rows", lambda *a: checked.append(1)
+                        or dense_rows(*a))
+    plain = Data(edge_index=graph.edge_index.clone(), sim=graph.sim.clone(),
+                 density=graph.density, num_nodes=300)
+    assert knn_rows(graph.edge_index, graph.sim, 300) == 7
+    assert knn_rows(plain.edge_index, plain.sim, 300) is None
+    assert knn_rows(graph.edge_index, graph.sim, 299) is None
+    fast = density_ascending_parents(graph, 0.5)
+    assert checked == []
+    assert torch.equal(fast, density_ascending_parents(plain, 0.5))
+    assert checked == [1]
+    assert fast.tolist() == reference_parents(graph.edge_index, graph.sim,
+                                              graph.density, 300, 0.5)
+    # The record is not part of the graph: it saves and loads as any graph.
+    buffer = io.BytesIO()
+    torch.save(graph, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    assert knn_rows(loaded.edge_index, loaded.sim, 300) is None
+    assert torch.equal(density_ascending_parents(loaded, 0.5), fast)
+    # A copy of the graph carries the record only where copy_record says so.
+    copy = graph.clone()
+    assert knn_rows(copy.edge_index, copy.sim, 300) is None
+    copy_record(graph, copy)
+    assert knn_rows(copy.edge_index, copy.sim, 300) == 7
+    # A new sim, or an edit of either tensor in place (through a view too),
+    # voids the record: the edit below is then caught by the range check.
+    copy.sim = copy.sim.clone()
+    assert knn_rows(copy.edge_index, copy.sim, 300) is None
+    graph.sim.mul_(1.0)
+    assert knn_rows(graph.edge_index, graph.sim, 300) is None
+    graph = build_density_graph(x, 7, backend="exact")
+    graph.edge_index[0][5] = 300
+    assert knn_rows(graph.edge_index, graph.sim, 300) is None
+    with pytest.raises(ValueError, match="outside"):
+        density_ascending_parents(graph)
 
 
 def test_one_unsorted_row_past_the_first_block_of_rows_is_seen():

@@ -16,6 +16,7 @@ from dag_pyg.graph.knn import (
     normalize_rows,
     resolve_backend,
 )
+from dag_pyg.graph.layout import mark_knn_rows
 
 
 def build_density_graph(x: Tensor, k: int = 64, *, backend: str = "auto",
@@ -104,7 +105,10 @@ def build_density_graph(x: Tensor, k: int = 64, *, backend: str = "auto",
     centre = torch.arange(start, end, device=xn.device).repeat_interleave(k)
     edge_index = torch.stack([nbr.reshape(-1), centre], dim=0)
     part = {} if rows is None else {"rows": (start, end)}
-    return Data(edge_index=edge_index, sim=sim.reshape(-1),
+    sim_flat = sim.reshape(-1)
+    if rows is None:  # a shard's rows are not a whole graph's layout
+        mark_knn_rows(edge_index, sim_flat, k, n)
+    return Data(edge_index=edge_index, sim=sim_flat,
                 density=compute_density(sim, density, density_threshold),
                 num_nodes=n, k=k, backend=engine, density_kind=density,
                 **part, **stats)

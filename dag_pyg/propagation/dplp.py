@@ -20,6 +20,8 @@ from torch import Tensor
 from torch_geometric.data import Data
 from torch_geometric.utils import scatter
 
+from dag_pyg.graph.layout import knn_rows
+
 MODES = ("L", "LU")
 
 # Phase codes of :class:`DPLPResult`.
@@ -208,6 +210,9 @@ def _nearest_denser(graph: Data) -> tuple[Tensor, Tensor]:
     its cosine similarity (``-inf`` if none)."""
     edge_index, sim, density, n = _check_graph(graph)
     nbr, centre = edge_index[0], edge_index[1]
+    k = knn_rows(edge_index, sim, n)
+    if k is not None:  # build_density_graph's own, unchanged: no checks
+        return _first_denser_sorted(nbr.view(n, k), sim.view(n, k), density)
     k = _dense_rows(edge_index, n)
     if k is not None:  # row 1 is arange(n).repeat_interleave(k), valid
         _check_range(nbr, n)
@@ -328,7 +333,9 @@ def density_ascending_parents(graph: Data, sigma: float = float("inf")) -> Tenso
             neighbour :math:`v`, row 1 centre :math:`u`), ``sim`` (cosine
             similarity per edge) and ``density``. Any number of edges per
             centre is accepted; the ``[N, k]`` layout of
-            :func:`~dag_pyg.graph.build_density_graph` takes a faster path.
+            :func:`~dag_pyg.graph.build_density_graph` takes a faster path
+            (and its own graphs, unchanged, skip the checks of that layout:
+            :mod:`dag_pyg.graph.layout`).
         sigma (float): Largest allowed parent distance. (default: ``inf``)
 
     Returns:

@@ -11,6 +11,7 @@ PyG's own :class:`~torch_geometric.loader.NeighborLoader` on the equivalent
 """
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import torch
@@ -278,7 +279,7 @@ def knn_subgraph(graph: Data, k_sub: int) -> Data:
     k = graph_degree(graph)
     check_hop_args(k_sub, 0, k)
     n = int(graph.num_nodes)
-    out = graph.clone()
+    out = copy.copy(graph)  # the attributes replaced below are not copied
     out.edge_index = graph.edge_index.view(2, n, k)[:, :, :k_sub].reshape(2, -1)
     for key, value in graph.items():
         if key != "edge_index" and isinstance(value, Tensor) and \

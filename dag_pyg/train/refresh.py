@@ -16,6 +16,7 @@ from torch_geometric.data import Data
 from dag_pyg.config import Config, replays
 from dag_pyg.distributed import DistContext, broadcast_data
 from dag_pyg.graph import bank_drift, build_density_graph
+from dag_pyg.graph.layout import copy_record
 from dag_pyg.nn import DNAHead
 from dag_pyg.propagation import (
     PseudoLabels,
@@ -107,12 +108,14 @@ def build_graph(feats: Tensor, cfg: Config, device: torch.device) -> Data:
     kNN search is the costly part) and kept on the CPU, where the sampler
     and DPLP read it."""
     g = cfg.graph
-    return build_density_graph(feats.to(device), g.k, backend=g.backend,
-                               density=g.density,
-                               density_threshold=g.density_threshold,
-                               ivf_nlist=g.ivf_nlist,
-                               ivf_nprobe=g.ivf_nprobe,
-                               ivf_recall=g.ivf_recall).cpu()
+    graph = build_density_graph(feats.to(device), g.k, backend=g.backend,
+                                density=g.density,
+                                density_threshold=g.density_threshold,
+                                ivf_nlist=g.ivf_nlist, ivf_nprobe=g.ivf_nprobe,
+                                ivf_recall=g.ivf_recall)
+    out = graph.cpu()
+    copy_record(graph, out)  # DPLP then skips its layout checks
+    return out
 
 
 @torch.no_grad()
