@@ -402,14 +402,19 @@ def test_auto_backend_turns_to_ivf_for_large_banks(monkeypatch, caplog):
 
     cpu = torch.device("cpu")
     assert resolve_backend("auto", cpu, 10_000) == "faiss"
-    assert resolve_backend("auto", cpu, knn_module.IVF_AUTO_NODES + 1) == "faiss_ivf"
+    assert resolve_backend("auto", cpu, knn_module.IVF_AUTO_NODES) == "faiss"
+    assert resolve_backend("auto", cpu, knn_module.IVF_AUTO_NODES + 1) == \
+        "faiss_ivf_hnsw"
     assert resolve_backend("exact", cpu, 10**9) == "exact"  # explicit wins
+    assert resolve_backend("faiss_ivf", cpu, 10**9) == "faiss_ivf"
     monkeypatch.setattr(knn_module, "IVF_AUTO_NODES", 500)
+    monkeypatch.setattr(knn_module, "IVF_HNSW_CELL", 100)
     x = torch.randn(800, 8, generator=torch.Generator().manual_seed(0))
     with caplog.at_level("INFO", logger="dag_pyg.graph.knn"):
         g = build_density_graph(x, 5)
-    assert g.backend == "faiss_ivf" and g.ivf_recall >= 0.99
-    assert "faiss_ivf for 800 nodes" in caplog.text
+    assert g.backend == "faiss_ivf_hnsw" and g.ivf_nlist == 8
+    assert g.ivf_recall >= 0.99
+    assert "faiss_ivf_hnsw for 800 nodes" in caplog.text
 
 
 def test_neighbour_recall_by_hand():

@@ -37,7 +37,7 @@ all of them: the cells then keep a fixed size as N grows
 (:data:`IVF_HNSW_CELL` nodes), a query scans ``nprobe`` of them, and the
 search grows as about N where the flat quantizer's grows as N^1.5.
 ``nprobe`` is tuned as ``faiss_ivf``'s. faiss-gpu has no HNSW: it runs on
-the CPU.
+the CPU, where ``auto`` picks it above :data:`IVF_AUTO_NODES` nodes.
 
 ``faiss_hnsw`` is approximate too: faiss' flat HNSW graph
 (``IndexHNSWFlat``: no k-means, no cells). Its ``efSearch`` is tuned as
@@ -94,8 +94,11 @@ IVF_SAMPLE = 1000
 # (one-sided, normal approximation) rather than 50 %.
 RECALL_Z = 2.0
 # backend "auto" on the CPU: above this many nodes exact search (N^2 d) takes
-# minutes per graph (about 100 s at 200k, 128-d, 2 threads) and faiss_ivf
-# with a tuned nprobe is used.
+# minutes per graph (about 100 s at 200k, 128-d, 2 threads) and
+# faiss_ivf_hnsw with a tuned nprobe is used. It overtook faiss_ivf (flat
+# quantizer, ~4 sqrt(N) cells) by 1M nodes: 118.5 against 289.9 CPU s at
+# recall 0.998 and 1.000 (bench_refresh_scale_imagenet_pc, same bank and
+# run, one thread), and its search grows as about N, the flat one's as N^1.5.
 IVF_AUTO_NODES = 200_000
 # faiss_ivf_hnsw: IVF cells found by an HNSW graph over the centres, not a
 # scan of all of them, so the cells can keep a fixed size as N grows (about
@@ -164,8 +167,8 @@ def resolve_backend(backend: str, device: torch.device,
     ``auto`` follows ``benchmarks/speed/bench_knn.py``: on the CPU faiss' flat
     inner-product index is the fastest exact engine (the blocked matmul comes
     next, ``torch_cluster`` is an order of magnitude slower), and above
-    :data:`IVF_AUTO_NODES` nodes (``num_nodes``) faiss_ivf with its recall
-    tuned to :data:`IVF_RECALL` (logged); on CUDA the blocked cuBLAS matmul
+    :data:`IVF_AUTO_NODES` nodes (``num_nodes``) faiss_ivf_hnsw with its
+    recall tuned to :data:`IVF_RECALL` (logged); on CUDA the blocked cuBLAS matmul
     avoids a host round trip and is used unless faiss-gpu is installed.
     """
     if backend not in BACKENDS:
@@ -186,11 +189,11 @@ def resolve_backend(backend: str, device: torch.device,
         if not has_faiss():
             return "exact"
         if num_nodes is not None and num_nodes > IVF_AUTO_NODES:
-            log.info("graph backend auto: faiss_ivf for %d nodes (exact search "
-                     "grows as N^2; above %d nodes its nprobe is tuned to recall "
-                     "%.2f of the exact neighbours)", num_nodes, IVF_AUTO_NODES,
-                     IVF_RECALL)
-            return "faiss_ivf"
+            log.info("graph backend auto: faiss_ivf_hnsw for %d nodes (exact "
+                     "search grows as N^2; above %d nodes its nprobe is tuned to "
+                     "recall %.2f of the exact neighbours)", num_nodes,
+                     IVF_AUTO_NODES, IVF_RECALL)
+            return "faiss_ivf_hnsw"
         return "faiss"
     if has_faiss():
         import faiss
