@@ -271,6 +271,39 @@ def test_approximate_rows_tied_past_the_list_widen_by_the_index(backend, kw,
 
 
 @needs_faiss
+def test_ivf_hnsw_centres_are_exact_k_means_and_the_index_ignores_threads():
+    import faiss
+    import numpy as np
+
+    from benchmarks.common import clustered_features
+    from dag_pyg.graph.knn import ivf_index, train_ivf
+
+    x, _ = clustered_features(13000, 16, num_classes=40, seed=3)
+    x = torch.nn.functional.normalize(x, dim=1).numpy()
+    # The HNSW quantizer holds the centres of faiss' k-means by exact
+    # assignment: those of a flat quantizer trained alike (assigned through
+    # the HNSW graph, as faiss does by default, 200 centres come out
+    # otherwise).
+    flat = ivf_index(16, 200, "flat")
+    flat.cp.max_points_per_centroid = 64
+    train_ivf(flat, x)
+    before = faiss.omp_get_max_threads()
+    found = []
+    for threads in (1, 2):
+        faiss.omp_set_num_threads(threads)
+        index = ivf_index(16, 200, "hnsw")
+        train_ivf(index, x)
+        assert faiss.omp_get_max_threads() == threads  # restored
+        index.add(x)
+        index.nprobe = 2
+        found.append(index.search(x[:500], 10)[1])
+        assert np.array_equal(index.quantizer.reconstruct_n(0, 200),
+                              flat.quantizer.reconstruct_n(0, 200))
+    faiss.omp_set_num_threads(before)
+    assert np.array_equal(found[0], found[1])
+
+
+@needs_faiss
 def test_ivf_hnsw_cells_keep_their_size_and_nprobe_is_tuned(monkeypatch, caplog):
     import dag_pyg.graph.knn as knn_module
 

@@ -94,7 +94,7 @@ from dag_pyg.graph import (
     neighbour_table,
     normalize_rows,
 )
-from dag_pyg.graph.knn import ivf_index
+from dag_pyg.graph.knn import ivf_index, train_ivf
 from dag_pyg.nn import DNAHead
 from dag_pyg.propagation import pseudo_labels
 from dag_pyg.train.refresh import build_graph, label_bank_logits
@@ -221,7 +221,7 @@ def peer_search(graph: str, base: np.ndarray, queries: np.ndarray, k: int,
             # The same faiss index as our graph's, searched by faiss alone.
             index = ivf_index(d, params["ivf_nlist"],
                               "hnsw" if graph == "faiss_ivf_hnsw" else "flat")
-            index.train(base)
+            train_ivf(index, base)
             index.nprobe = params["ivf_nprobe"]
         else:
             index = faiss.IndexHNSWFlat(d, params["hnsw_m"],

@@ -446,9 +446,9 @@ def ivf_index(d: int, nlist: int, quantizer: str = "flat"):
     """faiss' untrained inner-product ``IndexIVFFlat`` of ``nlist`` cells over
     a flat coarse quantizer, or (``"hnsw"``) an ``IndexHNSWFlat`` one with
     this module's HNSW settings (its beam :data:`IVF_HNSW_QUANTIZER_EF`),
-    its centres trained on
-    :data:`IVF_HNSW_TRAIN_PER_CELL` points each (faiss runs the k-means'
-    assignments through that graph and keeps the centres in it)."""
+    its centres trained on :data:`IVF_HNSW_TRAIN_PER_CELL` points each by
+    exact assignment and then added to that graph. Train it with
+    :func:`train_ivf`."""
     import faiss
 
     if quantizer == "hnsw":
@@ -460,7 +460,30 @@ def ivf_index(d: int, nlist: int, quantizer: str = "flat"):
     index = faiss.IndexIVFFlat(coarse, d, nlist, faiss.METRIC_INNER_PRODUCT)
     if quantizer == "hnsw":
         index.cp.max_points_per_centroid = IVF_HNSW_TRAIN_PER_CELL
+        # The k-means assigns by exact search (through an HNSW graph rebuilt
+        # every iteration its centres would depend on the insertion order).
+        index.clustering_index = faiss.IndexFlatIP(d)
     return index
+
+
+def train_ivf(index, base) -> None:
+    """Trains an :func:`ivf_index` on ``base`` (a float32 array): faiss'
+    k-means with its fixed seed. With an HNSW quantizer on one faiss
+    thread: with several, faiss adds the centres to the graph in an
+    unspecified order, and the cells found, so the kNN graph, could differ
+    between runs (or ranks); on one, the index is the same at any thread
+    count."""
+    import faiss
+
+    if not isinstance(faiss.downcast_index(index.quantizer), faiss.IndexHNSW):
+        index.train(base)
+        return
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        index.train(base)
+    finally:
+        faiss.omp_set_num_threads(threads)
 
 
 def _candidates_faiss_ivf(q: Tensor, b: Tensor, kk: int, k: int,
@@ -480,7 +503,7 @@ def _candidates_faiss_ivf(q: Tensor, b: Tensor, kk: int, k: int,
                                                           "StandardGpuResources"):
         res = faiss.StandardGpuResources()
         index = faiss.index_cpu_to_gpu(res, q.device.index or 0, index)
-    index.train(base)  # k-means with faiss' fixed seed: deterministic
+    train_ivf(index, base)
     index.add(base)
     nprobe, measured = min(nprobe, nlist), math.nan
     if recall is not None:
