@@ -152,12 +152,17 @@ class LossConfig:
 @dataclass
 class GraphConfig:
     k: int = 64
+    # auto: exact search up to 200k nodes on the CPU (faiss' flat index),
+    # faiss_ivf_hnsw above (logged); exact search on a GPU.
     backend: KNNBackend = "auto"
     density: Density = "mean_sim"
     density_threshold: float = 0.5
-    ivf_nlist: int | None = None   # faiss_ivf cells (null: about 4 sqrt(N))
-    ivf_nprobe: int = 16           # faiss_ivf cells scanned per query (tuning start)
-    # faiss_ivf doubles nprobe from ivf_nprobe until sampled queries recall
+    # IVF cells (null: about 4 sqrt(N) for faiss_ivf, N / 1024 for
+    # faiss_ivf_hnsw) and cells scanned per query (where the tuning starts;
+    # faiss_ivf_hnsw's starts at 1).
+    ivf_nlist: int | None = None
+    ivf_nprobe: int = 16
+    # The IVF backends double nprobe until sampled queries recall
     # this share of their exact neighbours, then halves the last step 3 times
     # (logged); null: ivf_nprobe as given.
     ivf_recall: float | None = 0.99
