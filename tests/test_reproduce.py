@@ -474,7 +474,12 @@ def test_recipe_of_reads_the_grids_own_runs():
         return {"row": row, "wall_time_s": 60.0 * minutes,
                 "summary": {"config": cfg}}
 
-    runs = [record("dag", 30), record("dag", 40), record("baseline", 20)]
+    def resumed(row, minutes):  # wall_time_s: its last attempt's only
+        return {**record(row, minutes), "resumed": True}
+
+    runs = [record("dag", 30), record("dag", 40), record("baseline", 20),
+            resumed("baseline", 5), resumed("dna", 7)]
     assert make_results.recipe_of(runs) == (
         "a `cnn` backbone at width 0.5 and 2 + 16 epochs, minutes of one CPU "
-        "core per run beside other jobs: baseline 20, dag 35")
+        "core per run beside other jobs: baseline 20, dag 35, dna – (every run "
+        "resumed)")

@@ -76,13 +76,17 @@ PUBLISHED_GAP = {"mnist_100": (
 
 def recipe_of(records: list[dict]) -> str:
     """The backbone, width and epochs of a grid's runs (the first run's),
-    and the mean wall minutes of a run per row."""
+    and the mean wall minutes of a run per row (of runs that were not
+    resumed: a resumed run's ``wall_time_s`` is its last attempt's only)."""
     cfg = records[0]["summary"]["config"]
     m, o = cfg["model"], cfg["optim"]
     by_row: dict[str, list[float]] = {}
     for r in records:
-        by_row.setdefault(r["row"], []).append(r["wall_time_s"] / 60)
-    minutes = ", ".join(f"{row} {sum(v) / len(v):.0f}"
+        times = by_row.setdefault(r["row"], [])
+        if not r.get("resumed"):
+            times.append(r["wall_time_s"] / 60)
+    minutes = ", ".join(f"{row} {sum(v) / len(v):.0f}" if v else
+                        f"{row} – (every run resumed)"
                         for row, v in sorted(by_row.items()))
     return (f"a `{m['backbone']}` backbone at width {m['width']:g} and "
             f"{o['pretrain_epochs']} + {o['epochs']} epochs, minutes of one CPU "
