@@ -5,7 +5,8 @@ quiet machine (the grids' wall times are not: grid runs share the machine).
         [--rows labels_only baseline dag dna gat] [--epochs 1] [--rounds 2]
 
 Each row is a config plus the overrides of
-``benchmarks/experiments/grids/cifar10_cpu_table1.yaml``; each round runs
+``benchmarks/experiments/grids/cifar10_cpu_table1.yaml`` (``--grid``: the
+grid's ``set:``, then the row's own, as the grid runs it); each round runs
 every row once (1 pre-training + ``--epochs`` main epochs, seed 0), rows
 interleaved so that drifts in machine speed hit all rows alike. Reports the
 best round's mean main-epoch time and its parts, and each row's ratio to the
@@ -25,7 +26,7 @@ from pathlib import Path
 import yaml
 
 from benchmarks.common import GRIDS, ROOT, SPEED_RESULTS, print_table, write_json
-from benchmarks.experiments.reproduce import row_spec
+from benchmarks.experiments.reproduce import row_overrides
 
 PARTS = ["time_epoch", "time_train", "time_bank", "time_graph", "time_label_bank",
          "time_dplp", "time_eval"]
@@ -41,6 +42,14 @@ def train_command(config: str, overrides: list[str], epochs: int,
               "log.progress=false", "log.tensorboard=false", "log.plots=false"]:
         cmd += ["--set", o]
     return cmd
+
+
+def row_settings(grid: dict, row: str, config: str) -> tuple[str, list[str]]:
+    """A grid row's config file and overrides as the grid runs it (its
+    ``set:``, then the row's own; seed 0), with ``config`` standing for the
+    grid's base config (a row's own preset file wins)."""
+    own, overrides = row_overrides(grid, row, seed=0)
+    return (config if own == grid["config"] else own), overrides
 
 
 def run(config: str, overrides: list[str], epochs: int, out: Path,
@@ -78,9 +87,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for rnd in range(args.rounds):
             for row in args.rows:
-                config, overrides = row_spec(grid, row)
-                if config == grid["config"]:  # the row's own preset file wins
-                    config = args.config
+                config, overrides = row_settings(grid, row, args.config)
                 t = run(config, overrides, args.epochs,
                         Path(tmp) / f"{row}_{rnd}", args.threads)
                 print(f"round {rnd} {row}: {t}", flush=True)
