@@ -263,6 +263,11 @@ def test_approximate_rows_tied_past_the_list_widen_by_the_index(backend, kw,
     part, _ = knn_search(x, None, 15, backend=backend, ivf_recall=None,
                          rows=(37, 121), **kw)
     assert torch.equal(part, ei[0].view(200, 15)[37:121])
+    # Features of another dtype are searched as float32 (bf16 has no numpy).
+    widths.clear()
+    g16 = build_density_graph(x.to(torch.bfloat16), 15, backend=backend,
+                              ivf_recall=None, **kw)
+    assert widths == [200] and torch.equal(g16.edge_index, ei)
     # Widening stops at WIDEN_MAX: the rows still tied are solved exactly.
     monkeypatch.setattr(knn_module, "WIDEN_MAX", 34)
     exact_rows.clear()

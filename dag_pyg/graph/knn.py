@@ -436,7 +436,7 @@ def search_rows(index, q: Tensor, kk: int) -> Tensor:
     import numpy as np
 
     step = max(1, int(faiss.cvar.distance_compute_blas_threshold) - 1)
-    x = np.ascontiguousarray(q.numpy())
+    x = np.ascontiguousarray(q.float().numpy())  # faiss reads float32 only
     return torch.from_numpy(np.concatenate(
         [index.search(x[i:i + step], kk)[1] for i in range(0, x.shape[0], step)]
         or [np.empty((0, kk), dtype=np.int64)]))
