@@ -65,8 +65,8 @@ PUBLISHED = {"mnist_100": [
      "0.93 ± 0.07", "Table 1, PI: 93 ± 6.5 of 10,000 test images"),
 ]}
 # What separates our runs in that setting from the published ones; {recipe}
-# is the grid's own
-# (:func:`recipe_of`: backbone, width, epochs, minutes per run).
+# is the grid's own (:func:`recipe_of`: backbone, width, epochs, minutes per
+# run).
 PUBLISHED_GAP = {"mnist_100": (
     "Ours: {recipe} (configs/mnist_100.yaml); the published "
     "models are larger networks trained for many more epochs, with an "
