@@ -1,0 +1,217 @@
+"""One more epoch of a finished run, from its last state, at several
+learning rates: the training cross-entropy step by step, and the model's
+accuracy after.
+
+Tests why DAG's training loss on MNIST-100 rises over the last epochs of
+the cosine schedule (0.80 -> 1.01) where the paper's baseline's keeps
+falling: every continuation starts from the same checkpoint (weights,
+averaged weights, optimiser, banks, data generator), so the epochs draw
+the same batches, augmentations and mixup pairs and differ only in the
+rate. If the loss falls within the epoch at a rate from the middle of the
+schedule and stays up at the tail's, the model re-fits each refresh's
+banks only while the rate allows, and the rise is the schedule's tail.
+
+    python -m benchmarks.analysis.late_lr RUN_DIR [--lrs 0 0.005 0.02 0.05] \
+        [--chunks 12] [--swap-lr 0.0005] [--out FILE.json]
+
+``--swap-lr`` adds a probe of what the refresh changes: one epoch at that
+rate on the checkpoint's banks (B0), then the refresh (B1); the model the
+epoch ended with is scored, without a step, on the same batches with B0,
+B1, and each half of B1 alone (its Feature Bank and graph with B0's
+targets; B0's Feature Bank and graph with its targets).
+
+Nothing is written into the run folder.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from dag_pyg.config import load_config
+from dag_pyg.distributed import DistContext
+from dag_pyg.train.checkpoint import load_checkpoint
+from dag_pyg.train.epoch import epoch_batches, split_for_refreshes, train_steps
+from dag_pyg.train.evaluate import evaluate
+from dag_pyg.train.logger import RunLogger
+from dag_pyg.train.optim import build_optim
+from dag_pyg.train.refresh import Banks, refresh, shared_graph
+from dag_pyg.train.setup import (
+    CHECKPOINT,
+    Run,
+    build_model,
+    load_data,
+    resolve_device,
+    seed_everything,
+)
+from dag_pyg.train.state import TrainState
+
+
+def resumed(run_dir: Path, log: RunLogger) -> TrainState:
+    """The run's last state, ready to train on (not into the run folder)."""
+    cfg = load_config(run_dir / "config.yaml")
+    saved = load_checkpoint(run_dir / CHECKPOINT)
+    if saved.get("progress") is not None or saved["banks"] is None:
+        raise ValueError(f"'{run_dir}' must hold a checkpoint at the end of a "
+                         "main epoch.")
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+    # The run's own split; the checkpoint's config is checked as saved.
+    own_split = cfg.data.split_file
+    cfg.data.split_file = str(run_dir / "split.json")
+    data = load_data(cfg)
+    cfg.data.split_file = own_split
+    model = build_model(cfg, data, device, DistContext())
+    optim = build_optim(model.trainable_parameters(), cfg.optim, device)
+    run = Run(cfg=cfg, model=model, data=data, device=device, dist=DistContext(),
+              log=log, gen=torch.Generator(), run_dir=None, optim=optim)
+    state = TrainState(run)
+    state.load_state_dict(saved)
+    return state
+
+
+def set_lr(run: Run, lr: float) -> None:
+    for group in run.optim.optimizer.param_groups:
+        group["lr"] = lr
+
+
+def continue_at(run_dir: str | Path, lr: float, chunks: int = 12) -> dict:
+    """One epoch after the run's last at ``lr`` (see the module docstring):
+    the mean cross-entropy of each of ``chunks`` equal runs of steps, then
+    the refreshed Label Bank's accuracy and the test error."""
+    with RunLogger(None, tensorboard=False, progress=False) as log:
+        state = resumed(Path(run_dir), log)
+        run, cfg, data = state.run, state.run.cfg, state.run.data
+        set_lr(run, lr)
+        banks = state.banks
+        graph = shared_graph(run, banks.features)
+        batches = epoch_batches(data.num_labelled, data.nodes.numel(), cfg.optim,
+                                False, run.gen)
+        curve = []
+        for part in split_for_refreshes(batches, chunks):
+            sums, done, _ = train_steps(run, part, banks, graph, False, "late")
+            curve.append(sums["loss_ce"] / max(done, 1))
+        new = refresh(run, neighbours=banks.neighbours, epoch=state.epoch + 1)
+        rec = evaluate(run, new.banks.features,
+                       new.graph if new.banks.neighbours else None)
+    return {"lr": lr, "from_epoch": state.epoch, "steps": len(batches),
+            "loss_ce_chunks": curve, "loss_ce": sum(curve) / len(curve),
+            "model_acc": new.stats.get("model_acc"),
+            "pl_acc_all": new.stats.get("pl_acc_all"),
+            "test_error": rec["test_error"]}
+
+
+def frozen_loss(run: Run, banks: Banks, graph, batches: list[Tensor]) -> float:
+    """Mean cross-entropy of the model on ``batches`` as training scores it
+    (train mode, augmentation, mixup), changing nothing: the steps run at
+    rate 0, then the weights, averaged weights, batch-norm statistics,
+    optimiser and data generator are put back."""
+    model, optim = run.model, run.optim
+    keep = [copy.deepcopy(m.state_dict()) for m in (model.backbone, model.head)]
+    averaged = None if model.averaged is None \
+        else copy.deepcopy(model.averaged.state_dict())
+    opt, gen = copy.deepcopy(optim.optimizer.state_dict()), run.gen.get_state()
+    set_lr(run, 0.0)
+    sums, done, _ = train_steps(run, batches, banks, graph, False, "probe")
+    model.backbone.load_state_dict(keep[0])
+    model.head.load_state_dict(keep[1])
+    if averaged is not None:
+        model.averaged.load_state_dict(averaged)
+    optim.optimizer.load_state_dict(opt)
+    run.gen.set_state(gen)
+    return sums["loss_ce"] / max(done, 1)
+
+
+def bank_swap(run_dir: str | Path, lr: float, probe_batches: int = 100) -> dict:
+    """The refresh probe of the module docstring (``--swap-lr``)."""
+    with RunLogger(None, tensorboard=False, progress=False) as log:
+        state = resumed(Path(run_dir), log)
+        run, cfg, data = state.run, state.run.cfg, state.run.data
+        set_lr(run, lr)
+        b0 = state.banks
+        g0 = shared_graph(run, b0.features)
+        batches = epoch_batches(data.num_labelled, data.nodes.numel(), cfg.optim,
+                                False, run.gen)
+        train_steps(run, batches, b0, g0, False, "epoch")
+        new = refresh(run, neighbours=b0.neighbours, epoch=state.epoch + 1)
+        b1, g1 = new.banks, new.graph
+        probe = epoch_batches(data.num_labelled, data.nodes.numel(), cfg.optim,
+                              False, run.gen)[:probe_batches]
+        labels = ("prior", "targets", "weights")
+        norm0, norm1 = (b.features.float().norm(dim=1).clamp(min=1e-12)
+                        for b in (b0, b1))
+        ways = {
+            "B0": (b0, g0),
+            "B1": (b1, g1),
+            "B1 features+graph, B0 targets": (dataclasses.replace(
+                b1, **{k: getattr(b0, k) for k in labels}), g1),
+            "B0 features+graph, B1 targets": (dataclasses.replace(
+                b0, **{k: getattr(b1, k) for k in labels}), g0),
+            "B1 features on B0's graph": (dataclasses.replace(
+                b0, features=b1.features), g0),
+            "B0 features on B1's graph": (dataclasses.replace(
+                b0, features=b0.features), g1),
+            "B1 features at B0's row norms": (dataclasses.replace(
+                b0, features=b1.features * (norm0 / norm1).unsqueeze(1)), g0),
+            "B0 features scaled by B1's mean norm ratio": (dataclasses.replace(
+                b0, features=b0.features * float(norm1.mean() / norm0.mean())), g0),
+        }
+        losses = {name: frozen_loss(run, b, g, probe)
+                  for name, (b, g) in ways.items()}
+        # The same batches unmixed: whether the jump is mixup's.
+        alpha, cfg.loss.mixup_alpha = cfg.loss.mixup_alpha, 0.0
+        losses.update({f"{name}, no mixup": frozen_loss(run, *ways[name], probe)
+                       for name in ("B0", "B1")})
+        cfg.loss.mixup_alpha = alpha
+        unl = data.labelled_mask.logical_not()
+        return {"lr": lr, "from_epoch": state.epoch, "probe_batches": len(probe),
+                "loss_ce": losses,
+                "targets_changed": float((b0.targets != b1.targets)[unl]
+                                         .float().mean()),
+                "feature_cos": float(torch.nn.functional.cosine_similarity(
+                    b0.features.float(), b1.features.float(), dim=1).mean()),
+                "feature_norm": [float(b.features.float().norm(dim=1).mean())
+                                 for b in (b0, b1)]}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("run_dir")
+    p.add_argument("--lrs", type=float, nargs="*", default=[0.0, 0.005, 0.02, 0.05])
+    p.add_argument("--chunks", type=int, default=12)
+    p.add_argument("--swap-lr", type=float, default=None)
+    p.add_argument("--out", help="JSON file (default: print only)")
+    args = p.parse_args(argv)
+    swap = None
+    if args.swap_lr is not None:
+        swap = bank_swap(args.run_dir, args.swap_lr)
+        print(f"one epoch at lr {swap['lr']:g}, then the refresh: targets "
+              f"changed on {100 * swap['targets_changed']:.2f} % of the "
+              f"unlabelled nodes, Feature Bank cosine {swap['feature_cos']:.4f}, "
+              "mean norm {:.3f} -> {:.3f}; ".format(*swap["feature_norm"]) +
+              f"cross-entropy of the epoch's last model on {swap['probe_batches']} "
+              "batches:", flush=True)
+        for name, value in swap["loss_ce"].items():
+            print(f"  {name:32s} {value:.3f}", flush=True)
+    rows = []
+    for lr in args.lrs:
+        row = continue_at(args.run_dir, lr, args.chunks)
+        rows.append(row)
+        curve = " ".join(f"{v:.3f}" for v in row["loss_ce_chunks"])
+        print(f"lr {lr:g}: loss_ce {row['loss_ce']:.3f} by chunk [{curve}]  "
+              f"model_acc {row['model_acc']}  test_error {row['test_error']:.2f}",
+              flush=True)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps({"run_dir": args.run_dir,
+                                              "rows": rows, "swap": swap},
+                                             indent=1))
+
+
+if __name__ == "__main__":
+    main()
