@@ -7,7 +7,6 @@ import torch
 
 from dag_pyg.config import load_config
 from dag_pyg.train import train
-from dag_pyg.train.epoch import epoch_batches
 from dag_pyg.train.logger import RunLogger
 from dag_pyg.train.refresh import shared_graph
 
@@ -32,8 +31,7 @@ def test_frozen_loss_changes_nothing(run_dir):
         run = state.run
         late_lr.set_lr(run, 0.1)  # the probe must not step at this rate
         graph = shared_graph(run, state.banks.features)
-        batches = epoch_batches(run.data.num_labelled, run.data.nodes.numel(),
-                                run.cfg.optim, False, run.gen)[:3]
+        batches = late_lr.next_batches(run)[:3]
         before = {k: v.clone() for k, v in run.model.backbone.state_dict().items()}
         avg = {k: v.clone() for k, v in run.model.averaged.state_dict().items()}
         gen = run.gen.get_state()
@@ -56,8 +54,7 @@ def test_epoch_at_rate_zero_is_the_frozen_model(run_dir):
         state = late_lr.resumed(run_dir, log)
         run = state.run
         graph = shared_graph(run, state.banks.features)
-        batches = epoch_batches(run.data.num_labelled, run.data.nodes.numel(),
-                                run.cfg.optim, False, run.gen)
+        batches = late_lr.next_batches(run)
         frozen = late_lr.frozen_loss(run, state.banks, graph, batches)
     assert row["loss_ce"] == pytest.approx(frozen, rel=1e-6)
     assert row["steps"] == len(batches) and 0 <= row["test_error"] <= 100

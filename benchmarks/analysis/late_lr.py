@@ -80,18 +80,23 @@ def set_lr(run: Run, lr: float) -> None:
         group["lr"] = lr
 
 
+def next_batches(run: Run) -> list[Tensor]:
+    """A main epoch's batches, drawn from the run's data generator."""
+    data = run.data
+    return epoch_batches(data.num_labelled, data.nodes.numel(), run.cfg.optim,
+                         False, run.gen)
+
+
 def continue_at(run_dir: str | Path, lr: float, chunks: int = 12) -> dict:
     """One epoch after the run's last at ``lr`` (see the module docstring):
     the mean cross-entropy of each of ``chunks`` equal runs of steps, then
     the refreshed Label Bank's accuracy and the test error."""
     with RunLogger(None, tensorboard=False, progress=False) as log:
         state = resumed(Path(run_dir), log)
-        run, cfg, data = state.run, state.run.cfg, state.run.data
+        run, banks = state.run, state.banks
         set_lr(run, lr)
-        banks = state.banks
         graph = shared_graph(run, banks.features)
-        batches = epoch_batches(data.num_labelled, data.nodes.numel(), cfg.optim,
-                                False, run.gen)
+        batches = next_batches(run)
         curve = []
         for part in split_for_refreshes(batches, chunks):
             sums, done, _ = train_steps(run, part, banks, graph, False, "late")
@@ -131,17 +136,13 @@ def bank_swap(run_dir: str | Path, lr: float, probe_batches: int = 100) -> dict:
     """The refresh probe of the module docstring (``--swap-lr``)."""
     with RunLogger(None, tensorboard=False, progress=False) as log:
         state = resumed(Path(run_dir), log)
-        run, cfg, data = state.run, state.run.cfg, state.run.data
+        run, b0 = state.run, state.banks
         set_lr(run, lr)
-        b0 = state.banks
         g0 = shared_graph(run, b0.features)
-        batches = epoch_batches(data.num_labelled, data.nodes.numel(), cfg.optim,
-                                False, run.gen)
-        train_steps(run, batches, b0, g0, False, "epoch")
+        train_steps(run, next_batches(run), b0, g0, False, "epoch")
         new = refresh(run, neighbours=b0.neighbours, epoch=state.epoch + 1)
         b1, g1 = new.banks, new.graph
-        probe = epoch_batches(data.num_labelled, data.nodes.numel(), cfg.optim,
-                              False, run.gen)[:probe_batches]
+        probe = next_batches(run)[:probe_batches]
         labels = ("prior", "targets", "weights")
         norm0, norm1 = (b.features.float().norm(dim=1).clamp(min=1e-12)
                         for b in (b0, b1))
@@ -164,11 +165,11 @@ def bank_swap(run_dir: str | Path, lr: float, probe_batches: int = 100) -> dict:
         losses = {name: frozen_loss(run, b, g, probe)
                   for name, (b, g) in ways.items()}
         # The same batches unmixed: whether the jump is mixup's.
-        alpha, cfg.loss.mixup_alpha = cfg.loss.mixup_alpha, 0.0
+        alpha, run.cfg.loss.mixup_alpha = run.cfg.loss.mixup_alpha, 0.0
         losses.update({f"{name}, no mixup": frozen_loss(run, *ways[name], probe)
                        for name in ("B0", "B1")})
-        cfg.loss.mixup_alpha = alpha
-        unl = data.labelled_mask.logical_not()
+        run.cfg.loss.mixup_alpha = alpha
+        unl = run.data.labelled_mask.logical_not()
         return {"lr": lr, "from_epoch": state.epoch, "probe_batches": len(probe),
                 "loss_ce": losses,
                 "targets_changed": float((b0.targets != b1.targets)[unl]
