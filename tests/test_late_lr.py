@@ -38,6 +38,11 @@ def test_frozen_loss_changes_nothing(run_dir):
         first = late_lr.frozen_loss(run, state.banks, graph, batches)
         second = late_lr.frozen_loss(run, state.banks, graph, batches)
         assert first == second > 0
+        # Scored at the run's own rate 0 alike: the probe does not step
+        # (a step on the first batch would move the others' loss).
+        late_lr.set_lr(run, 0.0)
+        assert late_lr.frozen_loss(run, state.banks, graph, batches) == first
+        late_lr.set_lr(run, 0.1)
         after = run.model.backbone.state_dict()
         assert all(torch.equal(before[k], after[k]) for k in before)  # BN stats too
         assert all(torch.equal(avg[k], v)
@@ -61,3 +66,16 @@ def test_epoch_at_rate_zero_is_the_frozen_model(run_dir):
     # A step at a real rate moves the loss of the epoch's later batches.
     moved = late_lr.continue_at(run_dir, 0.05, chunks=1)
     assert moved["loss_ce"] != pytest.approx(frozen, rel=1e-6)
+
+
+def test_refuses_runs_it_cannot_continue(tmp_path, run_dir):
+    late_lr = importlib.import_module("benchmarks.analysis.late_lr")
+    other = tmp_path / "online"
+    other.mkdir()
+    cfg = (run_dir / "config.yaml").read_text()
+    assert "refresh_per_epoch: 1" in cfg
+    (other / "config.yaml").write_text(cfg.replace("refresh_per_epoch: 1",
+                                                   "refresh_per_epoch: 2"))
+    with RunLogger(None, tensorboard=False, progress=False) as log, \
+            pytest.raises(ValueError, match="refresh_per_epoch: 1"):
+        late_lr.resumed(other, log)
