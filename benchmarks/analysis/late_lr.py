@@ -3,13 +3,14 @@ learning rates: the training cross-entropy step by step, and the model's
 accuracy after.
 
 Tests why DAG's training loss on MNIST-100 rises over the last epochs of
-the cosine schedule (0.78-0.80 -> 0.99-1.01) where the paper's baseline's
-stays at 0.70-0.74: every continuation starts from the same checkpoint
-(weights, averaged weights, optimiser, banks, data generator), so the
-epochs draw the same batches, augmentations and mixup pairs and differ
-only in the rate. If the loss falls within the epoch at a rate from the middle of the
-schedule and stays up at the tail's, the model re-fits each refresh's
-banks only while the rate allows, and the rise is the schedule's tail.
+the cosine schedule (0.78-0.80 -> 0.99-1.01) where the paper's
+baseline's stays at 0.70-0.74: every continuation starts from the same
+checkpoint (weights, averaged weights, optimiser, banks, data
+generator), so the epochs draw the same batches, augmentations and mixup
+pairs and differ only in the rate. If the loss falls within the epoch at
+a rate from the middle of the schedule and stays up at the tail's, the
+model re-fits each refresh's banks only while the rate allows, and the
+rise is the schedule's tail.
 
     python -m benchmarks.analysis.late_lr RUN_DIR [--lrs 0 0.005 0.02 0.05] \
         [--chunks 12] [--swap-lr 0.0005] [--out FILE.json]
