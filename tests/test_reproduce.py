@@ -239,6 +239,23 @@ def test_grid_table_full_test_columns(tmp_path):
     assert by["dag"]["Δ vs baseline (paired by seed)"] == "1.50 ± 2.12"
 
 
+def test_grid_table_wall_time_leaves_resumed_runs_out(tmp_path):
+    make_results = load("make_results")
+    res = tmp_path / "res" / "g"
+    res.mkdir(parents=True)
+    recs = [_record("dag", 0, 50.0), _record("dag", 1, 51.0),
+            _record("dag", 2, 52.0), _record("baseline", 0, 53.0),
+            _record("baseline", 1, 54.0)]
+    recs[0]["wall_time_s"], recs[1]["wall_time_s"] = 100.0, 300.0
+    recs[2].update(wall_time_s=7.0, resumed=True)  # its last attempt only
+    for r in recs:
+        (res / f"{r['row']}__seed{r['seed']}.json").write_text(json.dumps(r))
+    (rows,) = _tables(make_results.grid_table(res, tmp_path))
+    by = {r["row"]: r for r in rows}
+    assert by["dag"]["wall s / run"] == "200.0 ± 141.4 (2)"
+    assert by["baseline"]["wall s / run"] == "2.0 ± 0.0"
+
+
 def test_headline_table(tmp_path):
     make_results = load("make_results")
     res = tmp_path / "res" / "g"

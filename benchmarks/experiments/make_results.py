@@ -728,7 +728,11 @@ def collect_grid_table(grid: Grid) -> GridTable:
         cells["s / epoch"] = stat((statistics.fmean(
             [m["time_epoch"] for m in r["metrics"] if m.get("phase") == "train"])
             for r in runs), 3)
-        cells["wall s / run"] = stat((r["wall_time_s"] for r in runs), 1)
+        # A resumed run's wall_time_s is its last attempt's only.
+        whole = [r for r in runs if not r.get("resumed")]
+        wall = stat((r["wall_time_s"] for r in whole), 1)
+        cells["wall s / run"] = wall if len(whole) == len(runs) \
+            else Counted(wall, len(whole))
         table.rows.append(cells)
     commands = []
     for row, runs in rows.items():
@@ -1043,7 +1047,9 @@ TIMING_NOTE = (
     "Grid runs use 1 thread each and ran two at a time beside other jobs, some "
     "paused while benchmarks ran: their seconds per epoch and wall times are "
     "not comparable across rows; `bench_epoch` (speed benchmarks) measures the "
-    "rows back to back on a quiet machine.")
+    "rows back to back on a quiet machine. A resumed run's wall time is its "
+    "last attempt's only: `wall s / run` leaves resumed runs out (the number "
+    "of runs it is over in brackets, where it left any out).")
 SUBSET_NOTE = (
     "CIFAR-10 CPU runs train and report on a 1,000-image test subset (about "
     "±1.6 points of sampling noise per run at 50 % error). The columns 'on all "
