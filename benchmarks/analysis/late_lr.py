@@ -98,6 +98,7 @@ def resumed(run_dir: Path, log: RunLogger) -> TrainState:
 
 
 def set_lr(run: Run, lr: float) -> None:
+    """Every parameter group's rate (the schedule's own is left unstepped)."""
     for group in run.optim.optimizer.param_groups:
         group["lr"] = lr
 
