@@ -46,54 +46,43 @@ from torch_geometric.data import Data
 
 from dag_pyg.config import load_config, replays
 from dag_pyg.distributed import DistContext
-from dag_pyg.train.checkpoint import (
-    capture_rng_state,
-    load_checkpoint,
-    restore_rng_state,
-)
+from dag_pyg.train import load_run
+from dag_pyg.train.checkpoint import capture_rng_state, restore_rng_state
 from dag_pyg.train.epoch import epoch_batches, split_for_refreshes, train_steps
 from dag_pyg.train.evaluate import evaluate
 from dag_pyg.train.logger import RunLogger
 from dag_pyg.train.optim import build_optim
 from dag_pyg.train.refresh import Banks, refresh, shared_graph
-from dag_pyg.train.setup import (
-    CHECKPOINT,
-    Run,
-    build_model,
-    load_data,
-    resolve_device,
-    seed_everything,
-)
+from dag_pyg.train.setup import Run
 from dag_pyg.train.state import TrainState
 
 
 def resumed(run_dir: Path, log: RunLogger) -> TrainState:
     """The run's last state, ready to train on (not into the run folder)."""
+    # Checked before anything loads. An online bank is written by the steps
+    # (a probe would change what it scores); mid-epoch refreshes and
+    # replayed decisions are not continued.
     cfg = load_config(run_dir / "config.yaml")
-    # An online bank is written by the steps (a probe would change what it
-    # scores); mid-epoch refreshes and replayed decisions are not continued.
     if cfg.graph.bank != "refresh" or cfg.graph.refresh_per_epoch != 1 \
             or cfg.method != "dag" or replays(cfg):
         raise ValueError(f"'{run_dir}': late_lr continues runs of method dag "
                          "with graph.bank: refresh, graph.refresh_per_epoch: 1 "
                          "and no steer.replay_*.")
-    saved = load_checkpoint(run_dir / CHECKPOINT)
-    if saved.get("progress") is not None or saved["banks"] is None:
+    loaded = load_run(run_dir)
+    cfg = loaded.cfg
+    if loaded.state["banks"] is None:
         raise ValueError(f"'{run_dir}' must hold a checkpoint at the end of a "
                          "main epoch.")
-    device = resolve_device(cfg.device)
-    seed_everything(cfg.seed)
-    # The run's own split; the checkpoint's config is checked as saved.
-    own_split = cfg.data.split_file
-    cfg.data.split_file = str(run_dir / "split.json")
-    data = load_data(cfg)
-    cfg.data.split_file = own_split
-    model = build_model(cfg, data, device, DistContext())
-    optim = build_optim(model.trainable_parameters(), cfg.optim, device)
-    run = Run(cfg=cfg, model=model, data=data, device=device, dist=DistContext(),
-              log=log, gen=torch.Generator(), run_dir=None, optim=optim)
+    # load_run read the data through the run's split.json; the checkpoint's
+    # config check wants the config as saved.
+    cfg.data.split_file = loaded.state["config"]["data"].get("split_file")
+    optim = build_optim(loaded.model.trainable_parameters(), cfg.optim,
+                        loaded.device)
+    run = Run(cfg=cfg, model=loaded.model, data=loaded.data, device=loaded.device,
+              dist=DistContext(), log=log, gen=torch.Generator(), run_dir=None,
+              optim=optim)
     state = TrainState(run)
-    state.load_state_dict(saved)
+    state.load_state_dict(loaded.state)
     return state
 
 
