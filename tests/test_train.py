@@ -235,6 +235,31 @@ def test_switches_change_what_they_should(tmp_path):
         "test_error"] == pytest.approx(base["test_error"])
 
 
+def test_graph_k_does_not_train_the_papers_baseline(tmp_path):
+    # The paper's baseline trains on its Label Bank, a head without a
+    # neighbour term: the graph (graph.k) feeds logged statistics only, so
+    # its runs at one graph.k stand for another's (mnist_100_k64 borrows
+    # mnist_100_w05's). DAG's own graph.k does train it.
+    def run(*extra):
+        name = "_".join(x.replace("=", "-") for x in extra)
+        train(tiny("optim.epochs=2", "optim.pretrain_epochs=1", *extra),
+              tmp_path / name)
+        records = [json.loads(line) for line in
+                   (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        return records, weights(tmp_path / name)
+
+    base = ("dna.aggregator=none", "pseudo_label.source=model")
+    (r16, w16), (r32, w32) = run(*base, "graph.k=16"), run(*base, "graph.k=32")
+    trained = ("loss", "loss_ce", "test_error", "val_error", "pl_acc_all",
+               "model_acc")
+    assert [[r.get(k) for k in trained] for r in r16] == \
+        [[r.get(k) for k in trained] for r in r32]
+    assert all(torch.equal(w16[0][k], w32[0][k]) for k in w16[0])
+    assert r16[-1]["path_len_mean"] != r32[-1]["path_len_mean"]  # the graph did change
+    (d16, _), (d32, _) = run("graph.k=16"), run("graph.k=32")
+    assert [r["loss"] for r in d16] != [r["loss"] for r in d32]
+
+
 def test_pseudo_label_weights(tmp_path):
     # A pseudo-label weight of zero is exactly training without pseudo labels.
     short = ("optim.epochs=2", "optim.pretrain_epochs=1")
