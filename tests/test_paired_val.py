@@ -61,6 +61,16 @@ def test_reproduces_logged_val_error(runs):
 
 @pytest.mark.slow
 @pytest.mark.cpu_only
+def test_pools_every_pair(runs):
+    res = paired_val().paired_val([runs / "seed0", runs / "seed1"],
+                                  [runs / "seed0", runs / "seed1"])
+    errors = [rec["error_a"] for rec in res["pairs"]]
+    assert res["pooled"]["images"] == 400
+    assert res["pooled"]["error_a"] == pytest.approx(sum(errors) / 2)
+
+
+@pytest.mark.slow
+@pytest.mark.cpu_only
 def test_refuses_different_splits(runs):
     with pytest.raises(SystemExit, match="different images"):
         paired_val().paired_val([runs / "seed0"], [runs / "seed1"])

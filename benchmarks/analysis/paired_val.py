@@ -14,7 +14,10 @@ depends on the seed, so: same seed, same data). Every run is classified
 with its last checkpoint's weights, Feature Bank and graph, as training's
 own evaluation classifies it (so each run's ``val_error`` is reproduced;
 a mismatch is reported). The pairs are then pooled: their images are
-distinct where the seeds differ.
+nearly distinct where the seeds differ (each seed's split is its own draw
+from the training set). The intervals cover the images drawn, not the
+training seeds: where two seeds' differences disagree by more than their
+intervals, the seeds are the larger noise.
 
 Per pair and pooled: the error of each, the images only A gets wrong and
 only B gets wrong, and the error difference A - B with Agresti and Min's
@@ -31,7 +34,7 @@ import torch
 from torch import Tensor
 
 from dag_pyg.train import load_run
-from dag_pyg.train.evaluate import predict
+from dag_pyg.train.evaluate import model_dir, predict
 from dag_pyg.train.logger import RunLogger, read_metrics, write_json_atomic
 from dag_pyg.train.premise import paired_gain
 
@@ -66,8 +69,9 @@ def compare(a_right: Tensor, b_right: Tensor) -> dict:
 
 
 def last_val_error(run_dir: Path) -> float | None:
-    """The validation error training logged last (``None`` if none)."""
-    errs = [r["val_error"] for r in read_metrics(run_dir / "metrics.jsonl")
+    """The validation error training logged last (``None`` if none), of the
+    model :func:`val_right` classifies (``method: auto``'s refit)."""
+    errs = [r["val_error"] for r in read_metrics(model_dir(run_dir) / "metrics.jsonl")
             if r.get("val_error") is not None]
     return errs[-1] if errs else None
 
@@ -98,6 +102,7 @@ def paired_val(a_runs: list[Path], b_runs: list[Path]) -> dict:
 
 
 def fmt(rec: dict) -> str:
+    """One table line of a pair's (or the pooled) comparison."""
     return (f"{rec['images']:>6}  {rec['error_a']:6.2f}  {rec['error_b']:6.2f}  "
             f"{rec['only_a_wrong']:>6}  {rec['only_b_wrong']:>6}  "
             f"{rec['diff']:+6.2f} [{rec['diff_lo']:+.2f}, {rec['diff_hi']:+.2f}]")
