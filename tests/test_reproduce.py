@@ -426,6 +426,28 @@ def test_neighbour_purity_hand_computed():
         [0.1, 1.0, 0.0], dtype=torch.float64))
 
 
+def test_label_diffusion_by_hand():
+    # neighbour_purity's diffusion_acc: LP-DeepSSL's diffusion from the
+    # labelled nodes alone. A chain 0 - 1 - 2 - 3 - 4 (every edge both ways,
+    # similarity 1), class 0 labelled at node 0, class 1 at node 4: each
+    # node goes to the nearer label, the middle one to the smaller class.
+    import torch
+    from torch_geometric.data import Data
+
+    run_cg = importlib.import_module("benchmarks.speed.bench_dplp").run_cg
+    src = torch.tensor([0, 1, 1, 2, 2, 3, 3, 4])
+    dst = torch.tensor([1, 0, 2, 1, 3, 2, 4, 3])
+    g = Data(edge_index=torch.stack([src, dst]), sim=torch.ones(8), num_nodes=5)
+    y = torch.tensor([0, -1, -1, -1, 1])
+    mask = torch.tensor([True, False, False, False, True])
+    pred, reached = run_cg(g, y, mask, num_classes=2)
+    assert pred.tolist()[:2] == [0, 0] and pred.tolist()[3:] == [1, 1]
+    assert reached.all()
+    # Without node 4's label, class 0 reaches every node.
+    pred, _ = run_cg(g, y, torch.tensor([True, False, False, False, False]), 2)
+    assert pred.tolist() == [0] * 5
+
+
 def test_neighbour_purity_reads_the_heads_attention():
     import torch
     from torch_geometric.utils import softmax

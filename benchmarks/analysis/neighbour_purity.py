@@ -16,7 +16,13 @@ reports, against the Label Bank's (the model's) accuracy on the same nodes:
   of the run's first aggregation layer (DNA's; without density for
   ``dna_no_density``; learned for ``gat``), and ``alpha_max``, the largest
   weight (``1/k`` if uniform);
-- ``vote_acc``: how often the neighbours' majority class is the node's.
+- ``vote_acc``: how often the neighbours' majority class is the node's;
+- ``target_acc``: how often the run's last training targets (DPLP's or
+  the Label Bank's) are right, over the nodes that have one;
+- ``diffusion_acc``: how often LP-DeepSSL's label diffusion (Iscen et al.,
+  2019; :func:`benchmarks.speed.bench_dplp.run_cg`, the peer DPLP is
+  timed against) from the labelled nodes alone, over the run's graph, is
+  right: what the graph itself holds for the targets.
 
 Uses the training labels of the unlabelled nodes (ground truth the run never
 saw): a diagnosis, not a way to choose settings. Prints a table and writes
@@ -32,6 +38,7 @@ from torch import Tensor
 from torch_geometric.utils import scatter, softmax
 
 from benchmarks.common import ANALYSIS_RESULTS, print_table, write_json
+from benchmarks.speed.bench_dplp import run_cg
 from dag_pyg import build_density_graph
 from dag_pyg.nn import DNAHead
 from dag_pyg.sampler import knn_subgraph
@@ -92,6 +99,11 @@ def diagnose(run_dir: Path, ks: list[int] | None = None) -> list[dict]:
     # The run's own graph: its densities enter the attention.
     graph = build_density_graph(feats, cfg.graph.k, backend=cfg.graph.backend,
                                 density=cfg.graph.density)
+    labelled, targets = run.data.labelled_mask, state["banks"]["targets"]
+    diffused = run_cg(graph, truth, labelled, run.data.num_classes)[0]
+    has_target = unl & (targets >= 0)
+    extra = {"target_acc": float((targets == truth)[has_target].double().mean()),
+             "diffusion_acc": float((diffused == truth)[unl].double().mean())}
     rows = []
     for k in ks:
         sub = knn_subgraph(graph, k)
@@ -102,6 +114,7 @@ def diagnose(run_dir: Path, ks: list[int] | None = None) -> list[dict]:
                      "model_acc": float((prior[unl] == truth[unl]).double().mean()),
                      **{key: float(v[unl].mean()) for key, v in stats.items()}})
         rows[-1]["vote_acc"] = rows[-1].pop("vote")
+        rows[-1].update(extra)
         rows[-1]["alpha_purity_minus_model"] = (rows[-1]["alpha_purity"]
                                                 - rows[-1]["model_acc"])
     return rows
@@ -118,7 +131,7 @@ def main() -> None:
     rows = [r for run in args.runs for r in diagnose(run, args.k)]
     print_table(rows, ["run", "epoch", "attention", "k", "model_acc", "purity",
                        "alpha_purity", "alpha_max", "vote_acc",
-                       "alpha_purity_minus_model"])
+                       "alpha_purity_minus_model", "target_acc", "diffusion_acc"])
     write_json(args.name, {"args": {**vars(args), "runs": [str(r) for r in args.runs]},
                            "rows": rows}, ANALYSIS_RESULTS)
 
