@@ -382,10 +382,10 @@ def test_a_grid_goes_where_its_kind_says(tmp_path):
     assert "### a_val" in lines and "### b" not in lines
     sweeps = lines.index("## Sweeps of one switch (test split; tables on their "
                          "pages)")
-    assert lines[sweeps + 2] == "- [c_dagplus](details/c_dagplus.md)"
+    assert lines[sweeps + 2] == "[c_dagplus](details/c_dagplus.md)"
     val = lines.index("## Validation grids (settings chosen there, not test "
                       "results)")
-    assert lines[val + 2] == "- [b](details/b.md)"
+    assert lines[val + 2] == "[b](details/b.md)"
     assert sorted(pages) == ["a_val", "b", "c_dagplus"]
     for bad, match in (({"kind": "ablation"}, "kind 'ablation' is not one of"),
                        ({"kind": "preset", "preset": "dag++"}, "preset 'dag[+][+]'"),

@@ -119,6 +119,7 @@ SPEED_SCRIPTS = {"bench_epoch_dagplus": "bench_epoch",
 ANALYSES = {"neighbour_purity": "neighbour_purity",
             "neighbour_purity_mnist_100_val": "neighbour_purity",
             "neighbour_purity_mnist_100": "neighbour_purity",
+            "neighbour_purity_mnist_100_w05": "neighbour_purity",
             "neighbour_purity_dagplus": "neighbour_purity",
             "dplp_diagnostics": "dplp_diagnostics"}
 
@@ -1119,8 +1120,11 @@ def render(report: Report, details: Path) -> tuple[list[str], dict[str, list[str
     """RESULTS.md's lines and the detail pages' (by name; pages in
     ``details``, which figure links are relative to)."""
     pages = {g.grid.name: render_grid_page(g.page) for g in report.grids}
-    links = {kind: [f"- {_grid_link(g.grid.name)}" for g in report.grids
-                    if g.grid.kind == kind] for kind in ("sweep", "validation")}
+    # One line of links per kind: the page stays one page as grids accrue.
+    links = {kind: [", ".join(_grid_link(g.grid.name) for g in report.grids
+                              if g.grid.kind == kind)]
+             for kind in ("sweep", "validation")}
+    links = {kind: line if line[0] else [] for kind, line in links.items()}
     # Test-split grids of their own table; choices made on a validation split
     # and sweeps of one switch are linked, so the page stays one page.
     heads = [line for g in report.grids if g.grid.kind == "headline"
