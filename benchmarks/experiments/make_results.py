@@ -120,6 +120,7 @@ ANALYSES = {"neighbour_purity": "neighbour_purity",
             "neighbour_purity_mnist_100_val": "neighbour_purity",
             "neighbour_purity_mnist_100": "neighbour_purity",
             "neighbour_purity_mnist_100_w05": "neighbour_purity",
+            "neighbour_purity_mnist_100_k64": "neighbour_purity",
             "neighbour_purity_dagplus": "neighbour_purity",
             "dplp_diagnostics": "dplp_diagnostics"}
 
