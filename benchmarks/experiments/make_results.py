@@ -1122,10 +1122,10 @@ def render(report: Report, details: Path) -> tuple[list[str], dict[str, list[str
     ``details``, which figure links are relative to)."""
     pages = {g.grid.name: render_grid_page(g.page) for g in report.grids}
     # One line of links per kind: the page stays one page as grids accrue.
-    links = {kind: [", ".join(_grid_link(g.grid.name) for g in report.grids
-                              if g.grid.kind == kind)]
-             for kind in ("sweep", "validation")}
-    links = {kind: line if line[0] else [] for kind, line in links.items()}
+    joined = {kind: ", ".join(_grid_link(g.grid.name) for g in report.grids
+                              if g.grid.kind == kind)
+              for kind in ("sweep", "validation")}
+    links = {kind: [line] if line else [] for kind, line in joined.items()}
     # Test-split grids of their own table; choices made on a validation split
     # and sweeps of one switch are linked, so the page stays one page.
     heads = [line for g in report.grids if g.grid.kind == "headline"
