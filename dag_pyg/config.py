@@ -59,7 +59,7 @@ Density = Literal["mean_sim", "count"]                  # dag_pyg.graph DENSITIE
 BankUpdate = Literal["refresh", "online"]
 Aggregator = Literal["dna", "dna_no_density", "gat", "none"]  # dag_pyg.nn
 Sampler = Literal["knn", "neighbor"]                    # dag_pyg.sampler
-Source = Literal["dplp", "model", "none"]               # dag_pyg.propagation
+Source = Literal["dplp", "diffusion", "model", "none"]  # dag_pyg.propagation
 Weighting = Literal["none", "certainty"]                # dag_pyg.propagation
 Admission = Literal["all", "agree"]                     # dag_pyg.propagation
 DPLPMode = Literal["L", "LU"]                           # dag_pyg.propagation
@@ -191,7 +191,10 @@ class DNAConfig:
 
 @dataclass
 class PseudoLabelConfig:
+    # dplp: the paper's; diffusion: LP-DeepSSL's label diffusion over the
+    # same graph (Iscen et al., 2019; dag_pyg.propagation.label_diffusion).
     source: Source = "dplp"
+    alpha: float = 0.99            # the diffusion's alpha (source: diffusion)
     # Per-sample weight of a pseudo label's cross-entropy: "certainty" is
     # 1 - H(p)/log C of the Label Bank's prediction (Iscen et al., 2019).
     weighting: Weighting = "none"
@@ -480,6 +483,13 @@ def _check(cfg: Config) -> None:
         raise ConfigError("Config key 'pseudo_label.weight' must be a finite "
                           f"number >= 0 (got {cfg.pseudo_label.weight}).")
     pl = cfg.pseudo_label
+    if not 0.0 <= pl.alpha < 1.0:
+        raise ConfigError("Config key 'pseudo_label.alpha' must be in [0, 1) "
+                          f"(at 1 the diffusion's system is singular; got {pl.alpha}).")
+    if pl.source == "diffusion" and cfg.distributed.graph == "sharded":
+        raise ConfigError("pseudo_label.source: diffusion solves over the whole "
+                          "graph, which a sharded refresh never holds: use "
+                          "distributed.graph: rank0 or replicate.")
     steers = cfg.method in ("steered", "auto")
     if steers and (pl.source != "dplp" or pl.threshold > 0 or pl.admit != "all"):
         raise ConfigError(f"method: {cfg.method} chooses the pseudo labels "

@@ -1,3 +1,4 @@
+from dag_pyg.propagation.diffusion import label_diffusion, normalized_affinity
 from dag_pyg.propagation.dplp import (
     MODES,
     DPLPResult,
@@ -24,6 +25,8 @@ from dag_pyg.propagation.pseudo_labels import (
 )
 
 __all__ = [
+    "label_diffusion",
+    "normalized_affinity",
     "MODES",
     "DPLPResult",
     "density_ascending_parents",

@@ -1,5 +1,5 @@
-r"""Pseudo labels for training from a graph and the Label Bank: DPLP, the
-model's own predictions, or none; the threshold :math:`\sigma` in its
+r"""Pseudo labels for training from a graph and the Label Bank: DPLP, label
+diffusion, the model's own predictions, or none; the threshold :math:`\sigma` in its
 quantile form; which pseudo labels are admitted; and the per-sample weight
 of each pseudo label."""
 from __future__ import annotations
@@ -11,13 +11,14 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Data
 
+from dag_pyg.propagation.diffusion import label_diffusion
 from dag_pyg.propagation.dplp import (
     density_ascending_parents,
     dplp,
     parent_step_distances,
 )
 
-SOURCES = ("dplp", "model", "none")
+SOURCES = ("dplp", "diffusion", "model", "none")
 WEIGHTINGS = ("none", "certainty")
 ADMISSIONS = ("all", "agree")
 
@@ -28,9 +29,9 @@ class PseudoLabels(NamedTuple):
     Attributes:
         targets (torch.Tensor): Training target of every node ``[N]``: the
             label where labelled, the pseudo label elsewhere, ``-1`` for none.
-        covered (torch.Tensor): Unlabelled nodes whose target DPLP
-            propagated from a labelled node ``[N]`` (all :obj:`False` for the
-            other sources).
+        covered (torch.Tensor): Unlabelled nodes whose target DPLP or the
+            diffusion propagated from a labelled node ``[N]`` (all
+            :obj:`False` for the other sources).
         parents (torch.Tensor): Density-ascending parents ``[N]`` under
             ``sigma`` (the paths DPLP follows).
         sigma (float): The resolved path threshold.
@@ -88,7 +89,8 @@ def sigma_of_steps(sigma: float | str, steps: Tensor) -> float:
 def pseudo_labels(graph: Data, y: Tensor, labelled_mask: Tensor, prior: Tensor,
                   source: str = "dplp", sigma: float | str = math.inf,
                   mode: str = "LU", num_classes: int | None = None,
-                  parents: Tensor | None = None) -> PseudoLabels:
+                  parents: Tensor | None = None,
+                  alpha: float = 0.99) -> PseudoLabels:
     r"""Training targets of every graph node.
 
     Args:
@@ -97,8 +99,11 @@ def pseudo_labels(graph: Data, y: Tensor, labelled_mask: Tensor, prior: Tensor,
         labelled_mask (torch.Tensor): Labelled nodes ``[N]``.
         prior (torch.Tensor): The Label Bank (the model's predictions) ``[N]``.
         source (str): ``"dplp"`` (:func:`~dag_pyg.propagation.dplp` with
-            ``prior`` where no path reaches a label), ``"model"`` (``prior``
-            itself) or ``"none"`` (labelled nodes only; ``-1`` elsewhere).
+            ``prior`` where no path reaches a label), ``"diffusion"``
+            (:func:`~dag_pyg.propagation.label_diffusion`'s arg-max, with
+            ``prior`` where no labelled node reaches), ``"model"``
+            (``prior`` itself) or ``"none"`` (labelled nodes only; ``-1``
+            elsewhere).
         sigma (float or str): Path threshold, see :func:`check_sigma`.
         mode (str): DPLP's ``"L"`` or ``"LU"``.
         num_classes (int, optional): Number of classes.
@@ -106,6 +111,7 @@ def pseudo_labels(graph: Data, y: Tensor, labelled_mask: Tensor, prior: Tensor,
             parents under ``sigma`` ``[N]``, computed elsewhere (a sharded
             refresh gathers them); ``sigma`` must then be the distance they
             were cut at, and ``graph`` needs only ``density``.
+        alpha (float): The diffusion's :math:`\alpha` (``source="diffusion"``).
     """
     if source not in SOURCES:
         raise ValueError(f"Unknown pseudo-label source '{source}'. Choose one of "
@@ -127,6 +133,12 @@ def pseudo_labels(graph: Data, y: Tensor, labelled_mask: Tensor, prior: Tensor,
                             res.parents, sigma)
     if parents is None:
         parents = density_ascending_parents(graph, sigma)
+    if source == "diffusion":
+        scores = label_diffusion(graph, y, labelled_mask, num_classes, alpha=alpha)
+        reached = scores.amax(1) > 0
+        targets = torch.where(reached, scores.argmax(1).to(prior.dtype), prior)
+        targets[labelled_mask] = y[labelled_mask]
+        return PseudoLabels(targets, reached & unl, parents, sigma)
     targets = prior.clone() if source == "model" else \
         torch.where(labelled_mask, y, -1)
     return PseudoLabels(targets, torch.zeros_like(unl), parents, sigma)

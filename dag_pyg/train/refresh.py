@@ -217,7 +217,7 @@ def graph_and_labels(run: Run, feats: Tensor, neighbours: bool | None = None,
     pl = cfg.pseudo_label
     out = pseudo_labels(graph, truth, mask, prior, source=pl.source,
                         sigma=cfg.dplp.sigma, mode=cfg.dplp.mode,
-                        num_classes=data.num_classes)
+                        num_classes=data.num_classes, alpha=pl.alpha)
     rec["time_dplp"] = time.perf_counter() - t
 
     lp = None
