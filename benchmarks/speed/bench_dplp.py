@@ -14,6 +14,9 @@ the unit sphere, 1% labelled, stratified) and scikit-learn's digits
   ``max(sim, 0)**3`` kNN affinity, ``D^-1/2 W D^-1/2``, one scipy CG solve of
   ``(I - 0.99 Wn) z = y_c`` per class, 20 iterations; time includes building
   the sparse matrix from the graph.
+* ``diffusion (dag_pyg)``: the same diffusion as dag_pyg's
+  ``pseudo_label.source: diffusion`` (:func:`dag_pyg.propagation.label_diffusion`,
+  torch, all classes' CG at once, one intra-op thread like scipy's).
 * ``pyg-labelprop``: PyG's ``LabelPropagation`` (20 layers, alpha 0.99) on
   the directed kNN graph with gcn-normalised ``max(sim, 0)**3`` weights.
 * ``sklearn-spreading``: ``LabelSpreading(kernel="knn", n_neighbors=k)`` on
@@ -48,7 +51,7 @@ from benchmarks.common import (
     write_json,
 )
 from dag_pyg.graph import build_density_graph
-from dag_pyg.propagation import dplp
+from dag_pyg.propagation import dplp, label_diffusion
 from tests.dplp_reference import reference_dplp
 
 TARGET_TIME_S = 0.25
@@ -127,6 +130,11 @@ def run_cg(graph, y, mask, num_classes, alpha=0.99, maxiter=20):
     return Z.argmax(dim=1), Z.amax(dim=1) > 0
 
 
+def run_ours(graph, y, mask, num_classes):
+    z = label_diffusion(graph, y, mask, num_classes)
+    return z.argmax(dim=1), z.amax(dim=1) > 0
+
+
 def run_pyg(graph, y, mask, num_layers=20, alpha=0.99):
     w = graph.sim.clamp_min(0).pow(3)
     ei, w = gcn_norm(graph.edge_index, w, graph.num_nodes, add_self_loops=False)
@@ -202,6 +210,9 @@ def bench_dataset(name, x, y, mask, k, args, methods):
             "sequential Python, 1 run")
     add("cg-diffusion", lambda: run_cg(graph, y, mask, num_classes),
         2 if n <= 10_000 or args.quick else 1)
+    add("diffusion (dag_pyg)", single_thread(
+        lambda: run_ours(graph, y, mask, num_classes)),
+        2 if n <= 10_000 or args.quick else 1, "1 thread")
     if "pyg" in methods:
         add("pyg-labelprop", lambda: run_pyg(graph, y, mask), 3)
     if "sklearn" in methods:
@@ -267,6 +278,8 @@ def main() -> None:
         "dplp100_over_dplp10": (t("clustered-100", "dplp-LU 1 thread") / t_dplp1,
                                 "~", 1.0),
         "cg100_over_cg10": (t("clustered-100", "cg-diffusion") / t_cg, "~", 10.0),
+        # No target: the library's diffusion against its peer (scipy's CG).
+        "cg_over_ours": (t_cg / t("clustered", "diffusion (dag_pyg)"), "~", 1.0),
     }
     print(f"\nTargets (clustered, N={args.n}, k={args.k}, "
           f"{torch.get_num_threads()} threads unless noted"
