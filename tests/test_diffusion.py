@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import importlib
 
+import numpy as np
 import pytest
+import scipy.sparse as scipy_sparse
 import torch
+from scipy.sparse.linalg import cg as scipy_cg
 from torch_geometric.data import Data
 
 from dag_pyg.config import ConfigError, load_config
@@ -38,6 +41,11 @@ def test_two_nodes_hand_solved():
     out = pseudo_labels(pair(0.5), y, mask, prior, "diffusion", alpha=a)
     assert out.targets.tolist() == [0, 0, 1]
     assert out.covered.tolist() == [False, True, False]
+    # Dissimilar neighbours carry no weight: nothing moves, z = b.
+    z = label_diffusion(pair(-0.5), y, mask, num_classes=2, alpha=a)
+    assert z.tolist() == [[1.0, 0.0], [0.0, 0.0], [0.0, 0.0]]
+    out = pseudo_labels(pair(-0.5), y, mask, prior, "diffusion", alpha=a)
+    assert out.targets.tolist() == [0, 1, 1] and not out.covered.any()
 
 
 def knn_graph(n=120, k=6, seed=0):
@@ -74,9 +82,22 @@ def test_matches_a_dense_solve():
 
 
 def test_twenty_steps_match_scipy_cg():
-    run_cg = importlib.import_module("benchmarks.speed.bench_dplp").run_cg
+    bench = importlib.import_module("benchmarks.speed.bench_dplp")
     graph, y, mask = knn_graph(n=300, k=8, seed=2)
-    ref_pred, ref_reached = run_cg(graph, y, mask, num_classes=3)
+    # The scores after at most 20 steps per class, each class its own CG.
+    system = scipy_sparse.eye(300) - 0.99 * bench.affinity(graph)
+    want = []
+    for c in range(3):
+        b = (mask & (y == c)).double().numpy()
+        want.append(scipy_cg(system, b / b.sum(), rtol=1e-6, maxiter=20)[0])
+    want = torch.from_numpy(np.stack(want, 1)).clamp_min(0)
+    got = label_diffusion(graph, y, mask, 3)
+    # 1e-8 apart: the sparse products sum in another order, and 20 steps of
+    # CG at alpha 0.99 grow rounding by that much.
+    assert torch.allclose(got, want, rtol=1e-6, atol=1e-9)
+    assert not torch.allclose(got, label_diffusion(graph, y, mask, 3, max_iter=19),
+                              rtol=1e-4)
+    ref_pred, ref_reached = bench.run_cg(graph, y, mask, num_classes=3)
     garbage = torch.where(mask, y, 7)  # unlabelled labels are never read
     out = pseudo_labels(graph, garbage, mask, torch.zeros_like(y), "diffusion",
                         num_classes=3)
@@ -90,6 +111,8 @@ def test_bad_input():
         label_diffusion(graph, y, mask, alpha=1.0)
     with pytest.raises(ValueError, match="shape"):
         label_diffusion(graph, y[:-1], mask)
+    with pytest.raises(ValueError, match="at least one labelled node"):
+        label_diffusion(graph, y, torch.zeros_like(mask))
     with pytest.raises(ValueError, match="needs 'sim'"):
         label_diffusion(Data(edge_index=graph.edge_index, num_nodes=30), y, mask)
     with pytest.raises(ConfigError, match="pseudo_label.alpha"):

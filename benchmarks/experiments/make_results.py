@@ -672,6 +672,7 @@ def collect_grid_table(grid: Grid) -> GridTable:
     has_drift = any(_last(r, "knn_kept") is not None for r in runs_all)
     has_live = any(_last(r, "live_bank_cos") is not None for r in runs_all)
     has_admit = any((_last(r, "pl_admitted") or 1.0) < 1.0 for r in runs_all)
+    has_targets = any(_last(r, "pl_acc_all") is not None for r in runs_all)
     full = sorted({r["full_test"]["num_test"] for r in runs_all if "full_test" in r})
     refs = [ref for ref in REFS if ref in rows]
     own_cols = [f"Δ vs {ref} (paired by seed)" for ref in refs]
@@ -684,12 +685,14 @@ def collect_grid_table(grid: Grid) -> GridTable:
         # eval_full_test.py: the same checkpoints, every test image
         + ([full_col, *full_cols] if full else [])
         + (["val error % (last)", *val_cols] if has_val else [])
-        + ["DPLP coverage", "DPLP acc. on covered", "model acc. on covered"]
+        # Covered: reached by DPLP's paths or the diffusion (pseudo_label.source).
+        + ["propagated coverage", "propagated acc. on covered",
+           "model acc. on covered"]
+        + (["targets right (last)"] if has_targets else [])
         + (["bank cos to previous (last)", "kNN kept (last)"] if has_drift else [])
         # the live-vs-bank gap
         + (["live-bank cos (mean of epochs)"] if has_live else [])
-        + (["pseudo labels admitted (last)", "pseudo-label acc. (last)"]
-           if has_admit else [])
+        + (["pseudo labels admitted (last)"] if has_admit else [])
         + ["s / epoch", "wall s / run"])
     for row, runs in rows.items():
         s = [r["summary"] for r in runs]
@@ -711,8 +714,9 @@ def collect_grid_table(grid: Grid) -> GridTable:
             cells["val error % (last)"] = stat(_val(r) for r in runs)
             cells.update(zip(val_cols, _deltas(row, runs, refs, rows, pair_with,
                                                _val), strict=True))
-        cells["DPLP coverage"] = stat((x.get("pl_coverage_last") for x in s), 3)
-        cells["DPLP acc. on covered"] = stat((x.get("pl_acc_last") for x in s), 3)
+        cells["propagated coverage"] = stat((x.get("pl_coverage_last") for x in s), 3)
+        cells["propagated acc. on covered"] = stat((x.get("pl_acc_last") for x in s),
+                                                   3)
         cells["model acc. on covered"] = stat(
             (x.get("model_acc_on_covered_last") for x in s), 3)
         if has_drift:
@@ -722,11 +726,12 @@ def collect_grid_table(grid: Grid) -> GridTable:
         if has_live:
             cells["live-bank cos (mean of epochs)"] = stat(
                 (_epoch_mean(r, "live_bank_cos") for r in runs), 3)
+        if has_targets:
+            cells["targets right (last)"] = stat(
+                (_last(r, "pl_acc_all") for r in runs), 3)
         if has_admit:
             cells["pseudo labels admitted (last)"] = stat(
                 (_last(r, "pl_admitted") for r in runs), 3)
-            cells["pseudo-label acc. (last)"] = stat(
-                (_last(r, "pl_acc_all") for r in runs), 3)
         cells["s / epoch"] = stat((statistics.fmean(
             [m["time_epoch"] for m in r["metrics"] if m.get("phase") == "train"])
             for r in runs), 3)
@@ -774,12 +779,12 @@ def collect_per_seed(grid: Grid) -> Table:
 
 def collect_pseudo_labels(grid: Grid) -> Table | None:
     """Per-epoch pseudo-label quality of the rows whose labels come from DPLP
-    (mean over seeds; the grid's own records): coverage, accuracy on the
-    covered nodes against the model's own accuracy on them, and path-length
-    quantiles."""
+    or the diffusion (mean over seeds; the grid's own records): coverage,
+    accuracy on the covered nodes against the model's own accuracy on them,
+    and DPLP's path-length quantiles (logged whatever the source)."""
     rows: dict[str, list[dict]] = {}
     for r in grid.own:
-        if r["summary"]["config"]["pseudo_label"]["source"] == "dplp":
+        if r["summary"]["config"]["pseudo_label"]["source"] in ("dplp", "diffusion"):
             rows.setdefault(r["row"], []).append(r)
     if not rows:
         return None

@@ -15,7 +15,9 @@ where :math:`\mathbf{y}_c` is :math:`1 / |L_c|` on the labelled nodes of
 class :math:`c` and zero elsewhere, by conjugate gradients (the system is
 symmetric positive definite for :math:`\alpha < 1`). A node's pseudo label
 is :math:`\arg\max_c z_{uc}` over the non-negative part of
-:math:`\mathbf{Z}`; a node no labelled node reaches keeps a row of zeros.
+:math:`\mathbf{Z}`. A node the solve does not reach keeps a row of zeros:
+one in a component without labels, or more hops from every label than the
+conjugate-gradient steps taken (each step reaches one hop further).
 """
 from __future__ import annotations
 
@@ -29,8 +31,15 @@ from torch_geometric.utils import remove_self_loops, to_torch_csr_tensor, to_und
 
 
 def normalized_affinity(graph: Data, gamma: float = 3.0) -> Tensor:
-    r""":math:`\hat{\mathbf{W}}` of the graph ``[N, N]`` (a float64 sparse
-    CSR tensor), from its ``edge_index`` and cosine similarities ``sim``."""
+    r""":math:`\hat{\mathbf{W}}` of the graph ``[N, N]``, a float64 sparse
+    CSR tensor on the graph's device.
+
+    Args:
+        graph (torch_geometric.data.Data): A graph with ``edge_index`` and
+            ``sim``, one cosine similarity per edge
+            (:func:`~dag_pyg.graph.build_density_graph`).
+        gamma (float): Power of the (non-negative part of the) similarities.
+    """
     sim = getattr(graph, "sim", None)
     if sim is None or sim.numel() != graph.edge_index.size(1):
         raise ValueError("The graph needs 'sim', one cosine similarity per edge; "
@@ -42,10 +51,11 @@ def normalized_affinity(graph: Data, gamma: float = 3.0) -> Tensor:
     # gcn_norm leaves an isolated node's (empty) row at zero.
     edge_index, w = gcn_norm(edge_index, w, n, add_self_loops=False)
     # CSR: its product with a dense block is about 6x COO's on a CPU. The
-    # warnings (CSR is "beta"; invariants unchecked) would repeat every refresh.
+    # edges are sorted (to_undirected coalesced them). torch warns once per
+    # process that sparse invariants go unchecked: not a user's concern.
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse (CSR|invariant)")
-        return to_torch_csr_tensor(edge_index, w, (n, n))
+        return to_torch_csr_tensor(edge_index, w, (n, n), is_coalesced=True)
 
 
 def label_diffusion(graph: Data, y: Tensor, labelled_mask: Tensor,
@@ -65,8 +75,9 @@ def label_diffusion(graph: Data, y: Tensor, labelled_mask: Tensor,
         alpha (float): :math:`\alpha \in [0, 1)` (LP-DeepSSL's 0.99).
         gamma (float): Power of the similarities (LP-DeepSSL's 3).
         max_iter (int): Conjugate-gradient steps per class (LP-DeepSSL's 20).
-        rtol (float): A class stops once its residual is below ``rtol``
-            times its right-hand side (as SciPy's ``cg``).
+        rtol (float): A class stops once its residual's norm is at most
+            ``rtol`` times its right-hand side's (SciPy's ``cg`` stops below
+            it: the two differ at equality only).
     """
     if not 0.0 <= alpha < 1.0:
         raise ValueError(f"alpha must be in [0, 1) (got {alpha!r}); at 1 the "
@@ -78,11 +89,15 @@ def label_diffusion(graph: Data, y: Tensor, labelled_mask: Tensor,
     if y.shape != (n,) or labelled_mask.shape != (n,):
         raise ValueError(f"y and labelled_mask must have shape ({n},), one per "
                          f"node (got {tuple(y.shape)}, {tuple(labelled_mask.shape)}).")
+    if not bool(labelled_mask.any()):
+        raise ValueError("label_diffusion needs at least one labelled node "
+                         "(labelled_mask is all False).")
     num_classes = int(y[labelled_mask].max()) + 1 if num_classes is None \
         else num_classes
     w_hat = normalized_affinity(graph, gamma)
-    idx = labelled_mask.nonzero().view(-1)
-    b = torch.zeros(n, num_classes, dtype=torch.float64, device=y.device)
+    idx = labelled_mask.nonzero().view(-1).to(w_hat.device)
+    y = y.to(w_hat.device)
+    b = torch.zeros(n, num_classes, dtype=torch.float64, device=w_hat.device)
     b[idx, y[idx]] = 1.0
     b = b / b.sum(0).clamp_min(1.0)
 

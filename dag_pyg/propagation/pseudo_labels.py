@@ -134,7 +134,8 @@ def pseudo_labels(graph: Data, y: Tensor, labelled_mask: Tensor, prior: Tensor,
     if parents is None:
         parents = density_ascending_parents(graph, sigma)
     if source == "diffusion":
-        scores = label_diffusion(graph, y, labelled_mask, num_classes, alpha=alpha)
+        scores = label_diffusion(graph, y, labelled_mask, num_classes,
+                                 alpha=alpha).to(prior.device)
         reached = scores.amax(1) > 0
         targets = torch.where(reached, scores.argmax(1).to(prior.dtype), prior)
         targets[labelled_mask] = y[labelled_mask]

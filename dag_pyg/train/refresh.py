@@ -134,7 +134,8 @@ def label_bank_logits(head: DNAHead, feats: Tensor, graph: Data, k_sub: int,
 def label_stats(targets: Tensor, prior: Tensor, covered: Tensor, truth: Tensor,
                 unl: Tensor, lengths: Tensor, sigma: float) -> dict[str, float]:
     """Path lengths, and the accuracy of the pseudo labels and of the
-    model's predictions on the unlabelled nodes (all, and DPLP-covered)."""
+    model's predictions on the unlabelled nodes (all, and those DPLP or the
+    diffusion covered)."""
     rec = {"dplp_sigma": sigma,
            "path_len_mean": float(lengths.mean()),
            "path_len_q10": float(torch.quantile(lengths, 0.1)),
@@ -238,7 +239,7 @@ def graph_and_labels(run: Run, feats: Tensor, neighbours: bool | None = None,
             targets = admit_pseudo_labels(targets, logits, mask, pl.threshold,
                                           pl.admit)
     lengths = path_lengths(out.parents).float()
-    # Covered: propagated by DPLP and admitted.
+    # Covered: propagated by DPLP or the diffusion, and admitted.
     rec.update(label_stats(targets, prior, out.covered & (targets >= 0), truth,
                            unl, lengths, out.sigma))
     rec["pl_admitted"] = float((targets[unl] >= 0).float().mean()) \
