@@ -80,6 +80,25 @@ def test_grid_runs_skips_and_tabulates(tmp_path, capsys):
     assert "(../RESULTS.md)" in detail
 
 
+def test_borrowed_rows_are_not_run_here(tmp_path, monkeypatch, capsys):
+    reproduce = load("reproduce")
+    grid = tmp_path / "g.yaml"
+    grid.write_text(yaml.safe_dump({**TINY, "borrow": {"labels_only":
+                                                       "other/labels_only"}}))
+    ran = []
+    monkeypatch.setattr(reproduce, "run_one", lambda g, row, seed, *a: ran.append(
+        (row, seed)))
+    args = ["--results", str(tmp_path / "res"), "--runs", str(tmp_path / "runs")]
+    reproduce.main([str(grid), *args])
+    assert ran == [("dag", 0)]
+    assert "[borrowed] tiny/labels_only: other/labels_only's runs" in \
+        capsys.readouterr().out
+    with pytest.raises(SystemExit, match=r"borrowed \('labels_only' from "
+                       r"other/labels_only\)"):
+        reproduce.main([str(grid), "--rows", "labels_only", "dag", *args])
+    assert ran == [("dag", 0)]
+
+
 def test_a_row_may_name_its_own_config():
     reproduce = load("reproduce")
     grid = {**TINY, "rows": {**TINY["rows"], "plus": {

@@ -18,6 +18,7 @@ A grid YAML names a base config, the seeds, and rows of overrides::
       dagplus: {config: configs/digits_dagplus.yaml}   # a row of its own config
       dag_lp_l: [dplp.mode=L]
     legacy: [dag_lp_l]                # run only when --rows names it; no headline
+    borrow: {labels_only: other_grid/labels_only}   # that grid's runs, not run here
 
 Each run goes to ``benchmarks/runs/<grid>/<row>/seed<k>`` (not committed)
 and its result to ``benchmarks/experiments/results/<grid>/<row>__seed<k>.json``
@@ -259,7 +260,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.migrate:
         return
     legacy = set(grid.get("legacy") or ())
-    rows = args.rows or [r for r in grid["rows"] if r not in legacy]
+    # A borrowed row's results are another grid's runs (make_results reads
+    # them there): trained here they would cost hours and never be shown.
+    borrowed = grid.get("borrow") or {}
+    rows = args.rows or [r for r in grid["rows"]
+                         if r not in legacy and r not in borrowed]
     unknown = sorted(set(rows) - set(grid["rows"]))
     if unknown:
         renamed = grid.get("renamed") or {}
@@ -267,6 +272,14 @@ def main(argv: list[str] | None = None) -> None:
                         if r in renamed)
         raise SystemExit(f"unknown rows {unknown}; the grid has "
                          f"{list(grid['rows'])}{hints}")
+    named = [r for r in rows if r in borrowed]
+    if named:
+        where = ", ".join(f"'{r}' from {borrowed[r]}" for r in named)
+        raise SystemExit(f"rows {named} are borrowed ({where}): run them in "
+                         "their own grid, or drop them from --rows.")
+    for row in (r for r in grid["rows"] if r in borrowed and not args.rows):
+        print(f"[borrowed] {grid['name']}/{row}: {borrowed[row]}'s runs, not run "
+              "here", flush=True)
     seeds = args.seeds or grid["seeds"]
     for seed in seeds:  # seed-major: every row gets a result early
         for row in rows:
