@@ -676,12 +676,17 @@ def collect_grid_table(grid: Grid) -> GridTable:
     full = sorted({r["full_test"]["num_test"] for r in runs_all if "full_test" in r})
     refs = [ref for ref in REFS if ref in rows]
     own_cols = [f"Δ vs {ref} (paired by seed)" for ref in refs]
+    # The grid's second reference (``compare: {row: other}``), as the headline.
+    compare = {row: other for row, other in grid.compare.items() if other in rows}
+    other_cols = {other: f"Δ vs {other} (paired by seed)"
+                  for other in sorted(set(compare.values()))}
     n = "/".join(f"{v:,}" for v in full)
     full_col = f"test error % on all {n} (seeds)"
     full_cols = [f"Δ vs {ref} on all {n} (paired)" for ref in refs]
     val_cols = [f"Δ val vs {ref} (paired)" for ref in refs]
     table = Table(
-        ["row", "seeds", "test error % (last)", "test error % at best val", *own_cols]
+        ["row", "seeds", "test error % (last)", "test error % at best val", *own_cols,
+         *other_cols.values()]
         # eval_full_test.py: the same checkpoints, every test image
         + ([full_col, *full_cols] if full else [])
         + (["val error % (last)", *val_cols] if has_val else [])
@@ -705,6 +710,9 @@ def collect_grid_table(grid: Grid) -> GridTable:
                                              .get("test_error") for x in s)}
         cells.update(zip(own_cols, _deltas(row, runs, refs, rows, pair_with, _own),
                          strict=True))
+        for other, col in other_cols.items():
+            cells[col] = (stat(_paired(runs, _by_seed(rows[other], _own), _own))
+                          if compare.get(row) == other else NA)
         if full:
             have = [r for r in runs if _full(r) is not None]
             cells[full_col] = Counted(stat(_full(r) for r in have), len(have))
