@@ -73,8 +73,8 @@ def test_grid_runs_skips_and_tabulates(tmp_path, capsys):
     assert len(text.splitlines()) <= make_results.MAX_LINES == 150
     assert "](details/tiny.md)" in text
     assert f"on all {n:,} test images" in text  # full_test is the headline's
-    assert "DPLP pseudo labels per epoch" in detail
-    assert "DPLP pseudo labels per epoch" not in text
+    assert "propagated pseudo labels per epoch" in detail
+    assert "propagated pseudo labels per epoch" not in text
     assert f"- `dag`: `{result['command']}`" in detail
     assert "`tiny/dag__seed0.json`" in detail
     assert "(../RESULTS.md)" in detail

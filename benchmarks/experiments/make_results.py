@@ -1042,11 +1042,13 @@ def render_per_seed(grid: str, table: Table) -> list[str]:
 def render_pseudo_labels(grid: str, table: Table | None) -> list[str]:
     if table is None:
         return []
-    return [f"#### {grid}: DPLP pseudo labels per epoch (mean over seeds)", "",
-            *render_table(table),
-            "", "pl_acc: DPLP label accuracy on the unlabelled nodes it covers; "
-            "model_acc_on_covered: the Label Bank's (the model's) accuracy on "
-            "the same nodes; *_all: on every unlabelled node.", ""]
+    return [f"#### {grid}: propagated pseudo labels per epoch (mean over seeds)",
+            "", *render_table(table),
+            "", "pl_acc: the accuracy of DPLP's labels (the diffusion's, for rows "
+            "with pseudo_label.source: diffusion) on the unlabelled nodes they "
+            "cover; model_acc_on_covered: the Label Bank's (the model's) accuracy "
+            "on the same nodes; *_all: on every unlabelled node; path_len_*: "
+            "DPLP's paths, whatever the source.", ""]
 
 
 def render_label_bank(grid: str, table: Table | None) -> list[str]:
