@@ -277,9 +277,10 @@ def main(argv: list[str] | None = None) -> None:
         where = ", ".join(f"'{r}' from {borrowed[r]}" for r in named)
         raise SystemExit(f"rows {named} are borrowed ({where}): run them in "
                          "their own grid, or drop them from --rows.")
-    for row in (r for r in grid["rows"] if r in borrowed and not args.rows):
-        print(f"[borrowed] {grid['name']}/{row}: {borrowed[row]}'s runs, not run "
-              "here", flush=True)
+    if not args.rows:
+        for row, source in borrowed.items():
+            print(f"[borrowed] {grid['name']}/{row}: {source}'s runs, not run here",
+                  flush=True)
     seeds = args.seeds or grid["seeds"]
     for seed in seeds:  # seed-major: every row gets a result early
         for row in rows:
