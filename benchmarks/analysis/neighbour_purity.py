@@ -20,9 +20,10 @@ reports, against the Label Bank's (the model's) accuracy on the same nodes:
 - ``target_acc``: how often the run's last training targets (DPLP's or
   the Label Bank's) are right, over the nodes that have one;
 - ``diffusion_acc``: how often LP-DeepSSL's label diffusion (Iscen et al.,
-  2019; :func:`benchmarks.speed.bench_dplp.run_cg`, the peer DPLP is
-  timed against) from the labelled nodes alone, over the run's graph, is
-  right: what the graph itself holds for the targets.
+  2019; :func:`dag_pyg.propagation.label_diffusion`, what
+  ``pseudo_label.source: diffusion`` trains on) from the labelled nodes
+  alone, over the run's graph, is right: what the graph itself holds for
+  the targets.
 
 Uses the training labels of the unlabelled nodes (ground truth the run never
 saw): a diagnosis, not a way to choose settings. Prints a table and writes
@@ -38,9 +39,9 @@ from torch import Tensor
 from torch_geometric.utils import scatter, softmax
 
 from benchmarks.common import ANALYSIS_RESULTS, print_table, write_json
-from benchmarks.speed.bench_dplp import run_cg
 from dag_pyg import build_density_graph
 from dag_pyg.nn import DNAHead
+from dag_pyg.propagation import label_diffusion
 from dag_pyg.sampler import knn_subgraph
 from dag_pyg.train import load_run
 
@@ -100,7 +101,7 @@ def diagnose(run_dir: Path, ks: list[int] | None = None) -> list[dict]:
     graph = build_density_graph(feats, cfg.graph.k, backend=cfg.graph.backend,
                                 density=cfg.graph.density)
     labelled, targets = run.data.labelled_mask, state["banks"]["targets"]
-    diffused = run_cg(graph, truth, labelled, run.data.num_classes)[0]
+    diffused = label_diffusion(graph, truth, labelled, run.data.num_classes).argmax(1)
     has_target = unl & (targets >= 0)
     extra = {"target_acc": float((targets == truth)[has_target].double().mean()),
              "diffusion_acc": float((diffused == truth)[unl].double().mean())}

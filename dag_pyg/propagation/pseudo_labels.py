@@ -1,7 +1,7 @@
 r"""Pseudo labels for training from a graph and the Label Bank: DPLP, label
-diffusion, the model's own predictions, or none; the threshold :math:`\sigma` in its
-quantile form; which pseudo labels are admitted; and the per-sample weight
-of each pseudo label."""
+diffusion, the model's own predictions, or none; the threshold
+:math:`\sigma` in its quantile form; which pseudo labels are admitted; and
+the per-sample weight of each pseudo label."""
 from __future__ import annotations
 
 import math
