@@ -108,6 +108,11 @@ class ModelConfig:
     # torch.compile the backbone's features (inductor; needs a C++ compiler
     # on the CPU). Minutes of compiling at the run's start, then faster steps.
     compile: bool = False
+    # Training images (without augmentation) whose batch statistics replace
+    # the evaluated backbone's batch-norm statistics before every bank
+    # extraction and evaluation (PreciseBN); 0: off, the running statistics
+    # of the mixed training batches.
+    precise_bn: int = 0
 
 
 @dataclass
@@ -526,6 +531,10 @@ def _check(cfg: Config) -> None:
     if cfg.data.num_check < 0:
         raise ConfigError("Config key 'data.num_check' must be >= 0 (labels held "
                           f"out for the premise check; got {cfg.data.num_check}).")
+    if cfg.model.precise_bn < 0:
+        raise ConfigError("Config key 'model.precise_bn' must be >= 0 (training "
+                          "images that recompute the batch-norm statistics; 0 "
+                          f"turns it off; got {cfg.model.precise_bn}).")
     if not 0.0 <= cfg.optim.ema_decay < 1.0:
         raise ConfigError("Config key 'optim.ema_decay' must be in [0, 1) (0 "
                           "turns the averaged weights off; 0.999 averages over "

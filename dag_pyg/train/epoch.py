@@ -18,6 +18,7 @@ from dag_pyg.config import OptimConfig
 from dag_pyg.data.transforms import mix, mixup_draw
 from dag_pyg.distributed import DistContext
 from dag_pyg.sampler import make_loader
+from dag_pyg.train.features import recalibrate_run
 from dag_pyg.train.losses import dag_loss
 from dag_pyg.train.optim import autocast
 from dag_pyg.train.refresh import (
@@ -251,6 +252,7 @@ def train_epoch(run: Run, epoch: int, banks: Banks | None, graph: Data | None,
             continue  # finished before the interruption
         if i and start >= progress.done:  # not refreshed before it
             t = time.perf_counter()
+            recalibrate_run(run, epoch)
             new = refresh(run, features=banks.features if online else None,
                           neighbours=banks.neighbours)
             progress.mid_s += time.perf_counter() - t

@@ -1,5 +1,6 @@
 """Backbone features of data-set rows in eval mode, without augmentation:
-the Feature Bank and the test queries."""
+the Feature Bank and the test queries; and the batch-norm statistics they
+are normalised with (``model.precise_bn``)."""
 from __future__ import annotations
 
 import math
@@ -36,6 +37,62 @@ def extract_features(backbone: nn.Module, transform: BatchTransform,
         with autocast(amp, device):
             out.append(backbone.features(x).float())
     return torch.cat(out)
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(backbone: nn.Module, transform: BatchTransform,
+                          dataset: ArrayDataset, rows: Tensor,
+                          device: torch.device, batch_size: int) -> int:
+    """Replaces the running statistics of ``backbone``'s batch-norm layers
+    by the mean of their batch statistics over ``dataset[rows]`` under
+    ``transform`` (PreciseBN; Wu & Johnson, 2021). Training normalises
+    augmented, mixed images, so the running statistics are theirs while
+    the banks and the evaluation read clean ones. Only the batch-norm
+    layers run in training mode (dropout stays off); the modes and momenta
+    are restored. Returns the number of layers recalibrated."""
+    norms = [m for m in backbone.modules()
+             if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms or not rows.numel():
+        return 0
+    modes = [(m, m.training) for m in backbone.modules()]
+    momenta = [m.momentum for m in norms]
+    backbone.eval()
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative mean over the batches
+        m.train()
+    try:
+        for s in range(0, rows.numel(), batch_size):
+            x = transform(dataset.images[rows[s:s + batch_size]]).to(device)
+            # The class's own method: a compiled ``features`` (model.compile)
+            # would be traced again for the other batch-norm mode.
+            type(backbone).features(backbone, x)
+    finally:
+        for m, momentum in zip(norms, momenta, strict=True):
+            m.momentum = momentum
+        for m, training in modes:
+            m.training = training
+    return len(norms)
+
+
+def recalibrate_run(run: Run, epoch: int) -> float:
+    """:func:`recalibrate_batchnorm` of the run's evaluated backbone (the
+    averaged one where ``optim.ema_decay`` > 0) on ``model.precise_bn``
+    training images without augmentation, drawn afresh for every ``epoch``
+    from a generator of their own (the run's stream stays as it was; every
+    process draws the same ones, so their statistics agree). Returns the
+    seconds it took (0 when off)."""
+    n = run.cfg.model.precise_bn
+    if not n:
+        return 0.0
+    t = time.perf_counter()
+    nodes = run.data.nodes
+    gen = torch.Generator().manual_seed(run.cfg.seed * 100_003 + epoch)
+    rows = nodes[torch.randperm(nodes.numel(), generator=gen)[:n]]
+    recalibrate_batchnorm(run.model.eval_backbone, run.data.eval_tf,
+                          run.data.train_set, rows, run.device,
+                          run.cfg.eval.batch_size)
+    return time.perf_counter() - t
 
 
 def features_of(run: Run, dataset: ArrayDataset, rows: Tensor, desc: str,

@@ -46,6 +46,7 @@ from dag_pyg.train.auto import train_auto
 from dag_pyg.train.checkpoint import load_checkpoint, save_checkpoint
 from dag_pyg.train.epoch import train_epoch
 from dag_pyg.train.evaluate import evaluate
+from dag_pyg.train.features import recalibrate_run
 from dag_pyg.train.interrupt import StopRequest, TrainingInterrupted
 from dag_pyg.train.logger import RunLogger, read_metrics, write_json_atomic
 from dag_pyg.train.optim import build_optim
@@ -209,6 +210,7 @@ def refresh_after(run: Run, state: TrainState, epoch: int) -> Refreshed:
     due and the Feature Bank's drift since the epoch started."""
     cfg, banks = run.cfg, state.banks
     pretrain = epoch < cfg.optim.pretrain_epochs
+    precise_s = recalibrate_run(run, epoch)
     # An online bank was written by this epoch's steps; the one after
     # pre-training is extracted.
     new = refresh(run, features=banks.features if writes_bank(cfg, pretrain) else None,
@@ -219,6 +221,8 @@ def refresh_after(run: Run, state: TrainState, epoch: int) -> Refreshed:
         new.stats.update(evaluate(run, new.banks.features,
                                   new.graph if new.banks.neighbours else None))
     new.stats.update(drift_stats(run, state.epoch_start, new.banks, new.graph))
+    if cfg.model.precise_bn:
+        new.stats["time_precise_bn"] = precise_s
     return new
 
 
@@ -246,6 +250,7 @@ def train_epochs(run: Run, state: TrainState, stop_after: int | None) -> dict:
         pretrain = epoch < cfg.optim.pretrain_epochs
         t0 = time.perf_counter()
         if state.banks is None and not pretrain:  # no pre-training: seed banks
+            recalibrate_run(run, epoch - 1)
             seeded = refresh(run)
             state.banks, graph = seeded.banks, seeded.graph
         if state.progress is None:
