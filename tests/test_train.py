@@ -16,6 +16,8 @@ from dag_pyg.sampler import knn_subgraph
 from dag_pyg.train import evaluate_run, load_run, train
 from dag_pyg.train import loop as loop_module
 from dag_pyg.train.checkpoint import CheckpointError, load_checkpoint
+from dag_pyg.train.features import recalibrate_run
+from dag_pyg.train.logger import RunLogger
 
 pytestmark = pytest.mark.slow
 
@@ -572,3 +574,50 @@ def test_averaged_weights_extract_the_banks_and_are_evaluated(tmp_path):
                               atol=1e-3)
     assert evaluate_run(tmp_path / "ema")["test_error"] == pytest.approx(
         last["test_error"])
+
+
+def test_precise_bn_recomputes_the_evaluated_statistics(tmp_path):
+    """model.precise_bn: before the last refresh and evaluation the averaged
+    backbone's batch-norm statistics are recomputed on clean training images
+    (the checkpoint's are those; recomputing them from its weights gives
+    them again, and they are not the average of the training batches'); the
+    errors are those of the recomputed model; resume stays exact."""
+    cfg = tiny("optim.ema_decay=0.9", "model.precise_bn=300")
+    train(cfg, tmp_path / "pbn")
+    train(tiny("optim.ema_decay=0.9"), tmp_path / "off")
+    rows = [json.loads(x) for x in (tmp_path / "pbn" / "metrics.jsonl").open()]
+    assert all(r["time_precise_bn"] > 0 for r in rows[1:])  # every refresh
+    last = rows[-1]
+    hand = errors_by_hand(tmp_path / "pbn")
+    assert last["test_error"] == pytest.approx(hand["test_error"])
+    assert last["val_error"] == pytest.approx(hand["val_error"])
+    run = load_run(tmp_path / "pbn")
+    stats = lambda m: {k: v.clone() for k, v in m.state_dict().items()  # noqa: E731
+                       if "running" in k}
+    stored = stats(run.model.eval_backbone)
+    with RunLogger(tensorboard=False, progress=False) as log:
+        assert recalibrate_run(run.as_run(log), last["epoch"]) > 0
+    assert stats(run.model.eval_backbone).keys() == stored.keys() != set()
+    for k, v in stats(run.model.eval_backbone).items():
+        assert torch.equal(v, stored[k]), k
+    # Off: the averaged statistics of the training batches, not these.
+    off = load_run(tmp_path / "off")
+    assert not all(torch.allclose(v, stats(off.model.eval_backbone)[k], atol=1e-3)
+                   for k, v in stored.items())
+    # An interrupted run resumes to the same weights and statistics.
+    real_save = loop_module.save_checkpoint
+
+    def save_then_die(path, state):
+        real_save(path, state)
+        if state["epoch"] == 2:
+            raise KeyboardInterrupt("killed after epoch 2")
+
+    loop_module.save_checkpoint = save_then_die
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(cfg, tmp_path / "cut")
+    finally:
+        loop_module.save_checkpoint = real_save
+    train(cfg, tmp_path / "cut", resume=True)
+    for a, b in zip(weights(tmp_path / "pbn"), weights(tmp_path / "cut"), strict=True):
+        same(a, b)

@@ -1,0 +1,89 @@
+"""model.precise_bn: the evaluated backbone's batch-norm statistics recomputed
+on clean training images (checked against statistics computed by hand)."""
+import pytest
+import torch
+from torch import nn
+
+from dag_pyg.config import ConfigError, load_config
+from dag_pyg.data import ArrayDataset, BatchTransform
+from dag_pyg.train.features import recalibrate_batchnorm
+
+
+class Tiny(nn.Module):
+    """Linear -> dropout -> batch norm: with dropout on, the statistics
+    would not be the hand-computed ones."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin = nn.Linear(4, 3)
+        self.drop = nn.Dropout(0.5)
+        self.bn = nn.BatchNorm1d(3, momentum=0.3)
+
+    def features(self, x):
+        return self.bn(self.drop(self.lin(x.flatten(1))))
+
+
+def dataset(n=10):
+    g = torch.Generator().manual_seed(1)
+    images = torch.randint(0, 256, (n, 1, 2, 2), dtype=torch.uint8, generator=g)
+    return ArrayDataset(images, torch.zeros(n, dtype=torch.long), ["a"])
+
+
+def test_statistics_are_the_mean_of_the_batch_statistics():
+    net, data = Tiny(), dataset()
+    net.train()
+    net.bn.running_mean.fill_(5.0)  # what training left: replaced, not blended
+    rows = torch.tensor([9, 0, 3, 4, 7, 1, 2, 8, 6, 5])
+    assert recalibrate_batchnorm(net, BatchTransform(), data, rows,
+                                 torch.device("cpu"), batch_size=4) == 1
+    # By hand: batches of 4, 4 and 2 rows, each batch's mean and unbiased
+    # variance, averaged with equal weight per batch (a cumulative mean).
+    with torch.no_grad():
+        h = net.lin(data.images[rows].double().div(255).flatten(1).float()).double()
+    chunks = [h[:4], h[4:8], h[8:]]
+    mean = torch.stack([c.mean(0) for c in chunks]).mean(0)
+    var = torch.stack([c.var(0, unbiased=True) for c in chunks]).mean(0)
+    torch.testing.assert_close(net.bn.running_mean.double(), mean)
+    torch.testing.assert_close(net.bn.running_var.double(), var)
+    assert int(net.bn.num_batches_tracked) == 3
+    # Modes and momentum as they were (here: training).
+    assert net.training and net.drop.training and net.bn.training
+    assert net.bn.momentum == 0.3
+
+
+def test_compiled_method_not_called_and_eval_mode_kept():
+    net, data = Tiny(), dataset()
+    net.eval()
+
+    def compiled(x):  # what model.compile puts on the instance
+        raise AssertionError("the compiled bound method was called")
+
+    net.features = compiled
+    recalibrate_batchnorm(net, BatchTransform(), data, torch.arange(10),
+                          torch.device("cpu"), batch_size=10)
+    assert not net.training and not net.bn.training and not net.drop.training
+    # Recomputed on the same rows: the same statistics (they depend on the
+    # weights and the rows alone).
+    first = net.bn.running_mean.clone()
+    recalibrate_batchnorm(net, BatchTransform(), data, torch.arange(10),
+                          torch.device("cpu"), batch_size=10)
+    torch.testing.assert_close(net.bn.running_mean, first, rtol=0, atol=0)
+
+
+def test_nothing_to_do_without_batch_norm_or_rows():
+    lin = nn.Linear(4, 3)
+    lin.features = lambda x: lin(x.flatten(1))
+    assert recalibrate_batchnorm(lin, BatchTransform(), dataset(), torch.arange(3),
+                                 torch.device("cpu"), 2) == 0
+    net = Tiny()
+    before = net.bn.running_mean.clone()
+    assert recalibrate_batchnorm(net, BatchTransform(), dataset(),
+                                 torch.empty(0, dtype=torch.long),
+                                 torch.device("cpu"), 2) == 0
+    assert torch.equal(net.bn.running_mean, before)
+
+
+def test_negative_precise_bn_is_refused():
+    with pytest.raises(ConfigError, match="model.precise_bn"):
+        load_config("configs/digits.yaml", ["model.precise_bn=-1"])
