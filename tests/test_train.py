@@ -489,7 +489,9 @@ ONLINE = ("graph.bank=online", "loss.mixup_at=feature")
     # method steered: its held-out labels, its choices and the neighbour flag.
     (38, 3, ("method=steered",)),
     # Averaged weights: their state and its update count continue exactly.
-    (20, 3, ("optim.ema_decay=0.9",))])
+    (20, 3, ("optim.ema_decay=0.9",)),
+    # PreciseBN before the refreshes within the epoch too.
+    (20, 3, ("optim.ema_decay=0.9", "model.precise_bn=200"))])
 def test_sigterm_mid_epoch_resumes_exactly(tmp_path, capsys, sigterm_at_step,
                                            kill_at, refreshes, levers):
     """A SIGTERM during step ``kill_at`` (15 steps per epoch here; epochs
@@ -510,6 +512,10 @@ def test_sigterm_mid_epoch_resumes_exactly(tmp_path, capsys, sigterm_at_step,
     assert len(calls) == kill_at  # stopped right after the signalled step
     state = load_checkpoint(tmp_path / "cut" / "checkpoint.pt")
     assert state["progress"]["done"] == (kill_at - 1) % 15 + 1
+    with pytest.raises(CheckpointError, match="within epoch"):
+        load_run(tmp_path / "cut")
+    same(load_run(tmp_path / "cut", within_epoch=True).model.backbone.state_dict(),
+         state["backbone"])
     sigterm_at_step(None)
     assert main([*cut, "--resume"]) == 0
     for a, b in zip(weights(tmp_path / "full"), weights(tmp_path / "cut"), strict=True):

@@ -137,9 +137,13 @@ def model_dir(run_dir: str | Path) -> Path:
 
 
 def load_run(run_dir: str | Path, progress: bool | None = None,
-             num_test: int | str | None = None) -> LoadedRun:
+             num_test: int | str | None = None,
+             within_epoch: bool = False) -> LoadedRun:
     """Loads a run folder (see :class:`LoadedRun`). ``num_test`` swaps the
-    test set (see :func:`evaluate_run`); training data are untouched."""
+    test set (see :func:`evaluate_run`); training data are untouched. A
+    checkpoint written within an epoch (an interrupted run) is refused,
+    unless ``within_epoch`` (diagnoses of the weights as they were at that
+    step: its banks are those the epoch started with)."""
     run_dir = model_dir(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise FileNotFoundError(f"'{run_dir}' is not a run folder (no config.yaml).")
@@ -154,7 +158,7 @@ def load_run(run_dir: str | Path, progress: bool | None = None,
     data = load_data(cfg)
     model = build_model(cfg, data, device, DistContext())
     state = load_checkpoint(run_dir / CHECKPOINT)
-    if state.get("progress") is not None:
+    if state.get("progress") is not None and not within_epoch:
         raise CheckpointError(
             f"The checkpoint in '{run_dir}' is from within epoch {state['epoch']} "
             "(the run was interrupted): its weights and banks do not belong "
