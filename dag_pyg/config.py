@@ -181,6 +181,11 @@ class GraphConfig:
     # Autocast of the bank's extraction pass (null: optim.amp's); the bank
     # is kept in float32. bf16 halves the pass on CPUs with bf16 kernels.
     bank_amp: AmpMode | None = None
+    # The banks, graph and targets stay as they are for every epoch whose
+    # learning rate is below this fraction of optim.lr (a schedule's tail):
+    # the head trains on the bank it has learned to read instead of one it
+    # has no rate left to learn again. 0: refreshed every epoch (the paper).
+    freeze_lr: float = 0.0
 
 
 @dataclass
@@ -354,6 +359,10 @@ def _check_replay(cfg: Config) -> None:
             "Config keys 'steer.replay_dplp' and 'steer.replay_threshold' need "
             f"one entry per end-of-epoch refresh, optim.epochs + 1 = {refreshes} "
             f"(got {len(s.replay_dplp)} and {len(s.replay_threshold)}).")
+    if cfg.graph.freeze_lr:
+        raise ConfigError("A replay holds one decision per end-of-epoch refresh; "
+                          "graph.freeze_lr skips refreshes: use "
+                          "graph.freeze_lr: 0.")
     if cfg.graph.refresh_per_epoch > 1:
         raise ConfigError("A replay holds one decision per epoch (a steered "
                           "run records its end-of-epoch refresh's): use "
@@ -554,6 +563,14 @@ def _check(cfg: Config) -> None:
                           "dna.learn_beta shape DensityAwareConv: they need "
                           "dna.aggregator 'dna' or 'dna_no_density' (got "
                           f"'{d.aggregator}').")
+    if not 0.0 <= cfg.graph.freeze_lr < 1.0:
+        raise ConfigError("Config key 'graph.freeze_lr' must be in [0, 1) (a "
+                          "fraction of optim.lr below which the banks are no "
+                          f"longer refreshed; 0: never; got {cfg.graph.freeze_lr}).")
+    if cfg.graph.freeze_lr and cfg.graph.bank == "online":
+        raise ConfigError("graph.freeze_lr keeps the Feature Bank as it is, "
+                          "while graph.bank=online has the steps write it: use "
+                          "graph.bank: refresh, or graph.freeze_lr: 0.")
     if cfg.graph.bank == "online" and cfg.optim.ema_decay > 0:
         raise ConfigError("graph.bank=online writes the live model's features "
                           "into the Feature Bank, while optim.ema_decay has the "

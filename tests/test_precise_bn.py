@@ -1,10 +1,8 @@
 """model.precise_bn: the evaluated backbone's batch-norm statistics recomputed
 on clean training images (checked against statistics computed by hand)."""
-import pytest
 import torch
 from torch import nn
 
-from dag_pyg.config import ConfigError, load_config
 from dag_pyg.data import ArrayDataset, BatchTransform
 from dag_pyg.train.features import recalibrate_batchnorm
 
@@ -83,7 +81,3 @@ def test_nothing_to_do_without_batch_norm_or_rows():
                                  torch.device("cpu"), 2) == 0
     assert torch.equal(net.bn.running_mean, before)
 
-
-def test_negative_precise_bn_is_refused():
-    with pytest.raises(ConfigError, match="model.precise_bn"):
-        load_config("configs/digits.yaml", ["model.precise_bn=-1"])

@@ -627,3 +627,54 @@ def test_precise_bn_recomputes_the_evaluated_statistics(tmp_path):
     train(cfg, tmp_path / "cut", resume=True)
     for a, b in zip(weights(tmp_path / "pbn"), weights(tmp_path / "cut"), strict=True):
         same(a, b)
+
+
+def test_freeze_lr_keeps_the_banks_in_the_schedules_tail(tmp_path):
+    """graph.freeze_lr: an epoch whose rate is below the fraction trains on
+    the banks the last refresh left (no refresh before it, none within it)
+    and is still evaluated; everything before the tail is as without it;
+    resume within the tail is exact. Cosine over 6 main epochs: rates 1,
+    .93, .75, .5, .25, .07 of optim.lr, so with 0.3 the last two epochs
+    (6 and 7) keep the banks of the refresh after epoch 4."""
+    base = ["optim.epochs=6", "optim.schedule=cosine"]
+    cfg = tiny(*base, "graph.freeze_lr=0.3")
+    train(cfg, tmp_path / "frozen")
+    rows = [json.loads(x) for x in (tmp_path / "frozen" / "metrics.jsonl").open()]
+    tail = [r for r in rows if r.get("banks_frozen")]
+    assert [r["epoch"] for r in tail] == [5, 6, 7]  # the refreshes after them
+    assert all("test_error" in r and "pl_acc_all" not in r for r in tail)
+    # The same run without the tail, stopped after epoch 4, has the same
+    # banks (nothing before the tail changed).
+    train(tiny(*base), tmp_path / "full", stop_after=4)
+    full = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").open()]
+    strip = lambda r: {k: v for k, v in r.items()  # noqa: E731
+                       if not k.startswith(("time_", "mem_"))}
+    assert [strip(r) for r in full] == [strip(r) for r in rows[:5]]
+    kept = load_checkpoint(tmp_path / "frozen" / "checkpoint.pt")["banks"]
+    at4 = load_checkpoint(tmp_path / "full" / "checkpoint.pt")["banks"]
+    for key in ("features", "prior", "targets"):
+        assert torch.equal(kept[key], at4[key]), key
+    # Interrupted after epoch 6 (in the tail) and resumed: the same run.
+    real_save = loop_module.save_checkpoint
+
+    def save_then_die(path, state):
+        real_save(path, state)
+        if state["epoch"] == 6:
+            raise KeyboardInterrupt("killed after epoch 6")
+
+    loop_module.save_checkpoint = save_then_die
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(cfg, tmp_path / "cut")
+    finally:
+        loop_module.save_checkpoint = real_save
+    train(cfg, tmp_path / "cut", resume=True)
+    for a, b in zip(weights(tmp_path / "frozen"), weights(tmp_path / "cut"),
+                    strict=True):
+        same(a, b)
+    # Refreshes within an epoch: epoch 5 (half the rate) still has them,
+    # epochs 6 and 7 do not.
+    train(tiny(*base, "graph.freeze_lr=0.3", "graph.refresh_per_epoch=2"),
+          tmp_path / "mid")
+    mid = [json.loads(x) for x in (tmp_path / "mid" / "metrics.jsonl").open()]
+    assert ["time_mid_refresh" in r for r in mid[4:]] == [True, True, False, False]

@@ -24,6 +24,7 @@ from dag_pyg.train.optim import autocast
 from dag_pyg.train.refresh import (
     Banks,
     drift_stats,
+    frozen,
     needs_banks,
     refresh,
     writes_bank,
@@ -235,7 +236,8 @@ def train_epoch(run: Run, epoch: int, banks: Banks | None, graph: Data | None,
                             "number of processes or raise optim.batch_size.")
             batches = [b for b in batches if b.numel() >= world]
         progress = EpochProgress(batches)
-    mid = not pretrain and needs_banks(cfg, run.model.uses_graph_head)
+    mid = (not pretrain and needs_banks(cfg, run.model.uses_graph_head)
+           and not frozen(cfg, run.optim.optimizer.param_groups[0]["lr"]))
     parts = split_for_refreshes(progress.batches,
                                 cfg.graph.refresh_per_epoch if mid else 1)
     desc = f"{'pretrain' if pretrain else 'train'} {epoch}"

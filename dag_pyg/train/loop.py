@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch_geometric.data import Data
 
 from dag_pyg.config import Config, ConfigError, save_config
 from dag_pyg.distributed import (
@@ -55,6 +56,7 @@ from dag_pyg.train.premise import check_summary
 from dag_pyg.train.refresh import (
     Refreshed,
     drift_stats,
+    frozen,
     refresh,
     shared_graph,
     writes_bank,
@@ -204,6 +206,14 @@ def run(cfg: Config, run_dir: str | Path, resume: bool = False,
         return train_epochs(run, state, stop_after)
 
 
+def eval_due(cfg: Config, epoch: int) -> bool:
+    """Whether ``epoch`` ends with an evaluation: the last, and every
+    ``eval.every``-th from the end of pre-training on."""
+    main_epoch = epoch - cfg.optim.pretrain_epochs + 1
+    last = cfg.optim.pretrain_epochs + cfg.optim.epochs - 1
+    return epoch == last or (main_epoch >= 0 and main_epoch % cfg.eval.every == 0)
+
+
 def refresh_after(run: Run, state: TrainState, epoch: int) -> Refreshed:
     """The refresh after ``epoch`` from the banks it ended with, its
     statistics (:attr:`Refreshed.stats`) gaining the evaluation where one is
@@ -215,15 +225,25 @@ def refresh_after(run: Run, state: TrainState, epoch: int) -> Refreshed:
     # pre-training is extracted.
     new = refresh(run, features=banks.features if writes_bank(cfg, pretrain) else None,
                   neighbours=None if banks is None else banks.neighbours, epoch=epoch)
-    main_epoch = epoch - cfg.optim.pretrain_epochs + 1
-    last = cfg.optim.pretrain_epochs + cfg.optim.epochs - 1
-    if epoch == last or (main_epoch >= 0 and main_epoch % cfg.eval.every == 0):
+    if eval_due(cfg, epoch):
         new.stats.update(evaluate(run, new.banks.features,
                                   new.graph if new.banks.neighbours else None))
     new.stats.update(drift_stats(run, state.epoch_start, new.banks, new.graph))
     if cfg.model.precise_bn:
         new.stats["time_precise_bn"] = precise_s
     return new
+
+
+def evaluate_frozen(run: Run, state: TrainState, graph: Data | None,
+                    epoch: int) -> dict:
+    """What an epoch that keeps its banks for the next (``graph.freeze_lr``)
+    logs: the evaluation where one is due, from the banks as they are."""
+    rec: dict = {"banks_frozen": 1}
+    if eval_due(run.cfg, epoch):
+        recalibrate_run(run, epoch)
+        rec.update(evaluate(run, state.banks.features,
+                            graph if state.banks.neighbours else None))
+    return rec
 
 
 def train_epochs(run: Run, state: TrainState, stop_after: int | None) -> dict:
@@ -272,8 +292,12 @@ def train_epochs(run: Run, state: TrainState, stop_after: int | None) -> dict:
         rec = {"epoch": epoch, "phase": "pretrain" if pretrain else "train",
                "lr": lr, **res.losses,
                "time_train": t_train, **res.mids}
-        # The last pre-training epoch builds epoch 0's banks.
-        if not pretrain or epoch == cfg.optim.pretrain_epochs - 1:
+        # The last pre-training epoch builds epoch 0's banks; the tail of
+        # the schedule (graph.freeze_lr) keeps them.
+        if not pretrain and state.banks is not None and frozen(
+                cfg, run.optim.optimizer.param_groups[0]["lr"]):
+            rec.update(evaluate_frozen(run, state, graph, epoch))
+        elif not pretrain or epoch == cfg.optim.pretrain_epochs - 1:
             new = refresh_after(run, state, epoch)
             state.banks, graph = new.banks, new.graph
             path_lengths = new.path_lengths

@@ -96,6 +96,12 @@ def needs_banks(cfg: Config, uses_graph_head: bool) -> bool:
             or cfg.log.bank_stats)
 
 
+def frozen(cfg: Config, lr: float) -> bool:
+    """Whether the banks stay as they are for an epoch trained at rate
+    ``lr`` (``graph.freeze_lr``: below that fraction of ``optim.lr``)."""
+    return lr < cfg.graph.freeze_lr * cfg.optim.lr
+
+
 def writes_bank(cfg: Config, pretrain: bool) -> bool:
     """Whether the training steps write the Feature Bank (``graph.bank:
     online``, main epochs), so that the next refresh builds on it instead of
