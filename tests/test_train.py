@@ -49,6 +49,24 @@ def same(a, b):
             assert a[k] == b[k], k
 
 
+def train_killed_after(cfg, run_dir, epoch):
+    """Trains ``cfg`` into ``run_dir`` until the checkpoint after ``epoch``
+    is written, then stops as a kill would."""
+    real_save = loop_module.save_checkpoint
+
+    def save_then_die(path, state):
+        real_save(path, state)
+        if state["epoch"] == epoch:
+            raise KeyboardInterrupt(f"killed after epoch {epoch}")
+
+    loop_module.save_checkpoint = save_then_die
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(cfg, run_dir)
+    finally:
+        loop_module.save_checkpoint = real_save
+
+
 def dna_logits(head, x, src, rho, nbr, tau=1.0, beta=1.0):
     """The head written out from its state dict (one layer, Eqs. 4-7):
     node ``i`` attends to the rows ``nbr[i]`` of ``src`` with
@@ -611,19 +629,7 @@ def test_precise_bn_recomputes_the_evaluated_statistics(tmp_path):
     assert not all(torch.allclose(v, stats(off.model.eval_backbone)[k], atol=1e-3)
                    for k, v in stored.items())
     # An interrupted run resumes to the same weights and statistics.
-    real_save = loop_module.save_checkpoint
-
-    def save_then_die(path, state):
-        real_save(path, state)
-        if state["epoch"] == 2:
-            raise KeyboardInterrupt("killed after epoch 2")
-
-    loop_module.save_checkpoint = save_then_die
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            train(cfg, tmp_path / "cut")
-    finally:
-        loop_module.save_checkpoint = real_save
+    train_killed_after(cfg, tmp_path / "cut", 2)
     train(cfg, tmp_path / "cut", resume=True)
     for a, b in zip(weights(tmp_path / "pbn"), weights(tmp_path / "cut"), strict=True):
         same(a, b)
@@ -655,19 +661,7 @@ def test_freeze_lr_keeps_the_banks_in_the_schedules_tail(tmp_path):
     for key in ("features", "prior", "targets"):
         assert torch.equal(kept[key], at4[key]), key
     # Interrupted after epoch 6 (in the tail) and resumed: the same run.
-    real_save = loop_module.save_checkpoint
-
-    def save_then_die(path, state):
-        real_save(path, state)
-        if state["epoch"] == 6:
-            raise KeyboardInterrupt("killed after epoch 6")
-
-    loop_module.save_checkpoint = save_then_die
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            train(cfg, tmp_path / "cut")
-    finally:
-        loop_module.save_checkpoint = real_save
+    train_killed_after(cfg, tmp_path / "cut", 6)
     train(cfg, tmp_path / "cut", resume=True)
     for a, b in zip(weights(tmp_path / "frozen"), weights(tmp_path / "cut"),
                     strict=True):
