@@ -184,7 +184,9 @@ class GraphConfig:
     # The banks, graph and targets stay as they are for every epoch whose
     # learning rate is below this fraction of optim.lr (a schedule's tail):
     # the head trains on the bank it has learned to read instead of one it
-    # has no rate left to learn again. 0: refreshed every epoch (the paper).
+    # has no rate left to learn again (the last epoch's evaluation reads the
+    # banks it trained on when it trained below the fraction). 0: refreshed
+    # every epoch (the paper).
     freeze_lr: float = 0.0
 
 

@@ -672,3 +672,9 @@ def test_freeze_lr_keeps_the_banks_in_the_schedules_tail(tmp_path):
           tmp_path / "mid")
     mid = [json.loads(x) for x in (tmp_path / "mid" / "metrics.jsonl").open()]
     assert ["time_mid_refresh" in r for r in mid[4:]] == [True, True, False, False]
+    # Below every epoch's rate (the last's is .067): nothing is kept, not
+    # even after the last epoch (the cosine's rate after it is 0).
+    train(tiny(*base, "graph.freeze_lr=0.05"), tmp_path / "none")
+    none = [json.loads(x) for x in (tmp_path / "none" / "metrics.jsonl").open()]
+    assert not any(r.get("banks_frozen") for r in none)
+    assert "pl_acc_all" in none[-1]

@@ -293,9 +293,11 @@ def train_epochs(run: Run, state: TrainState, stop_after: int | None) -> dict:
                "lr": lr, **res.losses,
                "time_train": t_train, **res.mids}
         # The last pre-training epoch builds epoch 0's banks; the tail of
-        # the schedule (graph.freeze_lr) keeps them.
-        if not pretrain and state.banks is not None and frozen(
-                cfg, run.optim.optimizer.param_groups[0]["lr"]):
+        # the schedule (graph.freeze_lr) keeps them: by the rate of the
+        # epoch that trains on them (after the last, by the last's own).
+        next_lr = (lr if epoch == total - 1
+                   else run.optim.optimizer.param_groups[0]["lr"])
+        if not pretrain and state.banks is not None and frozen(cfg, next_lr):
             rec.update(evaluate_frozen(run, state, graph, epoch))
         elif not pretrain or epoch == cfg.optim.pretrain_epochs - 1:
             new = refresh_after(run, state, epoch)
