@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from benchmarks.analysis.fresh_bank_eval import fresh_bank_eval
 from dag_pyg.cli import main
 from dag_pyg.config import load_config
 from dag_pyg.graph import build_density_graph
@@ -660,6 +661,14 @@ def test_freeze_lr_keeps_the_banks_in_the_schedules_tail(tmp_path):
     at4 = load_checkpoint(tmp_path / "full" / "checkpoint.pt")["banks"]
     for key in ("features", "prior", "targets"):
         assert torch.equal(kept[key], at4[key]), key
+    # The tail is evaluated from a bank the current model extracts, not the
+    # kept one (which the checkpoint holds for training).
+    again = fresh_bank_eval(tmp_path / "frozen")
+    assert rows[-1]["test_error"] == pytest.approx(again["test_error_fresh_bank"])
+    assert rows[-1]["val_error"] == pytest.approx(again["val_error_fresh_bank"])
+    assert rows[-1]["time_eval_bank"] > 0
+    assert (again["test_error_kept_bank"], again["val_error_kept_bank"]) != (
+        again["test_error_fresh_bank"], again["val_error_fresh_bank"])
     # Interrupted after epoch 6 (in the tail) and resumed: the same run.
     train_killed_after(cfg, tmp_path / "cut", 6)
     train(cfg, tmp_path / "cut", resume=True)
