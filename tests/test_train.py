@@ -629,6 +629,10 @@ def test_precise_bn_recomputes_the_evaluated_statistics(tmp_path):
     off = load_run(tmp_path / "off")
     assert not all(torch.allclose(v, stats(off.model.eval_backbone)[k], atol=1e-3)
                    for k, v in stored.items())
+    # Without pre-training the seeded banks are recomputed first too.
+    train(tiny("optim.pretrain_epochs=0", "model.precise_bn=100"), tmp_path / "seeded")
+    seeded = [json.loads(x) for x in (tmp_path / "seeded" / "metrics.jsonl").open()]
+    assert all(r["time_precise_bn"] > 0 for r in seeded)
     # An interrupted run resumes to the same weights and statistics.
     train_killed_after(cfg, tmp_path / "cut", 2)
     train(cfg, tmp_path / "cut", resume=True)
