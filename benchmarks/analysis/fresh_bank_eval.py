@@ -14,7 +14,7 @@ from pathlib import Path
 
 from benchmarks.common import ANALYSIS_RESULTS, print_table, write_json
 from dag_pyg.train import evaluate, load_run
-from dag_pyg.train.features import extract_features
+from dag_pyg.train.features import extract_bank
 from dag_pyg.train.logger import RunLogger
 
 
@@ -24,10 +24,7 @@ def fresh_bank_eval(run_dir: Path) -> dict:
     with RunLogger(tensorboard=False, progress=False) as log:
         as_run = run.as_run(log)
         kept = evaluate(as_run, stored, graph)
-        cfg, data = run.cfg, run.data
-        feats = extract_features(run.model.eval_backbone, data.eval_tf,
-                                 data.train_set, data.nodes, run.device,
-                                 cfg.eval.batch_size)
+        feats, _ = extract_bank(as_run)  # as training extracts it
         fresh = evaluate(as_run, feats, run.build_graph(feats)
                          if graph is not None else None)
     row = {"run": "/".join(run_dir.parts[-3:]), "epoch": run.state["epoch"]}

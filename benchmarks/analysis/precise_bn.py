@@ -22,7 +22,6 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import ANALYSIS_RESULTS, print_table, write_json
-from dag_pyg import build_density_graph
 from dag_pyg.train import load_run
 from dag_pyg.train.features import extract_features, recalibrate_batchnorm
 from dag_pyg.train.refresh import label_bank_logits
@@ -34,8 +33,7 @@ def label_bank_acc(run) -> tuple[float, float]:
     cfg, data = run.cfg, run.data
     feats = extract_features(run.model.eval_backbone, data.eval_tf, data.train_set,
                              data.nodes, run.device, cfg.eval.batch_size)
-    graph = build_density_graph(feats, cfg.graph.k, backend=cfg.graph.backend,
-                                density=cfg.graph.density)
+    graph = run.build_graph(feats)  # as the run's refresh builds it
     head = run.model.eval_head
     bank = label_bank_logits(head, feats, graph, cfg.dna.k, run.device).argmax(1)
     own = head.eval().forward_self(feats).argmax(1)
