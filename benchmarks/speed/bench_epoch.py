@@ -29,7 +29,7 @@ from benchmarks.common import GRIDS, ROOT, SPEED_RESULTS, print_table, write_jso
 from benchmarks.experiments.reproduce import row_overrides
 
 PARTS = ["time_epoch", "time_train", "time_bank", "time_graph", "time_label_bank",
-         "time_dplp", "time_eval"]
+         "time_dplp", "time_eval", "time_precise_bn"]
 
 
 def train_command(config: str, overrides: list[str], epochs: int,
