@@ -184,9 +184,9 @@ class GraphConfig:
     # The banks, graph and targets stay as they are for every epoch whose
     # learning rate is below this fraction of optim.lr (a schedule's tail):
     # the head trains on the bank it has learned to read instead of one it
-    # has no rate left to learn again (the last epoch's evaluation reads the
-    # banks it trained on when it trained below the fraction). 0: refreshed
-    # every epoch (the paper).
+    # has no rate left to learn again (evaluations in that tail retrieve
+    # from a bank the current model extracts). 0: refreshed every epoch
+    # (the paper).
     freeze_lr: float = 0.0
 
 
@@ -221,9 +221,11 @@ class PseudoLabelConfig:
 @dataclass
 class SteerConfig:
     # method: steered without a check replays a steered run's decisions, one
-    # per end-of-epoch refresh from the last pre-training epoch on (method:
-    # auto's refit on all labels, dag_pyg.train.auto): DPLP's labels (true)
-    # or the model's, and the Label Bank confidence admitted (null: none).
+    # per epoch from the last pre-training epoch on, for the refresh after it
+    # (method: auto's refit on all labels, dag_pyg.train.auto): DPLP's labels
+    # (true) or the model's, and the Label Bank confidence admitted (null:
+    # none). Entries of epochs that keep their banks (graph.freeze_lr) are
+    # not read.
     replay_dplp: list[bool] = field(default_factory=list)
     replay_threshold: list[float | None] = field(default_factory=list)
     replay_neighbours: bool = True  # the head reads its neighbours
@@ -361,10 +363,6 @@ def _check_replay(cfg: Config) -> None:
             "Config keys 'steer.replay_dplp' and 'steer.replay_threshold' need "
             f"one entry per end-of-epoch refresh, optim.epochs + 1 = {refreshes} "
             f"(got {len(s.replay_dplp)} and {len(s.replay_threshold)}).")
-    if cfg.graph.freeze_lr:
-        raise ConfigError("A replay holds one decision per end-of-epoch refresh; "
-                          "graph.freeze_lr skips refreshes: use "
-                          "graph.freeze_lr: 0.")
     if cfg.graph.refresh_per_epoch > 1:
         raise ConfigError("A replay holds one decision per epoch (a steered "
                           "run records its end-of-epoch refresh's): use "

@@ -85,6 +85,19 @@ def test_refit_config_replays_the_steered_arm(tmp_path):
                                                     for r in recs[:3]))
     with pytest.raises(CheckpointError, match="records 2 steered refreshes"):
         refit_config(cfg, "steered", tmp_path)
+    # graph.freeze_lr: an epoch that kept its banks decided nothing; its
+    # entry repeats the one before (the refit keeps the same epochs).
+    kept = [*recs[:3], {"epoch": 3, "loss": 0.5, "banks_frozen": 1}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n"
+                                                    for r in kept))
+    s = refit_config(cfg, "steered", tmp_path)
+    assert s.steer.replay_dplp == [True, True, True]
+    assert s.steer.replay_threshold == [None, 0.9, 0.9]
+    # An epoch with neither is an unfinished arm.
+    (tmp_path / "metrics.jsonl").write_text("".join(
+        json.dumps(r) + "\n" for r in [*recs[:2], kept[-1]]))
+    with pytest.raises(CheckpointError, match="1 steered refreshes and 1 epochs"):
+        refit_config(cfg, "steered", tmp_path)
 
 
 def test_auto_is_trained_through_train_only(tmp_path):
@@ -157,6 +170,33 @@ def test_auto_trains_both_arms_and_keeps_the_better(tmp_path, monkeypatch, capsy
     again = json.loads((out / "summary.json").read_text())
     assert again["auto"] == choice
     assert again["test_error_last"] == summary["test_error_last"]
+
+
+@pytest.mark.slow
+def test_auto_refit_keeps_the_banks_where_its_arm_did(tmp_path):
+    """method auto with graph.freeze_lr (as configs/mnist_100.yaml): the
+    steered arm decides at the refreshes it runs; its refit keeps the banks
+    in the same epochs (same schedule) and replays every other decision.
+    Cosine over 4 main epochs at 0.5: the last two keep their banks."""
+    cfg = load_config("configs/digits.yaml", [
+        "method=auto", *TINY, "optim.epochs=4", "optim.schedule=cosine",
+        "graph.freeze_lr=0.5"])
+    arm = tmp_path / "steered"
+    train(arm_configs(cfg, 10)["steered"], arm)
+    refit = refit_config(cfg, "steered", arm)
+    train(refit, tmp_path / "refit")
+    recs = {d: [json.loads(x) for x in (tmp_path / d / "metrics.jsonl").open()]
+            for d in ("steered", "refit")}
+    kept = {d: [r["epoch"] for r in rs if r.get("banks_frozen")]
+            for d, rs in recs.items()}
+    assert kept["steered"] == kept["refit"] == [3, 4]
+    decided = {d: {r["epoch"]: (r["auto_dplp"], r["auto_threshold"]) for r in rs
+                   if "auto_dplp" in r} for d, rs in recs.items()}
+    assert sorted(decided["steered"]) == [0, 1, 2]
+    # The refit applies the arm's DPLP decisions (its own Label Bank's
+    # confidences then meet the arm's thresholds).
+    assert {e: d for e, (d, _) in decided["refit"].items()} == {
+        e: d for e, (d, _) in decided["steered"].items()}
 
 
 @pytest.mark.slow

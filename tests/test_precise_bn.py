@@ -34,14 +34,16 @@ def test_statistics_are_the_mean_of_the_batch_statistics():
     net.bn.running_mean.fill_(5.0)  # what training left: replaced, not blended
     rows = torch.tensor([9, 0, 3, 4, 7, 1, 2, 8, 6, 5])
     assert recalibrate_batchnorm(net, BatchTransform(), data, rows,
-                                 torch.device("cpu"), batch_size=4) == 1
-    # By hand: batches of 4, 4 and 2 rows, each batch's mean and unbiased
-    # variance, averaged with equal weight per batch (a cumulative mean).
+                                 torch.device("cpu"), batch_size=3) == 1
+    # By hand: 10 // 3 = 3 batches, of 4, 3 and 3 rows (no small last one),
+    # each batch's mean and unbiased variance, averaged with the weight of
+    # its rows (4, 3 and 3 tenths).
     with torch.no_grad():
         h = net.lin(data.images[rows].double().div(255).flatten(1).float()).double()
-    chunks = [h[:4], h[4:8], h[8:]]
-    mean = torch.stack([c.mean(0) for c in chunks]).mean(0)
-    var = torch.stack([c.var(0, unbiased=True) for c in chunks]).mean(0)
+    chunks = [h[:4], h[4:7], h[7:]]
+    w = torch.tensor([0.4, 0.3, 0.3], dtype=torch.float64)[:, None]
+    mean = (torch.stack([c.mean(0) for c in chunks]) * w).sum(0)
+    var = (torch.stack([c.var(0, unbiased=True) for c in chunks]) * w).sum(0)
     torch.testing.assert_close(net.bn.running_mean.double(), mean)
     torch.testing.assert_close(net.bn.running_var.double(), var)
     assert int(net.bn.num_batches_tracked) == 3
@@ -67,6 +69,20 @@ def test_compiled_method_not_called_and_eval_mode_kept():
     recalibrate_batchnorm(net, BatchTransform(), data, torch.arange(10),
                           torch.device("cpu"), batch_size=10)
     torch.testing.assert_close(net.bn.running_mean, first, rtol=0, atol=0)
+
+
+def test_no_batch_of_one_image():
+    """11 rows in batches of 10: one batch of 11, not 10 and 1 (a batch of
+    one image has no variance; BatchNorm1d refuses it in training mode)."""
+    net, data = Tiny(), dataset(11)
+    rows = torch.arange(11)
+    recalibrate_batchnorm(net, BatchTransform(), data, rows, torch.device("cpu"),
+                          batch_size=10)
+    with torch.no_grad():
+        h = net.lin(data.images.double().div(255).flatten(1).float()).double()
+    torch.testing.assert_close(net.bn.running_mean.double(), h.mean(0))
+    torch.testing.assert_close(net.bn.running_var.double(), h.var(0))
+    assert int(net.bn.num_batches_tracked) == 1
 
 
 def test_nothing_to_do_without_batch_norm_or_rows():

@@ -671,8 +671,13 @@ def test_freeze_lr_keeps_the_banks_in_the_schedules_tail(tmp_path):
     assert rows[-1]["test_error"] == pytest.approx(again["test_error_fresh_bank"])
     assert rows[-1]["val_error"] == pytest.approx(again["val_error_fresh_bank"])
     assert rows[-1]["time_eval_bank"] > 0
-    assert (again["test_error_kept_bank"], again["val_error_kept_bank"]) != (
-        again["test_error_fresh_bank"], again["val_error_fresh_bank"])
+    # ... and so does a re-evaluation of the run folder (not the kept bank).
+    loaded = load_run(tmp_path / "frozen", progress=False)
+    assert loaded.kept_banks()
+    assert not torch.equal(loaded.bank_and_graph()[0], kept["features"])
+    assert torch.equal(loaded.bank_and_graph(stored=True)[0], kept["features"])
+    assert evaluate_run(tmp_path / "frozen")["test_error"] == pytest.approx(
+        rows[-1]["test_error"])
     # Interrupted after epoch 6 (in the tail) and resumed: the same run.
     train_killed_after(cfg, tmp_path / "cut", 6)
     train(cfg, tmp_path / "cut", resume=True)

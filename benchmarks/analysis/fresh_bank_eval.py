@@ -1,5 +1,6 @@
 """A finished run's last model evaluated two ways: from the Feature Bank its
-checkpoint holds (what the run logged) and from a bank extracted again by
+checkpoint holds (what runs logged before the kept tail's evaluation
+extracted a bank of its own) and from a bank extracted again by
 that model (the graph rebuilt on it). With ``graph.freeze_lr`` the kept bank
 is older than the model; the difference is what the stale bank costs.
 
@@ -20,7 +21,7 @@ from dag_pyg.train.logger import RunLogger
 
 def fresh_bank_eval(run_dir: Path) -> dict:
     run = load_run(run_dir, progress=False)
-    stored, graph = run.bank_and_graph()
+    stored, graph = run.bank_and_graph(stored=True)
     with RunLogger(tensorboard=False, progress=False) as log:
         as_run = run.as_run(log)
         kept = evaluate(as_run, stored, graph)

@@ -89,21 +89,31 @@ def refit_config(cfg: Config, arm: str, arm_dir: Path) -> Config:
     """The configuration of ``arm`` (trained in ``arm_dir``) on every label:
     the labels alone as they are; the steered arm's decisions, one per
     end-of-epoch refresh (its ``auto_*`` records), as a replay
-    (``steer.replay_*``)."""
+    (``steer.replay_*``). An epoch that kept its banks (``graph.freeze_lr``;
+    the refit keeps them in the same epochs: same schedule) decided nothing:
+    its entry repeats the decision before it and is not read."""
     c = arm_configs(cfg, 0)[arm]
     c.name = f"{cfg.name}_refit"
     if arm == "steered":
-        by_epoch = {r["epoch"]: r for r in read_metrics(arm_dir) if "auto_dplp" in r}
-        decided = [by_epoch[e] for e in sorted(by_epoch)]
-        if len(decided) != cfg.optim.epochs + 1:
+        records = read_metrics(arm_dir)
+        decided = {r["epoch"]: r for r in records if "auto_dplp" in r}
+        kept = {r["epoch"] for r in records if r.get("banks_frozen")}
+        first = cfg.optim.pretrain_epochs - 1
+        epochs = range(first, first + cfg.optim.epochs + 1)
+        if (first not in decided or set(decided) | kept != set(epochs)
+                or len(decided) + len(kept) != len(epochs)):
             raise CheckpointError(
-                f"'{arm_dir}' records {len(decided)} steered refreshes, not "
-                f"optim.epochs + 1 = {cfg.optim.epochs + 1}: it is not a "
+                f"'{arm_dir}' records {len(decided)} steered refreshes and "
+                f"{len(kept)} epochs that kept their banks, not one of the two "
+                f"for each of epochs {first}..{epochs[-1]}: it is not a "
                 "finished arm of this configuration.")
-        c.steer.replay_dplp = [bool(r["auto_dplp"]) for r in decided]
+        replay: list[dict] = []
+        for e in epochs:
+            replay.append(decided.get(e) or replay[-1])
+        c.steer.replay_dplp = [bool(r["auto_dplp"]) for r in replay]
         # null (NaN in the run): no pseudo label admitted
-        c.steer.replay_threshold = [r["auto_threshold"] for r in decided]
-        c.steer.replay_neighbours = bool(decided[0]["auto_neighbours"])
+        c.steer.replay_threshold = [r["auto_threshold"] for r in replay]
+        c.steer.replay_neighbours = bool(decided[first]["auto_neighbours"])
     return c
 
 

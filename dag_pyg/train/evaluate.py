@@ -16,7 +16,7 @@ from dag_pyg.data import ArrayDataset
 from dag_pyg.distributed import DistContext
 from dag_pyg.sampler import predict_queries
 from dag_pyg.train.checkpoint import CheckpointError, load_checkpoint
-from dag_pyg.train.features import features_of
+from dag_pyg.train.features import extract_bank, features_of
 from dag_pyg.train.logger import RunLogger, write_json_atomic
 from dag_pyg.train.refresh import build_graph
 from dag_pyg.train.setup import (
@@ -113,16 +113,29 @@ class LoadedRun:
                    device=self.device, dist=DistContext(), log=log,
                    gen=torch.Generator())
 
-    def bank_and_graph(self) -> tuple[Tensor | None, Data | None]:
+    def kept_banks(self) -> bool:
+        """Whether the checkpoint's last epoch kept its banks
+        (``graph.freeze_lr``): its Feature Bank is then older than its model."""
+        return bool(self.state["history"].get("last", {}).get("banks_frozen"))
+
+    def bank_and_graph(self, stored: bool = False
+                       ) -> tuple[Tensor | None, Data | None]:
         """The Feature Bank and the graph queries retrieve from (:obj:`None`
-        where the run has no bank or its head reads no neighbours)."""
+        where the run has no bank or its head reads no neighbours), as
+        training evaluated them: where the last epoch kept its banks
+        (:meth:`kept_banks`), a bank the model extracts, not the stored one
+        (``stored``: the checkpoint's bank in any case)."""
         banks = self.state["banks"]
         if banks is None:
             return None, None
+        feats = banks["features"]
+        if self.kept_banks() and not stored and feats.numel():
+            with RunLogger() as quiet:  # no bars, no files
+                feats, _ = extract_bank(self.as_run(quiet))
         # method steered may have turned the neighbour term off.
         if self.model.uses_graph_head and banks.get("neighbours", True):
-            return banks["features"], self.build_graph(banks["features"])
-        return banks["features"], None
+            return feats, self.build_graph(feats)
+        return feats, None
 
 
 def model_dir(run_dir: str | Path) -> Path:
@@ -143,7 +156,8 @@ def load_run(run_dir: str | Path, progress: bool | None = None,
     test set (see :func:`evaluate_run`); training data are untouched. A
     checkpoint written within an epoch (an interrupted run) is refused,
     unless ``within_epoch`` (diagnoses of the weights as they were at that
-    step: its banks are those the epoch started with)."""
+    step: its banks are the last refresh's, at the epoch's start or within
+    it)."""
     run_dir = model_dir(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise FileNotFoundError(f"'{run_dir}' is not a run folder (no config.yaml).")
@@ -172,8 +186,9 @@ def load_run(run_dir: str | Path, progress: bool | None = None,
 
 def evaluate_run(run_dir: str | Path, num_test: int | str | None = None) -> dict:
     """Re-evaluates a run folder's last checkpoint: rebuilds the graph from
-    the stored Feature Bank and classifies the test (and validation) set by
-    retrieval. Writes ``eval.json`` into the run folder.
+    the Feature Bank training evaluated with (:meth:`LoadedRun.bank_and_graph`)
+    and classifies the test (and validation) set by retrieval. Writes
+    ``eval.json`` into the run folder.
 
     ``num_test`` evaluates on another test set than the run's own: ``"all"``
     (the whole test set, e.g. all 10,000 CIFAR-10 test images for a run

@@ -45,11 +45,15 @@ def recalibrate_batchnorm(backbone: nn.Module, transform: BatchTransform,
                           device: torch.device, batch_size: int) -> int:
     """Replaces the running statistics of ``backbone``'s batch-norm layers
     by the mean of their batch statistics over ``dataset[rows]`` under
-    ``transform`` (PreciseBN; Wu & Johnson, 2021). Training normalises
-    augmented, mixed images, so the running statistics are theirs while
-    the banks and the evaluation read clean ones. Only the batch-norm
-    layers run in training mode (dropout stays off); the modes and momenta
-    are restored. Returns the number of layers recalibrated."""
+    ``transform`` (PreciseBN; Wu & Johnson, 2021), each batch weighted by
+    its images. Training normalises augmented, mixed images, so the running
+    statistics are theirs while the banks and the evaluation read clean
+    ones. The rows are split into ``len(rows) // batch_size`` batches of
+    near-equal size (at least ``batch_size`` each where there are that
+    many: no small last batch, whose statistics would be noisy, or of one
+    image, which ``BatchNorm1d`` refuses in training mode). Only the
+    batch-norm layers run in training mode (dropout stays off); the modes
+    and momenta are restored. Returns the number of layers recalibrated."""
     norms = [m for m in backbone.modules()
              if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms or not rows.numel():
@@ -59,11 +63,14 @@ def recalibrate_batchnorm(backbone: nn.Module, transform: BatchTransform,
     backbone.eval()
     for m in norms:
         m.reset_running_stats()
-        m.momentum = None  # a cumulative mean over the batches
         m.train()
+    seen = 0
     try:
-        for s in range(0, rows.numel(), batch_size):
-            x = transform(dataset.images[rows[s:s + batch_size]]).to(device)
+        for batch in torch.tensor_split(rows, max(1, rows.numel() // batch_size)):
+            seen += batch.numel()
+            for m in norms:  # a running mean weighted by images
+                m.momentum = batch.numel() / seen
+            x = transform(dataset.images[batch]).to(device)
             # The class's own method: a compiled ``features`` (model.compile)
             # would be traced again for the other batch-norm mode.
             type(backbone).features(backbone, x)
