@@ -654,6 +654,9 @@ def test_freeze_lr_keeps_the_banks_in_the_schedules_tail(tmp_path):
     tail = [r for r in rows if r.get("banks_frozen")]
     assert [r["epoch"] for r in tail] == [5, 6, 7]  # the refreshes after them
     assert all("test_error" in r and "pl_acc_all" not in r for r in tail)
+    # The summary's targets are those the tail trained on: epoch 4's.
+    summary = json.loads((tmp_path / "frozen" / "summary.json").read_text())
+    assert summary["pl_acc_last"] == rows[4]["pl_acc"] is not None
     # The same run without the tail, stopped after epoch 4, has the same
     # banks (nothing before the tail changed).
     train(tiny(*base), tmp_path / "full", stop_after=4)

@@ -104,14 +104,17 @@ def finish(run: Run, history: dict, last: dict,
     cfg, run_dir, data = run.cfg, run.run_dir, run.data
     records = read_metrics(run_dir / "metrics.jsonl")
     main = [r for r in records if r.get("phase") == "train"]
+    # The targets the last epoch trained on: the last refresh's (with
+    # graph.freeze_lr an epoch or more before the last).
+    refreshed = next((r for r in reversed(records) if "pl_acc" in r), last)
     summary = {
         "name": cfg.name, "run_dir": str(run_dir),
         "last_epoch": last.get("epoch"),
         "test_error_last": last.get("test_error"),
         "best_by_val": history.get("best_val"),
-        "pl_acc_last": last.get("pl_acc"),
-        "pl_coverage_last": last.get("pl_coverage"),
-        "model_acc_on_covered_last": last.get("model_acc_on_covered"),
+        "pl_acc_last": refreshed.get("pl_acc"),
+        "pl_coverage_last": refreshed.get("pl_coverage"),
+        "model_acc_on_covered_last": refreshed.get("model_acc_on_covered"),
         "mean_time": {
             k: float(np.mean([r[k] for r in main if r.get(k) is not None]))
             for k in sorted({k for r in main for k in r if k.startswith("time_")})
