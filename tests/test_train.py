@@ -15,6 +15,7 @@ from dag_pyg.graph import build_density_graph
 from dag_pyg.models import build_backbone
 from dag_pyg.sampler import knn_subgraph
 from dag_pyg.train import evaluate_run, load_run, train
+from dag_pyg.train import epoch as epoch_module
 from dag_pyg.train import loop as loop_module
 from dag_pyg.train.checkpoint import CheckpointError, load_checkpoint
 from dag_pyg.train.features import recalibrate_run
@@ -601,7 +602,7 @@ def test_averaged_weights_extract_the_banks_and_are_evaluated(tmp_path):
         last["test_error"])
 
 
-def test_precise_bn_recomputes_the_evaluated_statistics(tmp_path):
+def test_precise_bn_recomputes_the_evaluated_statistics(tmp_path, monkeypatch):
     """model.precise_bn: before the last refresh and evaluation the averaged
     backbone's batch-norm statistics are recomputed on clean training images
     (the checkpoint's are those; recomputing them from its weights gives
@@ -629,10 +630,19 @@ def test_precise_bn_recomputes_the_evaluated_statistics(tmp_path):
     off = load_run(tmp_path / "off")
     assert not all(torch.allclose(v, stats(off.model.eval_backbone)[k], atol=1e-3)
                    for k, v in stored.items())
-    # Without pre-training the seeded banks are recomputed first too.
-    train(tiny("optim.pretrain_epochs=0", "model.precise_bn=100"), tmp_path / "seeded")
-    seeded = [json.loads(x) for x in (tmp_path / "seeded" / "metrics.jsonl").open()]
-    assert all(r["time_precise_bn"] > 0 for r in seeded)
+    # Before every refresh: the seeded banks without pre-training (after
+    # "epoch -1") and those within an epoch (graph.refresh_per_epoch) too.
+    calls = []
+    for module in (loop_module, epoch_module):
+        monkeypatch.setattr(module, "recalibrate_run", lambda run, epoch, m=module:
+                            calls.append((m.__name__, epoch))
+                            or recalibrate_run(run, epoch))
+    train(tiny("optim.pretrain_epochs=0", "model.precise_bn=100",
+               "graph.refresh_per_epoch=2"), tmp_path / "seeded")
+    loop, within = "dag_pyg.train.loop", "dag_pyg.train.epoch"
+    assert calls == [(loop, -1), (within, 0), (loop, 0), (within, 1), (loop, 1),
+                     (within, 2), (loop, 2)]
+    monkeypatch.undo()
     # An interrupted run resumes to the same weights and statistics.
     train_killed_after(cfg, tmp_path / "cut", 2)
     train(cfg, tmp_path / "cut", resume=True)
