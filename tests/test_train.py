@@ -14,8 +14,8 @@ from dag_pyg.config import load_config
 from dag_pyg.graph import build_density_graph
 from dag_pyg.models import build_backbone
 from dag_pyg.sampler import knn_subgraph
-from dag_pyg.train import evaluate_run, load_run, train
 from dag_pyg.train import epoch as epoch_module
+from dag_pyg.train import evaluate_run, load_run, train
 from dag_pyg.train import loop as loop_module
 from dag_pyg.train.checkpoint import CheckpointError, load_checkpoint
 from dag_pyg.train.features import recalibrate_run
