@@ -71,6 +71,24 @@ def test_compiled_method_not_called_and_eval_mode_kept():
     torch.testing.assert_close(net.bn.running_mean, first, rtol=0, atol=0)
 
 
+def test_statistics_under_autocast():
+    """amp: the statistics of the activations as autocast computes them
+    (bf16 linear layer), as the extraction they precede does."""
+    net, data = Tiny(), dataset()
+    recalibrate_batchnorm(net, BatchTransform(), data, torch.arange(10),
+                          torch.device("cpu"), batch_size=10, amp="bf16")
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        h = net.lin(data.images.double().div(255).flatten(1).float())
+    assert h.dtype == torch.bfloat16
+    h = h.double()
+    torch.testing.assert_close(net.bn.running_mean.double(), h.mean(0))
+    torch.testing.assert_close(net.bn.running_var.double(), h.var(0))
+    fp32 = Tiny()
+    recalibrate_batchnorm(fp32, BatchTransform(), data, torch.arange(10),
+                          torch.device("cpu"), batch_size=10)
+    assert not torch.equal(fp32.bn.running_mean, net.bn.running_mean)
+
+
 def test_no_batch_of_one_image():
     """11 rows in batches of 10: one batch of 11, not 10 and 1 (a batch of
     one image has no variance; BatchNorm1d refuses it in training mode)."""

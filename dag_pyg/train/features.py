@@ -42,7 +42,8 @@ def extract_features(backbone: nn.Module, transform: BatchTransform,
 @torch.no_grad()
 def recalibrate_batchnorm(backbone: nn.Module, transform: BatchTransform,
                           dataset: ArrayDataset, rows: Tensor,
-                          device: torch.device, batch_size: int) -> int:
+                          device: torch.device, batch_size: int,
+                          amp: str = "none", channels_last: bool = False) -> int:
     """Replaces the running statistics of ``backbone``'s batch-norm layers
     by the mean of their batch statistics over ``dataset[rows]`` under
     ``transform`` (PreciseBN; Wu & Johnson, 2021), each batch weighted by
@@ -53,7 +54,9 @@ def recalibrate_batchnorm(backbone: nn.Module, transform: BatchTransform,
     many: no small last batch, whose statistics would be noisy, or of one
     image, which ``BatchNorm1d`` refuses in training mode). Only the
     batch-norm layers run in training mode (dropout stays off); the modes
-    and momenta are restored. Returns the number of layers recalibrated."""
+    and momenta are restored. ``amp`` and ``channels_last`` as in
+    :func:`extract_features`: the statistics are those of the activations
+    they will normalise. Returns the number of layers recalibrated."""
     norms = [m for m in backbone.modules()
              if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms or not rows.numel():
@@ -71,9 +74,12 @@ def recalibrate_batchnorm(backbone: nn.Module, transform: BatchTransform,
             for m in norms:  # a running mean weighted by images
                 m.momentum = batch.numel() / seen
             x = transform(dataset.images[batch]).to(device)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             # The class's own method: a compiled ``features`` (model.compile)
             # would be traced again for the other batch-norm mode.
-            type(backbone).features(backbone, x)
+            with autocast(amp, device):
+                type(backbone).features(backbone, x)
     finally:
         for m, momentum in zip(norms, momenta, strict=True):
             m.momentum = momentum
@@ -96,9 +102,12 @@ def recalibrate_run(run: Run, epoch: int) -> float:
     nodes = run.data.nodes
     gen = torch.Generator().manual_seed(run.cfg.seed * 100_003 + epoch)
     rows = nodes[torch.randperm(nodes.numel(), generator=gen)[:n]]
+    cfg = run.cfg
+    # Under the queries' precision (optim.amp), as evaluation extracts them.
     recalibrate_batchnorm(run.model.eval_backbone, run.data.eval_tf,
                           run.data.train_set, rows, run.device,
-                          run.cfg.eval.batch_size)
+                          cfg.eval.batch_size, cfg.optim.amp,
+                          cfg.model.channels_last)
     return time.perf_counter() - t
 
 
