@@ -535,9 +535,14 @@ def test_recipe_of_reads_the_grids_own_runs():
     def resumed(row, minutes):  # wall_time_s: its last attempt's only
         return {**record(row, minutes), "resumed": True}
 
-    runs = [record("dag", 30), record("dag", 40), record("baseline", 20),
-            resumed("baseline", 5), resumed("dna", 7)]
-    assert make_results.recipe_of(runs) == (
-        "a `cnn` backbone at width 0.5 and 2 + 16 epochs, minutes of one CPU "
-        "core per run beside other jobs: baseline 20, dag 35, dna – (every run "
-        "resumed)")
+    rows = {"dag": [record("dag", 30), record("dag", 40)],
+            "baseline": [record("baseline", 20), resumed("baseline", 5)],
+            "dna": [resumed("dna", 7)],
+            # Borrowed: another grid's runs (its own row name), left out.
+            "dag_before": [record("dag", 90)]}
+    want = ("a `cnn` backbone at width 0.5 and 2 + 16 epochs, minutes of one CPU "
+            "core per run beside other jobs: baseline 20, dag 35, dna – (every "
+            "run resumed)")
+    assert make_results.recipe_of(rows, {"dag_before": "other/dag"}) == want
+    assert make_results.recipe_of({"dag_before": rows["dag_before"]},
+                                  {"dag_before": "other/dag"}) == ""

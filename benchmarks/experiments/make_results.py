@@ -74,17 +74,19 @@ PUBLISHED_GAP = {"mnist_100": (
     "at every layer, Improved GAN's generator)")}
 
 
-def recipe_of(records: list[dict]) -> str:
-    """The backbone, width and epochs of a grid's runs (the first run's),
-    and the mean wall minutes of a run per row (of runs that were not
-    resumed: a resumed run's ``wall_time_s`` is its last attempt's only)."""
-    cfg = records[0]["summary"]["config"]
+def recipe_of(rows: dict[str, list[dict]], borrowed: dict[str, str]) -> str:
+    """The backbone, width and epochs of a grid's own runs (the first
+    run's), and the mean wall minutes of a run per row (of runs that were
+    not resumed: a resumed run's ``wall_time_s`` is its last attempt's
+    only). ``rows``: row -> its records; rows in ``borrowed`` are another
+    grid's runs, of another recipe or machine load, and are left out."""
+    own = {row: runs for row, runs in rows.items() if row not in borrowed and runs}
+    if not own:
+        return ""
+    cfg = next(iter(own.values()))[0]["summary"]["config"]
     m, o = cfg["model"], cfg["optim"]
-    by_row: dict[str, list[float]] = {}
-    for r in records:
-        times = by_row.setdefault(r["row"], [])
-        if not r.get("resumed"):
-            times.append(r["wall_time_s"] / 60)
+    by_row = {row: [r["wall_time_s"] / 60 for r in runs if not r.get("resumed")]
+              for row, runs in own.items()}
     minutes = ", ".join(f"{row} {sum(v) / len(v):.0f}" if v else
                         f"{row} – (every run resumed)"
                         for row, v in sorted(by_row.items()))
@@ -561,7 +563,7 @@ def collect_headline(grid: Grid) -> Headline | None:
         records=len(runs_all), refs=refs, table=table,
         claims=claims(rows, err) if ablation else None,
         published=published,
-        recipe=recipe_of(runs_all) if published and runs_all else "")
+        recipe=recipe_of(rows, grid.borrowed) if published and runs_all else "")
 
 
 def _grid_link(name: str) -> str:
