@@ -650,6 +650,25 @@ def test_precise_bn_recomputes_the_evaluated_statistics(tmp_path, monkeypatch):
         same(a, b)
 
 
+def test_kept_epochs_recalibrate_where_no_evaluation_is_due(tmp_path):
+    """With graph.freeze_lr and eval.every > 1, a kept epoch without an
+    evaluation still recalibrates PreciseBN, as a refresh would: its
+    checkpoint holds its weights' statistics, the same as a run evaluating
+    every epoch. Epochs 5-7 keep the banks; with eval.every=4 only the end
+    of pre-training (epoch 1), epoch 5 and the last are evaluated."""
+    base = ["optim.epochs=6", "optim.schedule=cosine", "graph.freeze_lr=0.3",
+            "model.precise_bn=100"]
+    train(tiny(*base), tmp_path / "every", stop_after=6)
+    train(tiny(*base, "eval.every=4"), tmp_path / "sparse", stop_after=6)
+    rows = [json.loads(x) for x in (tmp_path / "sparse" / "metrics.jsonl").open()]
+    assert [("test_error" in r) for r in rows] == [False, True, False, False,
+                                                    False, True, False]
+    assert rows[6]["banks_frozen"] and rows[6]["time_precise_bn"] > 0
+    for a, b in zip(weights(tmp_path / "every"), weights(tmp_path / "sparse"),
+                    strict=True):
+        same(a, b)
+
+
 def test_freeze_lr_keeps_the_banks_in_the_schedules_tail(tmp_path):
     """graph.freeze_lr: an epoch whose rate is below the fraction trains on
     the banks the last refresh left (no refresh before it, none within it)
@@ -697,6 +716,11 @@ def test_freeze_lr_keeps_the_banks_in_the_schedules_tail(tmp_path):
     for a, b in zip(weights(tmp_path / "frozen"), weights(tmp_path / "cut"),
                     strict=True):
         same(a, b)
+    # ... and it still has the last refresh's DPLP path lengths for its plot.
+    lengths = load_checkpoint(tmp_path / "frozen" / "checkpoint.pt")["path_lengths"]
+    assert lengths is not None and lengths.numel() == kept["features"].shape[0]
+    assert torch.equal(
+        load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["path_lengths"], lengths)
     # Refreshes within an epoch: epoch 5 (half the rate) still has them,
     # epochs 6 and 7 do not.
     train(tiny(*base, "graph.freeze_lr=0.3", "graph.refresh_per_epoch=2"),

@@ -244,8 +244,12 @@ def evaluate_frozen(run: Run, state: TrainState, epoch: int) -> dict:
     a model one epoch newer than it cost MNIST-100's DAG 0.1-0.3 points:
     ``benchmarks/analysis/fresh_bank_eval.py``.)"""
     rec: dict = {"banks_frozen": 1}
+    # Every epoch, as a refresh does, so each checkpoint's statistics are
+    # its weights' (dag-pyg eval of a run stopped in the tail reads them).
+    precise_s = recalibrate_run(run, epoch)
+    if run.cfg.model.precise_bn:
+        rec["time_precise_bn"] = precise_s
     if eval_due(run.cfg, epoch):
-        recalibrate_run(run, epoch)
         banks = state.banks
         if banks.features.numel():
             t = time.perf_counter()
@@ -272,7 +276,7 @@ def train_epochs(run: Run, state: TrainState, stop_after: int | None) -> dict:
              f"{len(data.nodes)} train nodes ({data.num_labelled} "
              f"labelled), {len(data.test_set)} test, "
              f"epochs {start}..{total - 1}")
-    graph, path_lengths = None, None
+    graph = None
     if (built := state.graph_bank()) is not None:
         # An online bank stopped mid-epoch was written since its graph
         # was built: the graph comes from the bank as it was then.
@@ -314,7 +318,7 @@ def train_epochs(run: Run, state: TrainState, stop_after: int | None) -> dict:
         elif not pretrain or epoch == cfg.optim.pretrain_epochs - 1:
             new = refresh_after(run, state, epoch)
             state.banks, graph = new.banks, new.graph
-            path_lengths = new.path_lengths
+            state.path_lengths = new.path_lengths
             rec.update(new.stats)
         rec["time_epoch"] = time.perf_counter() - t0
         rss = dist.all_gather_object(_peak_rss_mb())
@@ -333,7 +337,8 @@ def train_epochs(run: Run, state: TrainState, stop_after: int | None) -> dict:
             log.info(f"stopping after epoch {epoch} as asked; continue "
                      "with --resume")
             break
-    return dist.on_main(lambda: finish(run, state.history, rec, path_lengths))
+    return dist.on_main(lambda: finish(run, state.history, rec,
+                                          state.path_lengths))
 
 
 def _train(cfg: Config, run_dir: str | Path, resume: bool,

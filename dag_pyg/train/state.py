@@ -89,6 +89,9 @@ class TrainState:
     # The Feature Bank the current epoch started with: its end-of-epoch
     # drift is measured against it, across any mid-epoch refreshes.
     epoch_start: Tensor | None = None
+    # The last refresh's DPLP path length per node (rank 0; the last
+    # epoch's plot): kept so a run resumed in the kept tail still has it.
+    path_lengths: Tensor | None = None
     # Lines for the log about how the run was resumed (not saved).
     notes: list[str] = dataclasses.field(default_factory=list)
 
@@ -135,6 +138,7 @@ class TrainState:
                 "rng_ranks": rng,
                 "banks": None if self.banks is None else self.banks.state_dict(),
                 "history": self.history, "split": split_record(run.data),
+                "path_lengths": self.path_lengths,
                 "averaged": None if run.model.averaged is None
                 else run.model.averaged.state_dict()}
 
@@ -170,6 +174,7 @@ class TrainState:
         self.banks = None if state["banks"] is None \
             else Banks.from_state_dict(state["banks"])
         self.history = state["history"]
+        self.path_lengths = state.get("path_lengths")
         self.progress = self.epoch_start = None
         if state.get("progress") is not None:  # stopped within the epoch
             self.progress = EpochProgress(**state["progress"]).for_rank(dist)
