@@ -25,7 +25,7 @@ QUIET = RunLogger()
 # The checkpoint's keys, in the order every checkpoint so far was written.
 KEYS = ["epoch", "config", "progress", "epoch_start_features", "backbone", "head",
         "optimizer", "scheduler", "scaler", "rng", "world_size", "rng_ranks",
-        "banks", "history", "split", "averaged"]
+        "banks", "history", "split", "path_lengths", "averaged"]
 
 
 def fresh_run(*extra, seed=0):
@@ -50,8 +50,8 @@ def trained_state(run):
     run.optim.optimizer.step()
     run.optim.scheduler.step()
     torch.rand(3, generator=run.gen)
-    banks = refresh(run).banks
-    return TrainState(run, epoch=12, banks=banks,
+    out = refresh(run)
+    return TrainState(run, epoch=12, banks=out.banks, path_lengths=out.path_lengths,
                       history={"best_val": {"epoch": 11, "val_error": 1.0,
                                             "test_error": 2.0},
                                "best": None, "last": {"epoch": 12}})
@@ -88,6 +88,7 @@ def test_state_dict_is_the_checkpoint_format():
                                  "neighbours"]
     assert sd["banks"]["weights"] is state.banks.weights is not None
     assert list(sd["split"]) == ["labelled", "unlabelled", "val", "check"]
+    assert sd["path_lengths"] is state.path_lengths is not None
     assert resume_epoch(sd) == state.next_epoch == 13
     assert TrainState(run).state_dict()["banks"] is None  # none yet
 

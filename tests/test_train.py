@@ -669,6 +669,22 @@ def test_kept_epochs_recalibrate_where_no_evaluation_is_due(tmp_path):
         same(a, b)
 
 
+def test_kept_epochs_of_a_head_without_neighbours_extract_no_bank(tmp_path):
+    """The paper's baseline classifies queries on their own: its kept tail
+    (graph.freeze_lr) is evaluated without extracting a bank, and a
+    re-evaluation of the folder agrees with the last epoch's record."""
+    cfg = tiny("optim.epochs=6", "optim.schedule=cosine", "graph.freeze_lr=0.3",
+               "dna.aggregator=none", "pseudo_label.source=model")
+    train(cfg, tmp_path / "base")
+    rows = [json.loads(x) for x in (tmp_path / "base" / "metrics.jsonl").open()]
+    tail = [r for r in rows if r.get("banks_frozen")]
+    assert [r["epoch"] for r in tail] == [5, 6, 7]
+    assert all("test_error" in r and "time_eval_bank" not in r for r in tail)
+    assert load_run(tmp_path / "base", progress=False).bank_and_graph() == (None, None)
+    assert evaluate_run(tmp_path / "base")["test_error"] == pytest.approx(
+        rows[-1]["test_error"])
+
+
 def test_freeze_lr_keeps_the_banks_in_the_schedules_tail(tmp_path):
     """graph.freeze_lr: an epoch whose rate is below the fraction trains on
     the banks the last refresh left (no refresh before it, none within it)

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from benchmarks.common import ANALYSIS_RESULTS, print_table, write_json
 from dag_pyg.train import evaluate, load_run
-from dag_pyg.train.features import extract_bank
 from dag_pyg.train.logger import RunLogger
+from dag_pyg.train.refresh import fresh_bank
 
 
 def fresh_bank_eval(run_dir: Path) -> dict:
@@ -25,9 +25,7 @@ def fresh_bank_eval(run_dir: Path) -> dict:
     with RunLogger(tensorboard=False, progress=False) as log:
         as_run = run.as_run(log)
         kept = evaluate(as_run, stored, graph)
-        feats, _ = extract_bank(as_run)  # as training extracts it
-        fresh = evaluate(as_run, feats, run.build_graph(feats)
-                         if graph is not None else None)
+        fresh = evaluate(as_run, *fresh_bank(as_run, graph is not None))
     row = {"run": "/".join(run_dir.parts[-3:]), "epoch": run.state["epoch"]}
     for key in ("test_error", "val_error"):
         if key in kept:

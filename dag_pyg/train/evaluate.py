@@ -16,9 +16,9 @@ from dag_pyg.data import ArrayDataset
 from dag_pyg.distributed import DistContext
 from dag_pyg.sampler import predict_queries
 from dag_pyg.train.checkpoint import CheckpointError, load_checkpoint
-from dag_pyg.train.features import extract_bank, features_of
+from dag_pyg.train.features import features_of
 from dag_pyg.train.logger import RunLogger, write_json_atomic
-from dag_pyg.train.refresh import build_graph
+from dag_pyg.train.refresh import build_graph, fresh_bank
 from dag_pyg.train.setup import (
     CHECKPOINT,
     CHOICE,
@@ -129,11 +129,12 @@ class LoadedRun:
         if banks is None:
             return None, None
         feats = banks["features"]
+        # method steered may have turned the neighbour term off.
+        neighbours = banks.get("neighbours", True)
         if self.kept_banks() and not stored and feats.numel():
             with RunLogger() as quiet:  # no bars, no files
-                feats, _ = extract_bank(self.as_run(quiet))
-        # method steered may have turned the neighbour term off.
-        if self.model.uses_graph_head and banks.get("neighbours", True):
+                return fresh_bank(self.as_run(quiet), neighbours)
+        if self.model.uses_graph_head and neighbours:
             return feats, self.build_graph(feats)
         return feats, None
 

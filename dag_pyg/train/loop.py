@@ -46,7 +46,7 @@ from dag_pyg.train.auto import train_auto
 from dag_pyg.train.checkpoint import load_checkpoint, save_checkpoint
 from dag_pyg.train.epoch import train_epoch
 from dag_pyg.train.evaluate import evaluate
-from dag_pyg.train.features import extract_bank, recalibrate_run
+from dag_pyg.train.features import recalibrate_run
 from dag_pyg.train.interrupt import StopRequest, TrainingInterrupted
 from dag_pyg.train.logger import RunLogger, read_metrics, write_json_atomic
 from dag_pyg.train.optim import build_optim
@@ -55,6 +55,7 @@ from dag_pyg.train.premise import check_summary
 from dag_pyg.train.refresh import (
     Refreshed,
     drift_stats,
+    fresh_bank,
     frozen,
     refresh,
     shared_graph,
@@ -250,15 +251,11 @@ def evaluate_frozen(run: Run, state: TrainState, epoch: int) -> dict:
     if run.cfg.model.precise_bn:
         rec["time_precise_bn"] = precise_s
     if eval_due(run.cfg, epoch):
-        banks = state.banks
-        if banks.features.numel():
-            t = time.perf_counter()
-            feats, _ = extract_bank(run)
-            graph = shared_graph(run, feats) if banks.neighbours else None
+        t = time.perf_counter()
+        feats, graph = fresh_bank(run, state.banks.neighbours)
+        if feats is not None:
             rec["time_eval_bank"] = time.perf_counter() - t
-            rec.update(evaluate(run, feats, graph))
-        else:  # a run without banks: the labels alone
-            rec.update(evaluate(run, banks.features, None))
+        rec.update(evaluate(run, feats, graph))
     return rec
 
 

@@ -375,6 +375,18 @@ def shared_graph(run: Run, feats: Tensor) -> Data:
     return build_graph(feats, cfg, run.device)
 
 
+def fresh_bank(run: Run, neighbours: bool) -> tuple[Tensor | None, Data | None]:
+    """A Feature Bank the current model extracts and its graph: what the
+    queries of a model newer than its kept banks (``graph.freeze_lr``)
+    retrieve from. :obj:`None` for both where the head reads no neighbours
+    (no graph head, or ``neighbours`` off): queries are then classified on
+    their own and the extraction would be wasted."""
+    if not (run.model.uses_graph_head and neighbours):
+        return None, None
+    feats, _ = extract_bank(run)
+    return feats, shared_graph(run, feats)
+
+
 def refresh(run: Run, features: Tensor | None = None,
             neighbours: bool | None = None, epoch: int = -1) -> Refreshed:
     """Feature Bank, graph, Label Bank and pseudo labels from the run's
