@@ -22,7 +22,8 @@ from dag_pyg.train.state import TrainState, resume_epoch
 
 CPU = torch.device("cpu")
 QUIET = RunLogger()
-# The checkpoint's keys, in the order every checkpoint so far was written.
+# The checkpoint's keys, in the order they are written (older checkpoints
+# lack "path_lengths": see test_a_checkpoint_without_path_lengths_loads).
 KEYS = ["epoch", "config", "progress", "epoch_start_features", "backbone", "head",
         "optimizer", "scheduler", "scaler", "rng", "world_size", "rng_ranks",
         "banks", "history", "split", "path_lengths", "averaged"]
@@ -91,6 +92,17 @@ def test_state_dict_is_the_checkpoint_format():
     assert sd["path_lengths"] is state.path_lengths is not None
     assert resume_epoch(sd) == state.next_epoch == 13
     assert TrainState(run).state_dict()["banks"] is None  # none yet
+
+
+def test_a_checkpoint_without_path_lengths_loads():
+    """Checkpoints written before the state kept DPLP's path lengths load;
+    the next refresh sets them."""
+    run = fresh_run("pseudo_label.weighting=certainty")
+    sd = trained_state(run).state_dict()
+    del sd["path_lengths"]
+    loaded = TrainState(fresh_run("pseudo_label.weighting=certainty"))
+    loaded.load_state_dict(sd)
+    assert loaded.path_lengths is None and loaded.next_epoch == 13
 
 
 def test_round_trip_into_a_fresh_run():

@@ -120,23 +120,21 @@ class LoadedRun:
 
     def bank_and_graph(self, stored: bool = False
                        ) -> tuple[Tensor | None, Data | None]:
-        """The Feature Bank and the graph queries retrieve from (:obj:`None`
-        where the run has no bank or its head reads no neighbours), as
-        training evaluated them: where the last epoch kept its banks
+        """The Feature Bank and the graph queries retrieve from (both
+        :obj:`None` where the run has no bank or its head reads no
+        neighbours: queries are classified on their own), as training
+        evaluated them: where the last epoch kept its banks
         (:meth:`kept_banks`), a bank the model extracts, not the stored one
         (``stored``: the checkpoint's bank in any case)."""
         banks = self.state["banks"]
-        if banks is None:
-            return None, None
-        feats = banks["features"]
         # method steered may have turned the neighbour term off.
-        neighbours = banks.get("neighbours", True)
-        if self.kept_banks() and not stored and feats.numel():
+        if banks is None or not (self.model.uses_graph_head
+                                 and banks.get("neighbours", True)):
+            return None, None
+        if self.kept_banks() and not stored:
             with RunLogger() as quiet:  # no bars, no files
-                return fresh_bank(self.as_run(quiet), neighbours)
-        if self.model.uses_graph_head and neighbours:
-            return feats, self.build_graph(feats)
-        return feats, None
+                return fresh_bank(self.as_run(quiet), True)
+        return banks["features"], self.build_graph(banks["features"])
 
 
 def model_dir(run_dir: str | Path) -> Path:

@@ -239,14 +239,16 @@ def refresh_after(run: Run, state: TrainState, epoch: int) -> Refreshed:
 
 def evaluate_frozen(run: Run, state: TrainState, epoch: int) -> dict:
     """What an epoch that keeps its banks for the next (``graph.freeze_lr``)
-    logs: the evaluation where one is due. The queries are the current
-    model's, so they retrieve from a bank (and graph) the current model
-    extracts for them; training keeps the banks it had. (From the kept bank,
+    logs: the evaluation where one is due, after PreciseBN's recalibration
+    (every epoch, as a refresh does). The queries are the current model's,
+    so they retrieve from a bank (and graph) the current model extracts for
+    them (:func:`fresh_bank`: none where its head reads no neighbours);
+    training keeps the banks it had. (From the kept bank,
     a model one epoch newer than it cost MNIST-100's DAG 0.1-0.3 points:
     ``benchmarks/analysis/fresh_bank_eval.py``.)"""
     rec: dict = {"banks_frozen": 1}
-    # Every epoch, as a refresh does, so each checkpoint's statistics are
-    # its weights' (dag-pyg eval of a run stopped in the tail reads them).
+    # So each checkpoint's statistics are its weights' (dag-pyg eval of a
+    # run stopped in the tail reads them).
     precise_s = recalibrate_run(run, epoch)
     if run.cfg.model.precise_bn:
         rec["time_precise_bn"] = precise_s

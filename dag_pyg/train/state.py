@@ -74,7 +74,8 @@ class TrainState:
     """Everything a checkpoint resumes: the states of the run's model (and
     its averaged weights), optimiser, schedule, scaler and random streams
     (the objects are the run's, ``run``), the banks, the last epoch and
-    where within the next one training stopped, and the history.
+    where within the next one training stopped, the history and the last
+    refresh's DPLP path lengths.
     :meth:`state_dict` is the checkpoint; :meth:`load_state_dict`
     continues from one."""
     run: Run
