@@ -655,7 +655,8 @@ def test_kept_epochs_recalibrate_where_no_evaluation_is_due(tmp_path):
     evaluation still recalibrates PreciseBN, as a refresh would: its
     checkpoint holds its weights' statistics, the same as a run evaluating
     every epoch. Epochs 5-7 keep the banks; with eval.every=4 only the end
-    of pre-training (epoch 1), epoch 5 and the last are evaluated."""
+    of pre-training (epoch 1) and epoch 5 are evaluated before the stop
+    after epoch 6 (kept, not evaluated)."""
     base = ["optim.epochs=6", "optim.schedule=cosine", "graph.freeze_lr=0.3",
             "model.precise_bn=100"]
     train(tiny(*base), tmp_path / "every", stop_after=6)
